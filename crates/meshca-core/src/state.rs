@@ -1,0 +1,75 @@
+//! The CA's durable state: what the store persists and the server publishes.
+//!
+//! These are domain records, not wire types: the server converts them to
+//! Consul's PascalCase JSON (`IndexedCARoots`, `CARoot`) explicitly.
+
+use crate::config::CaConfig;
+use crate::secret::SecretBytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One trusted root and the certificates that chain leaves to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRoot {
+    /// SHA-1 of the root certificate's DER, lower-case colon-hex.
+    pub id: String,
+    pub name: String,
+    pub serial_number: u64,
+    /// Colon-hex SubjectKeyId of the certificate that signs leaves now.
+    pub signing_key_id: String,
+    /// The cluster ID.
+    pub external_trust_domain: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// PEM, ending in a newline.
+    pub root_cert: String,
+    /// PEMs: the cross-signed certificate (if any) first, the current signing
+    /// certificate last.
+    pub intermediate_certs: Vec<String>,
+    pub active: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub rotated_out_at: Option<OffsetDateTime>,
+    pub private_key_type: String,
+    pub private_key_bits: u32,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// The stored configuration and its indexes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredConfig {
+    pub config: CaConfig,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// Everything the CA needs to come back after a restart, committed as one unit.
+///
+/// `private_keys` maps a key handle (named in `provider_state`) to PKCS#8 DER.
+/// The store seals them (AES-256-GCM) before they reach the disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaState {
+    pub cluster_id: Uuid,
+    pub config: StoredConfig,
+    pub roots: Vec<CaRoot>,
+    /// Provider-specific public bookkeeping (e.g. which key handle signs now).
+    pub provider_state: BTreeMap<String, String>,
+    pub private_keys: BTreeMap<String, SecretBytes>,
+    /// The global index at which this state was committed.
+    pub modify_index: u64,
+}
+
+impl CaState {
+    pub fn active_root(&self) -> Option<&CaRoot> {
+        self.roots.iter().find(|r| r.active)
+    }
+
+    /// The trust domain, `<cluster-id>.consul`.
+    pub fn trust_domain(&self) -> crate::spiffe::TrustDomain {
+        crate::spiffe::TrustDomain::for_cluster(&self.cluster_id)
+    }
+}

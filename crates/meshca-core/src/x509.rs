@@ -1,0 +1,146 @@
+//! Small X.509 helpers shared by the providers and the server: key
+//! identifiers, colon-hex formatting, PEM encoding and certificate IDs.
+
+use aws_lc_rs::digest;
+use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+
+/// Lower-case colon-separated hex (`31:6c:06:…`), the form Consul uses for
+/// IDs, key IDs and serial numbers.
+pub fn colon_hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// SubjectKeyId as meshca computes it: SHA-256 of the DER SubjectPublicKeyInfo.
+pub fn key_id(spki_der: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, spki_der).as_ref().to_vec()
+}
+
+/// A root's `ID`: SHA-1 of the certificate DER in colon-hex (Consul's choice;
+/// a fingerprint, not a security boundary).
+pub fn cert_id(cert_der: &[u8]) -> String {
+    colon_hex(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, cert_der).as_ref())
+}
+
+/// PEM-encodes one certificate, ending in a newline.
+pub fn cert_pem(der: &[u8]) -> String {
+    ::pem::encode_config(
+        &::pem::Pem::new("CERTIFICATE", der.to_vec()),
+        ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF),
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    #[error("no PEM block found")]
+    Missing,
+    #[error("expected a PEM block of type {expected}, found {found}")]
+    WrongType { expected: String, found: String },
+    #[error("malformed PEM: {0}")]
+    Malformed(String),
+}
+
+/// Decodes every PEM block of type `tag` in `text`, in order. Other block
+/// types are an error: a bundle that mixes keys and certificates is a mistake.
+pub fn decode_pem_blocks(text: &str, tag: &str) -> Result<Vec<Vec<u8>>, PemError> {
+    let blocks = ::pem::parse_many(text).map_err(|e| PemError::Malformed(e.to_string()))?;
+    if blocks.is_empty() {
+        return Err(PemError::Missing);
+    }
+    blocks
+        .into_iter()
+        .map(|b| {
+            if b.tag() == tag {
+                Ok(b.into_contents())
+            } else {
+                Err(PemError::WrongType {
+                    expected: tag.to_string(),
+                    found: b.tag().to_string(),
+                })
+            }
+        })
+        .collect()
+}
+
+/// Parses a certificate and returns the facts the CA records about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    pub serial: Vec<u8>,
+    pub subject_key_id: Option<Vec<u8>>,
+    pub not_before: time::OffsetDateTime,
+    pub not_after: time::OffsetDateTime,
+    pub is_ca: bool,
+    pub spki_der: Vec<u8>,
+}
+
+pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err("trailing data after certificate".into());
+    }
+    let skid = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    });
+    Ok(CertFacts {
+        serial: cert.raw_serial().to_vec(),
+        subject_key_id: skid,
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        is_ca: cert.is_ca(),
+        spki_der: cert.public_key().raw.to_vec(),
+    })
+}
+
+/// A serial number as a u64 (Consul's `CARoot.SerialNumber`); serials meshca
+/// writes for roots fit by construction, foreign ones are truncated to their
+/// low 64 bits.
+pub fn serial_u64(serial: &[u8]) -> u64 {
+    serial
+        .iter()
+        .rev()
+        .take(8)
+        .rev()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colon_hex_is_lower_case_and_separated() {
+        assert_eq!(colon_hex(&[0x31, 0x6c, 0x0a]), "31:6c:0a");
+        assert_eq!(colon_hex(&[]), "");
+    }
+
+    #[test]
+    fn key_id_is_sha256() {
+        assert_eq!(key_id(b"abc").len(), 32);
+        assert_eq!(
+            colon_hex(&key_id(b"abc")[..4]),
+            "ba:78:16:bf" // SHA-256("abc") starts ba7816bf
+        );
+    }
+
+    #[test]
+    fn serial_u64_takes_the_low_bytes() {
+        assert_eq!(serial_u64(&[0x01, 0x02]), 0x0102);
+        assert_eq!(serial_u64(&[0xff, 0, 0, 0, 0, 0, 0, 0, 7]), 7);
+    }
+
+    #[test]
+    fn pem_blocks_must_have_the_expected_type() {
+        let pem = cert_pem(b"\x30\x00");
+        assert!(pem.ends_with("-----END CERTIFICATE-----\n"));
+        assert_eq!(decode_pem_blocks(&pem, "CERTIFICATE").unwrap(), vec![b"\x30\x00".to_vec()]);
+        assert!(matches!(
+            decode_pem_blocks(&pem, "CERTIFICATE REQUEST"),
+            Err(PemError::WrongType { .. })
+        ));
+        assert_eq!(decode_pem_blocks("hello", "CERTIFICATE"), Err(PemError::Missing));
+    }
+}
