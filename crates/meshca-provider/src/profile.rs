@@ -1,0 +1,192 @@
+//! Certificate templates for the root, intermediate and leaf profiles of
+//! SPEC §3, as rcgen parameters. Providers that sign locally use these; the
+//! template is built here, never copied from a request.
+
+use crate::ProviderError;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use meshca_core::csr::ValidatedCsr;
+use meshca_core::x509::key_id;
+use meshca_core::{KeySpec, SpiffeId, TrustDomain};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], ProviderError> {
+    let mut buf = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| ProviderError::Internal("system random source failed".into()))?;
+    Ok(buf)
+}
+
+/// A random positive serial that fits a u64 (Consul's `CARoot.SerialNumber`).
+pub fn ca_serial() -> Result<Vec<u8>, ProviderError> {
+    let mut b = random_bytes::<8>()?;
+    b[0] &= 0x7f;
+    b[0] |= 0x01; // never zero, always eight significant bytes
+    Ok(b.to_vec())
+}
+
+/// A random positive 128-bit leaf serial (≥ 64 random bits, SPEC §3).
+pub fn leaf_serial() -> Result<Vec<u8>, ProviderError> {
+    let mut b = random_bytes::<16>()?;
+    b[0] &= 0x7f;
+    b[0] |= 0x01;
+    Ok(b.to_vec())
+}
+
+/// Eight random base-36 characters, for CA common names.
+fn random_base36() -> Result<String, ProviderError> {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let raw = random_bytes::<8>()?;
+    Ok(raw
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}
+
+/// `<prefix>-<8 base36>.consul.ca.<first 8 of cluster id>.consul`.
+pub fn ca_common_name(prefix: &str, cluster_id: &Uuid) -> Result<String, ProviderError> {
+    let short: String = cluster_id.simple().to_string().chars().take(8).collect();
+    Ok(format!("{prefix}-{}.consul.ca.{short}.consul", random_base36()?))
+}
+
+fn ia5(s: &str) -> Result<rcgen::string::Ia5String, ProviderError> {
+    rcgen::string::Ia5String::try_from(s.to_string()).map_err(ProviderError::internal)
+}
+
+/// The signature algorithm rcgen uses for a key spec.
+pub fn signature_algorithm(spec: KeySpec) -> &'static rcgen::SignatureAlgorithm {
+    match spec {
+        KeySpec::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeySpec::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => &rcgen::PKCS_RSA_SHA256,
+    }
+}
+
+/// Generates a key pair through aws-lc-rs (ring cannot generate RSA keys).
+pub fn generate_key(spec: KeySpec) -> Result<KeyPair, ProviderError> {
+    let alg = signature_algorithm(spec);
+    let size = match spec {
+        KeySpec::EcP256 | KeySpec::EcP384 => return KeyPair::generate_for(alg).map_err(ProviderError::internal),
+        KeySpec::Rsa2048 => rcgen::RsaKeySize::_2048,
+        KeySpec::Rsa3072 => rcgen::RsaKeySize::_3072,
+        KeySpec::Rsa4096 => rcgen::RsaKeySize::_4096,
+    };
+    KeyPair::generate_rsa_for(alg, size).map_err(ProviderError::internal)
+}
+
+/// Restores a key pair from PKCS#8 DER, with the algorithm of its spec.
+pub fn load_key(pkcs8: &[u8], spec: KeySpec) -> Result<KeyPair, ProviderError> {
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8);
+    KeyPair::from_pkcs8_der_and_sign_algo(&der, signature_algorithm(spec))
+        .map_err(ProviderError::internal)
+}
+
+/// Fields shared by the root and intermediate profiles.
+fn ca_params(
+    common_name: String,
+    trust_domain: &TrustDomain,
+    key: &impl PublicKeyData,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    constraint: BasicConstraints,
+) -> Result<CertificateParams, ProviderError> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    p.distinguished_name = dn;
+    p.subject_alt_names = vec![SanType::URI(ia5(&trust_domain.ca_uri())?)];
+    p.is_ca = IsCa::Ca(constraint);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.serial_number = Some(SerialNumber::from_slice(&ca_serial()?));
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&key.subject_public_key_info()));
+    Ok(p)
+}
+
+/// The root profile: self-signed, CA:true without path length limit.
+pub fn root_params(
+    cluster_id: &Uuid,
+    trust_domain: &TrustDomain,
+    key: &impl PublicKeyData,
+    now: OffsetDateTime,
+    ttl: time::Duration,
+) -> Result<CertificateParams, ProviderError> {
+    ca_params(
+        ca_common_name("pri", cluster_id)?,
+        trust_domain,
+        key,
+        now - meshca_core::leaf::BACKDATE,
+        now + ttl,
+        BasicConstraints::Unconstrained,
+    )
+}
+
+/// The intermediate profile: CA:true, pathLen 0, capped at the root's NotAfter.
+pub fn intermediate_params(
+    cluster_id: &Uuid,
+    trust_domain: &TrustDomain,
+    key: &impl PublicKeyData,
+    now: OffsetDateTime,
+    ttl: time::Duration,
+    root_not_after: OffsetDateTime,
+) -> Result<CertificateParams, ProviderError> {
+    let mut p = ca_params(
+        ca_common_name("int", cluster_id)?,
+        trust_domain,
+        key,
+        now - meshca_core::leaf::BACKDATE,
+        std::cmp::min(now + ttl, root_not_after),
+        BasicConstraints::Constrained(0),
+    )?;
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+/// The leaf (SVID) profile: empty subject, critical SAN with exactly one URI
+/// plus the CSR's DNS/IP names, CA:false, digitalSignature
+/// (+keyEncipherment for RSA), serverAuth+clientAuth.
+pub fn leaf_params(
+    csr: &ValidatedCsr,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    serial: &[u8],
+) -> Result<CertificateParams, ProviderError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    let mut sans = vec![SanType::URI(ia5(&csr.spiffe_id.to_string())?)];
+    for dns in &csr.dns_sans {
+        sans.push(SanType::DnsName(ia5(dns)?));
+    }
+    sans.extend(csr.ip_sans.iter().map(|ip| SanType::IpAddress(*ip)));
+    p.subject_alt_names = sans;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if csr.key_type.is_rsa() {
+        p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.serial_number = Some(SerialNumber::from_slice(serial));
+    p.use_authority_key_identifier_extension = true;
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&csr.spki_der));
+    Ok(p)
+}
+
+/// The SPIFFE ID a leaf must carry, re-exported for provider implementations.
+pub fn expected_id(csr: &ValidatedCsr) -> &SpiffeId {
+    &csr.spiffe_id
+}
