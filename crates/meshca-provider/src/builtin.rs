@@ -63,7 +63,7 @@ impl BuiltinProvider {
 
     /// Restores the provider from persisted material after a restart. No key
     /// is generated; the keys must match the certificates.
-    pub fn restore(&self, m: &CaMaterial) -> Result<(), ProviderError> {
+    fn restore_material(&self, m: &CaMaterial) -> Result<(), ProviderError> {
         let root_der = single_cert(&m.root_pem)?;
         let intermediate_der = single_cert(&m.signing_pem)?;
         let root_key = load_key(key_bytes(m, ROOT_KEY)?, m.key_spec)?;
@@ -159,7 +159,9 @@ fn byo_root(req: &CaRequest) -> Result<(KeyPair, Vec<u8>, KeySpec), ProviderErro
     ensure_key_matches(&key, &der, "root")?;
     let facts = cert_facts(&der).map_err(ProviderError::InvalidInput)?;
     if !facts.is_ca {
-        return Err(ProviderError::InvalidInput("RootCert is not a CA certificate".into()));
+        return Err(ProviderError::InvalidInput(
+            "RootCert is not a CA certificate".into(),
+        ));
     }
     if facts.not_after <= req.now {
         return Err(ProviderError::InvalidInput("RootCert has expired".into()));
@@ -177,8 +179,9 @@ fn spec_of(key: &KeyPair) -> Result<KeySpec, ProviderError> {
     }
     // RSA: the size is the modulus length, read from the public key.
     let spki = key.subject_public_key_info();
-    let bits = rsa_bits(&spki)
-        .ok_or_else(|| ProviderError::InvalidInput("PrivateKey has an unsupported key type".into()))?;
+    let bits = rsa_bits(&spki).ok_or_else(|| {
+        ProviderError::InvalidInput("PrivateKey has an unsupported key type".into())
+    })?;
     KeySpec::from_type_and_bits("rsa", bits)
         .map_err(|e| ProviderError::InvalidInput(format!("PrivateKey: {e}")))
 }
@@ -217,7 +220,9 @@ impl CaProvider for BuiltinProvider {
             let cert = params.self_signed(&key).map_err(ProviderError::internal)?;
             (key, cert.der().to_vec(), cfg.key_spec)
         };
-        let root_not_after = cert_facts(&root_der).map_err(ProviderError::internal)?.not_after;
+        let root_not_after = cert_facts(&root_der)
+            .map_err(ProviderError::internal)?
+            .not_after;
         let int_key = generate_key(spec)?;
         let int_params = profile::intermediate_params(
             &req.cluster_id,
@@ -236,8 +241,14 @@ impl CaProvider for BuiltinProvider {
             .der()
             .to_vec();
         let private_keys = BTreeMap::from([
-            (ROOT_KEY.to_string(), SecretBytes::new(root_key.serialize_der())),
-            (SIGNING_KEY.to_string(), SecretBytes::new(int_key.serialize_der())),
+            (
+                ROOT_KEY.to_string(),
+                SecretBytes::new(root_key.serialize_der()),
+            ),
+            (
+                SIGNING_KEY.to_string(),
+                SecretBytes::new(int_key.serialize_der()),
+            ),
         ]);
         let signing = Signing::new(root_key, root_der, int_key, int_der)?;
         let material = CaMaterial {
@@ -249,6 +260,10 @@ impl CaProvider for BuiltinProvider {
         };
         self.active.store(Some(Arc::new(signing)));
         Ok(material)
+    }
+
+    fn restore(&self, material: &CaMaterial) -> Result<(), ProviderError> {
+        self.restore_material(material)
     }
 
     fn active_signing_cert(&self) -> Result<String, ProviderError> {
@@ -375,14 +390,18 @@ mod tests {
         let restored = BuiltinProvider::new();
         restored.restore(&m).unwrap();
         assert_eq!(restored.active_signing_cert().unwrap(), m.signing_pem);
-        restored.sign_leaf(&leaf_request(&req.trust_domain)).unwrap();
+        restored
+            .sign_leaf(&leaf_request(&req.trust_domain))
+            .unwrap();
     }
 
     #[test]
     fn restore_refuses_keys_that_do_not_match_the_certificates() {
         let p = BuiltinProvider::new();
         let mut m = p.generate_ca(&request(KeySpec::EcP256)).unwrap();
-        let other = BuiltinProvider::new().generate_ca(&request(KeySpec::EcP256)).unwrap();
+        let other = BuiltinProvider::new()
+            .generate_ca(&request(KeySpec::EcP256))
+            .unwrap();
         m.private_keys = other.private_keys;
         assert!(matches!(
             BuiltinProvider::new().restore(&m),
@@ -392,7 +411,9 @@ mod tests {
 
     #[test]
     fn byo_root_is_used_as_given_and_signs_the_intermediate() {
-        let a = BuiltinProvider::new().generate_ca(&request(KeySpec::EcP384)).unwrap();
+        let a = BuiltinProvider::new()
+            .generate_ca(&request(KeySpec::EcP384))
+            .unwrap();
         let key_der = a.private_keys[ROOT_KEY].expose().to_vec();
         let key_pem = ::pem::encode(&::pem::Pem::new("PRIVATE KEY", key_der));
         let mut req = request(KeySpec::EcP256);
@@ -401,7 +422,11 @@ mod tests {
         let p = BuiltinProvider::new();
         let m = p.generate_ca(&req).unwrap();
         assert_eq!(m.root_pem, a.root_pem);
-        assert_eq!(m.key_spec, KeySpec::EcP384, "the spec follows the supplied key");
+        assert_eq!(
+            m.key_spec,
+            KeySpec::EcP384,
+            "the spec follows the supplied key"
+        );
         p.sign_leaf(&leaf_request(&req.trust_domain)).unwrap();
     }
 
@@ -417,7 +442,9 @@ mod tests {
 
     #[test]
     fn byo_root_with_mismatched_key_is_rejected() {
-        let a = BuiltinProvider::new().generate_ca(&request(KeySpec::EcP256)).unwrap();
+        let a = BuiltinProvider::new()
+            .generate_ca(&request(KeySpec::EcP256))
+            .unwrap();
         let other_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut req = request(KeySpec::EcP256);
         req.config.private_key = Some(SecretBytes::new(other_key.serialize_pem().into_bytes()));

@@ -99,6 +99,10 @@ pub trait CaProvider: Send + Sync + 'static {
     /// provider's active CA (Consul's `GenerateCAChain`).
     fn generate_ca(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
 
+    /// Makes previously generated (and persisted) material active again
+    /// after a restart, without creating keys.
+    fn restore(&self, material: &CaMaterial) -> Result<(), ProviderError>;
+
     /// The certificate that signs leaves now (PEM).
     fn active_signing_cert(&self) -> Result<String, ProviderError>;
 

@@ -8,8 +8,8 @@ use meshca_core::csr::ValidatedCsr;
 use meshca_core::x509::key_id;
 use meshca_core::{KeySpec, SpiffeId, TrustDomain};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -51,7 +51,10 @@ fn random_base36() -> Result<String, ProviderError> {
 /// `<prefix>-<8 base36>.consul.ca.<first 8 of cluster id>.consul`.
 pub fn ca_common_name(prefix: &str, cluster_id: &Uuid) -> Result<String, ProviderError> {
     let short: String = cluster_id.simple().to_string().chars().take(8).collect();
-    Ok(format!("{prefix}-{}.consul.ca.{short}.consul", random_base36()?))
+    Ok(format!(
+        "{prefix}-{}.consul.ca.{short}.consul",
+        random_base36()?
+    ))
 }
 
 fn ia5(s: &str) -> Result<rcgen::string::Ia5String, ProviderError> {
@@ -71,7 +74,9 @@ pub fn signature_algorithm(spec: KeySpec) -> &'static rcgen::SignatureAlgorithm 
 pub fn generate_key(spec: KeySpec) -> Result<KeyPair, ProviderError> {
     let alg = signature_algorithm(spec);
     let size = match spec {
-        KeySpec::EcP256 | KeySpec::EcP384 => return KeyPair::generate_for(alg).map_err(ProviderError::internal),
+        KeySpec::EcP256 | KeySpec::EcP384 => {
+            return KeyPair::generate_for(alg).map_err(ProviderError::internal)
+        }
         KeySpec::Rsa2048 => rcgen::RsaKeySize::_2048,
         KeySpec::Rsa3072 => rcgen::RsaKeySize::_3072,
         KeySpec::Rsa4096 => rcgen::RsaKeySize::_4096,

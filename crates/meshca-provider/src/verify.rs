@@ -20,8 +20,10 @@ pub fn verify_chain(
     roots: &[Vec<u8>],
     at: OffsetDateTime,
 ) -> Result<(), ProviderError> {
-    let root_ders: Vec<CertificateDer<'_>> =
-        roots.iter().map(|r| CertificateDer::from(r.as_slice())).collect();
+    let root_ders: Vec<CertificateDer<'_>> = roots
+        .iter()
+        .map(|r| CertificateDer::from(r.as_slice()))
+        .collect();
     let anchors = root_ders
         .iter()
         .map(|r| webpki::anchor_from_trusted_cert(r).map_err(ProviderError::internal))

@@ -1,1 +1,77 @@
-//! placeholder
+//! meshca's HTTP server: the Consul-compatible Connect CA API on top of the
+//! CA manager.
+//!
+//! `server.rs`-style entry point: [`serve`] owns the accept loop and graceful
+//! shutdown; handlers live in [`routes`]; every error becomes a response in
+//! [`error`] only.
+
+pub mod blocking;
+pub mod error;
+pub mod leafcache;
+pub mod manager;
+pub mod ratelimit;
+pub mod routes;
+pub mod wire;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::{ApiError, ERROR_HEADER};
+use routes::AppState;
+use std::future::Future;
+use tokio::net::TcpListener;
+
+pub use manager::{default_provider_factory, CaManager};
+
+/// Largest accepted request body (SPEC §2).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The API router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/connect/ca/roots", get(routes::roots))
+        .route("/v1/agent/connect/ca/roots", get(routes::roots))
+        .route(
+            "/v1/connect/ca/configuration",
+            get(routes::get_configuration).put(routes::put_configuration),
+        )
+        .route("/v1/connect/ca/sign", post(routes::sign).put(routes::sign))
+        .route("/v1/agent/connect/ca/leaf/{service}", get(routes::leaf))
+        .route("/v1/status/leader", get(routes::leader))
+        .route("/v1/health", get(routes::health))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(explain_method_not_allowed))
+        .with_state(state)
+}
+
+/// axum answers a wrong method with a bare 405 and `Allow`; give it our
+/// error body and code too, keeping `Allow`.
+async fn explain_method_not_allowed(req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    if resp.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED
+        || resp.headers().contains_key(ERROR_HEADER)
+    {
+        return resp;
+    }
+    let allow = resp.headers().get(axum::http::header::ALLOW).cloned();
+    let mut out = ApiError::MethodNotAllowed(method).into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(axum::http::header::ALLOW, allow);
+    }
+    out
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,1 +1,25 @@
-fn main() {}
+//! The `meshca` command: parses flags and dispatches to the server or to a
+//! client command. All behaviour lives in the modules it calls.
+
+mod cli;
+mod client;
+mod config;
+mod server;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Server(args) => server::run(args),
+        cli::Command::Connect { command } => client::connect(&cli.http, command),
+        cli::Command::Leaf(args) => client::leaf(&cli.http, args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Blocking queries (`?index=N&wait=5m`): parse the parameters and wait for
+//! a change, as Consul does.
+
+use crate::error::ApiError;
+use meshca_core::GoDuration;
+use rand::Rng;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
+pub const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// The parsed blocking-query parameters of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockingQuery {
+    /// `None` when the request does not block.
+    pub index: Option<u64>,
+    pub wait: Duration,
+}
+
+impl BlockingQuery {
+    pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let index = match query.get("index") {
+            None => None,
+            Some(s) => Some(
+                s.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::InvalidIndex)?,
+            ),
+        };
+        let wait = match query.get("wait") {
+            None => DEFAULT_WAIT,
+            Some(s) => parse_wait(s)?,
+        };
+        Ok(Self {
+            index: index.filter(|i| *i > 0),
+            wait: wait.min(MAX_WAIT),
+        })
+    }
+
+    /// The wait plus up to 1/16 of random jitter, so that many clients that
+    /// started together do not all return at once (Consul does the same).
+    pub fn wait_with_jitter(&self) -> Duration {
+        let jitter_ms = (self.wait.as_millis() / 16) as u64;
+        let extra = if jitter_ms == 0 {
+            0
+        } else {
+            rand::thread_rng().gen_range(0..jitter_ms)
+        };
+        self.wait + Duration::from_millis(extra)
+    }
+}
+
+/// A wait is a Go duration with a unit (`10s`, `5m`); a bare number is an
+/// invalid wait time.
+fn parse_wait(s: &str) -> Result<Duration, ApiError> {
+    let d: GoDuration = s.trim().parse().map_err(|_| ApiError::InvalidWait)?;
+    Ok(d.as_std())
+}
+
+/// Waits until `rx`'s value exceeds `index` or `deadline` passes. Returns
+/// the latest value either way.
+pub async fn wait_for_index(
+    rx: &mut watch::Receiver<u64>,
+    index: u64,
+    deadline: tokio::time::Instant,
+) -> u64 {
+    loop {
+        let current = *rx.borrow_and_update();
+        if current > index {
+            return current;
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return *rx.borrow(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<BlockingQuery, ApiError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        BlockingQuery::parse(&map)
+    }
+
+    #[test]
+    fn defaults_and_caps() {
+        assert_eq!(
+            q(&[]).unwrap(),
+            BlockingQuery {
+                index: None,
+                wait: DEFAULT_WAIT
+            }
+        );
+        assert_eq!(q(&[("wait", "1h")]).unwrap().wait, MAX_WAIT);
+        assert_eq!(
+            q(&[("index", "7"), ("wait", "10s")]).unwrap(),
+            BlockingQuery {
+                index: Some(7),
+                wait: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(q(&[("index", "0")]).unwrap().index, None);
+    }
+
+    #[test]
+    fn bad_values_are_consul_errors() {
+        assert!(matches!(
+            q(&[("index", "abc")]),
+            Err(ApiError::InvalidIndex)
+        ));
+        assert!(matches!(q(&[("index", "-1")]), Err(ApiError::InvalidIndex)));
+        assert!(matches!(q(&[("wait", "soon")]), Err(ApiError::InvalidWait)));
+        assert!(matches!(q(&[("wait", "10")]), Err(ApiError::InvalidWait)));
+    }
+
+    #[tokio::test]
+    async fn wait_returns_when_the_index_moves_past() {
+        let (tx, mut rx) = watch::channel(5u64);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let waiter = tokio::spawn(async move { wait_for_index(&mut rx, 5, deadline).await });
+        tx.send_replace(6);
+        assert_eq!(waiter.await.unwrap(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_gives_up_at_the_deadline() {
+        let (_tx, mut rx) = watch::channel(5u64);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        assert_eq!(wait_for_index(&mut rx, 5, deadline).await, 5);
+    }
+}

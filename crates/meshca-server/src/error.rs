@@ -1,0 +1,157 @@
+//! The one place where errors become HTTP responses: status, stable
+//! `X-Meshca-Error` code and Consul's public message (SPEC §2).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meshca_core::config::ConfigError;
+use meshca_core::csr::CsrError;
+use meshca_provider::ProviderError;
+use meshca_store::StoreError;
+
+/// Header carrying a stable, machine-readable error code.
+pub const ERROR_HEADER: &str = "x-meshca-error";
+
+/// Every error an API handler can return.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Request decode failed: {0}")]
+    Decode(String),
+    #[error("Invalid index")]
+    InvalidIndex,
+    #[error("Invalid wait time")]
+    InvalidWait,
+    #[error("The 'pem' query parameter must be a boolean value")]
+    InvalidPemParam,
+    #[error("{0}")]
+    InvalidConfig(#[from] ConfigError),
+    #[error("{0}")]
+    InvalidCsr(#[from] CsrError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Provider State is read-only. It must be omitted or identical to the current value")]
+    ProviderStateReadOnly,
+    #[error("The current CA Provider does not support cross-signing. You can try again with ForceWithoutCrossSigningSet but this may cause disruption - see documentation for more.")]
+    CrossSigningUnsupported,
+    #[error("{0}")]
+    RotationUnavailable(String),
+    #[error("Permission denied")]
+    PermissionDenied,
+    #[error("Not found: {0}")]
+    NotFound(String),
+    #[error("Method {0} not allowed")]
+    MethodNotAllowed(String),
+    #[error("Request body too large (limit is 1 MiB)")]
+    PayloadTooLarge,
+    #[error("CA is already in state \"{0}\"")]
+    CaBusy(&'static str),
+    #[error("Rate limit reached, try again later")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("Internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Status and stable code. The match is exhaustive on purpose: a new
+    /// variant cannot silently become a 500.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            Decode(_) => (StatusCode::BAD_REQUEST, "decode_failed"),
+            InvalidIndex => (StatusCode::BAD_REQUEST, "invalid_index"),
+            InvalidWait => (StatusCode::BAD_REQUEST, "invalid_wait"),
+            InvalidPemParam => (StatusCode::BAD_REQUEST, "invalid_pem_param"),
+            InvalidConfig(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
+            InvalidCsr(_) => (StatusCode::BAD_REQUEST, "invalid_csr"),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ProviderStateReadOnly => (StatusCode::BAD_REQUEST, "provider_state_read_only"),
+            CrossSigningUnsupported => (StatusCode::BAD_REQUEST, "cross_signing_unsupported"),
+            RotationUnavailable(_) => (StatusCode::BAD_REQUEST, "rotation_unavailable"),
+            PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            CaBusy(_) => (StatusCode::CONFLICT, "ca_busy"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::InvalidInput(m) => ApiError::BadRequest(m),
+            ProviderError::Unsupported { .. } => ApiError::BadRequest(e.to_string()),
+            ProviderError::NotInitialised | ProviderError::Unavailable(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            ProviderError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { .. } => ApiError::CaBusy("RECONFIGURING"),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(code, error = %self, "request failed");
+        }
+        let mut resp = (status, format!("{self}")).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                headers.insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consul_strings_are_kept() {
+        assert_eq!(ApiError::InvalidIndex.to_string(), "Invalid index");
+        assert_eq!(
+            ApiError::CaBusy("RECONFIGURING").to_string(),
+            "CA is already in state \"RECONFIGURING\""
+        );
+        assert_eq!(
+            ApiError::RateLimited {
+                retry_after_secs: 1
+            }
+            .to_string(),
+            "Rate limit reached, try again later"
+        );
+    }
+
+    #[test]
+    fn rate_limited_responses_carry_retry_after_and_code() {
+        let r = ApiError::RateLimited {
+            retry_after_secs: 2,
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.headers()[ERROR_HEADER], "rate_limited");
+    }
+}

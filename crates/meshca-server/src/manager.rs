@@ -1,0 +1,452 @@
+//! The CA manager: bootstraps or restores the CA, publishes the roots view
+//! once per change, issues leaves, and applies configuration changes.
+//!
+//! Readers (roots, signing) never lock: they load an immutable [`Published`]
+//! snapshot through `ArcSwap`. Writers (configuration changes) are serialised
+//! by one async mutex; a second writer gets 409 instead of queueing.
+
+use crate::error::ApiError;
+use crate::wire::{CaConfiguration, CaConfigurationUpdate, CaRootWire, IndexedCaRoots, IssuedCert};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use meshca_core::csr::{validate_csr, CsrKeyType, CsrPolicy, ValidatedCsr};
+use meshca_core::leaf::leaf_validity;
+use meshca_core::state::{CaRoot, CaState, StoredConfig};
+use meshca_core::x509::{cert_facts, cert_id, colon_hex, decode_pem_blocks, serial_u64};
+use meshca_core::{CaConfig, Clock, KeySpec, ProviderKind, SpiffeId, TrustDomain};
+use meshca_provider::{BuiltinProvider, CaMaterial, CaProvider, CaRequest, LeafRequest};
+use meshca_store::Store;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::{watch, Mutex};
+use uuid::Uuid;
+
+/// The name every built-in root carries (Consul says "Consul CA Primary Cert").
+pub const ROOT_NAME: &str = "meshca CA Primary Cert";
+
+/// Everything a request needs, prepared once per CA change.
+pub struct Published {
+    pub index: u64,
+    pub cluster_id: Uuid,
+    pub trust_domain: TrustDomain,
+    pub config: CaConfig,
+    pub config_create_index: u64,
+    pub roots: Vec<CaRoot>,
+    pub roots_json: Bytes,
+    pub roots_pem: Bytes,
+    pub active_root_id: String,
+    /// The active root's intermediates, appended to every leaf's `CertPEM`.
+    pub chain_suffix: String,
+    pub signing_key_id: String,
+    pub signing_not_after: OffsetDateTime,
+    pub policy: CsrPolicy,
+    pub provider: Arc<dyn CaProvider>,
+}
+
+/// Creates the provider for a configuration.
+pub type ProviderFactory =
+    Arc<dyn Fn(&CaConfig) -> Result<Arc<dyn CaProvider>, ApiError> + Send + Sync>;
+
+/// The default factory: the built-in provider; Vault arrives in a later issue.
+pub fn default_provider_factory() -> ProviderFactory {
+    Arc::new(|cfg: &CaConfig| match cfg.provider {
+        ProviderKind::Consul => Ok(Arc::new(BuiltinProvider::new()) as Arc<dyn CaProvider>),
+        ProviderKind::Vault => Err(ApiError::BadRequest(
+            "the vault CA provider is not available in this version of meshca".into(),
+        )),
+    })
+}
+
+pub struct CaManager {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    datacenter: String,
+    factory: ProviderFactory,
+    published: ArcSwap<Published>,
+    changes: watch::Sender<u64>,
+    admin: Mutex<()>,
+    issue_index: AtomicU64,
+}
+
+/// Runs blocking (CPU-heavy or fsync) work off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker task failed: {e}")))?
+}
+
+impl CaManager {
+    /// Loads the CA from the store, or creates it on first start from
+    /// `initial` (the agent configuration's `ca_config`).
+    pub async fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        datacenter: String,
+        initial: CaConfig,
+        factory: ProviderFactory,
+    ) -> Result<Arc<Self>, ApiError> {
+        let (s, c, f) = (store.clone(), clock.clone(), factory.clone());
+        let (state, provider) = blocking(move || load_or_bootstrap(&*s, &*c, initial, &f)).await?;
+        let published = publish(&state, provider, &datacenter)?;
+        let index = published.index;
+        Ok(Arc::new(Self {
+            store,
+            clock,
+            datacenter,
+            factory,
+            published: ArcSwap::from_pointee(published),
+            changes: watch::channel(index).0,
+            admin: Mutex::new(()),
+            issue_index: AtomicU64::new(index),
+        }))
+    }
+
+    pub fn published(&self) -> Arc<Published> {
+        self.published.load_full()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn datacenter(&self) -> &str {
+        &self.datacenter
+    }
+
+    /// A receiver that changes whenever the roots or configuration change
+    /// (and on [`CaManager::wake_waiters`]).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Wakes every blocked query so it re-reads the clock. Production never
+    /// needs it; tests call it after advancing a manual clock.
+    pub fn wake_waiters(&self) {
+        self.changes.send_modify(|_| {});
+    }
+
+    /// `GET /v1/connect/ca/configuration`.
+    pub fn configuration(&self) -> CaConfiguration {
+        let p = self.published();
+        CaConfiguration {
+            cluster_id: p.cluster_id.to_string(),
+            provider: p.config.provider.as_str().to_string(),
+            config: p.config.to_wire(true),
+            state: None,
+            force_without_cross_signing: false,
+            create_index: p.config_create_index,
+            modify_index: p.index,
+        }
+    }
+
+    /// `PUT /v1/connect/ca/configuration` for changes that keep the root key.
+    pub async fn update_configuration(&self, upd: CaConfigurationUpdate) -> Result<(), ApiError> {
+        let _writer = self
+            .admin
+            .try_lock()
+            .map_err(|_| ApiError::CaBusy("RECONFIGURING"))?;
+        let current = self.published();
+        if upd.state.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::ProviderStateReadOnly);
+        }
+        let next = CaConfig::from_wire(&upd.provider, &upd.config, Some(&current.config))?;
+        if next == current.config {
+            return Ok(());
+        }
+        if current.config.requires_rotation(&next) {
+            if !current.provider.supports_cross_signing() && !upd.force_without_cross_signing {
+                return Err(ApiError::CrossSigningUnsupported);
+            }
+            return Err(ApiError::RotationUnavailable(format!(
+                "changing the root key ({} -> {}) needs a root rotation, which this version of meshca does not perform yet",
+                describe_root(&current.config),
+                describe_root(&next)
+            )));
+        }
+        let store = self.store.clone();
+        let state = blocking(move || {
+            let mut state = store
+                .load_ca_state()?
+                .ok_or_else(|| ApiError::Unavailable("the CA is not initialised".into()))?;
+            let expected = state.modify_index;
+            state.config.config = next;
+            state.config.modify_index = expected + 1;
+            commit(&*store, &mut state, expected)?;
+            Ok(state)
+        })
+        .await?;
+        let published = publish(&state, current.provider.clone(), &self.datacenter)?;
+        tracing::info!(config = %state.config.config, index = published.index, "CA configuration changed");
+        self.install(published);
+        Ok(())
+    }
+
+    fn install(&self, published: Published) {
+        let index = published.index;
+        self.published.store(Arc::new(published));
+        self.changes.send_replace(index);
+    }
+
+    /// Validates a CSR and signs it (CPU-bound: call from a blocking task).
+    pub fn sign_csr(&self, csr_pem: &str) -> Result<IssuedCert, ApiError> {
+        let p = self.published();
+        let csr = validate_csr(csr_pem, &p.policy)?;
+        self.issue(&p, csr)
+    }
+
+    /// Issues a leaf for `service` with a fresh server-side P-256 key
+    /// (the agent leaf endpoint). CPU-bound.
+    pub fn issue_service_leaf(&self, service: &str) -> Result<IssuedCert, ApiError> {
+        let p = self.published();
+        let id = SpiffeId::service(&p.trust_domain, "default", &self.datacenter, service)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let csr = ValidatedCsr {
+            spiffe_id: id,
+            spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+            key_type: CsrKeyType::EcP256,
+            dns_sans: vec![],
+            ip_sans: vec![],
+        };
+        let mut issued = self.issue(&p, csr)?;
+        issued.private_key_pem = Some(key.serialize_pem());
+        Ok(issued)
+    }
+
+    fn issue(&self, p: &Published, csr: ValidatedCsr) -> Result<IssuedCert, ApiError> {
+        let now = self.clock.now();
+        let (not_before, not_after) =
+            leaf_validity(now, p.config.leaf_cert_ttl, p.signing_not_after);
+        if not_after <= now {
+            return Err(ApiError::Unavailable(
+                "the signing certificate has expired".into(),
+            ));
+        }
+        let serial = meshca_provider::profile::leaf_serial()?;
+        let leaf_pem = p.provider.sign_leaf(&LeafRequest {
+            csr: csr.clone(),
+            not_before,
+            not_after,
+            serial: serial.clone(),
+        })?;
+        let index = self.issue_index.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = csr.spiffe_id.to_string();
+        let serial_hex = colon_hex(&serial);
+        tracing::info!(target: "audit", serial = %serial_hex, spiffe_id = %id,
+            valid_after = %not_before, valid_before = %not_after, "issued certificate");
+        let mut issued = IssuedCert {
+            serial_number: serial_hex,
+            cert_pem: format!("{leaf_pem}{}", p.chain_suffix),
+            private_key_pem: None,
+            service: None,
+            service_uri: None,
+            agent: None,
+            agent_uri: None,
+            server_uri: None,
+            kind: None,
+            kind_uri: None,
+            valid_after: not_before,
+            valid_before: not_after,
+            create_index: index,
+            modify_index: index,
+        };
+        match &csr.spiffe_id {
+            SpiffeId::Service { service, .. } => {
+                issued.service = Some(service.clone());
+                issued.service_uri = Some(id);
+            }
+            SpiffeId::Agent { node, .. } => {
+                issued.agent = Some(node.clone());
+                issued.agent_uri = Some(id);
+            }
+            SpiffeId::Server { .. } => issued.server_uri = Some(id),
+            SpiffeId::MeshGateway { .. } => {
+                issued.kind = Some("mesh-gateway".into());
+                issued.kind_uri = Some(id);
+            }
+        }
+        Ok(issued)
+    }
+
+    pub fn factory(&self) -> &ProviderFactory {
+        &self.factory
+    }
+}
+
+fn describe_root(c: &CaConfig) -> String {
+    if c.private_key.is_some() {
+        return format!("{} with a supplied root", c.provider.as_str());
+    }
+    format!("{} {}", c.provider.as_str(), c.key_spec)
+}
+
+/// Commits `state` at `expected + 1`, which is the index the records in it
+/// were stamped with.
+fn commit(store: &dyn Store, state: &mut CaState, expected: u64) -> Result<(), ApiError> {
+    let index = store.commit_ca_state(state, expected)?;
+    if index != expected + 1 {
+        return Err(ApiError::Internal(format!(
+            "store committed at index {index}, expected {}",
+            expected + 1
+        )));
+    }
+    state.modify_index = index;
+    Ok(())
+}
+
+fn load_or_bootstrap(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    initial: CaConfig,
+    factory: &ProviderFactory,
+) -> Result<(CaState, Arc<dyn CaProvider>), ApiError> {
+    if let Some(state) = store.load_ca_state()? {
+        let provider = factory(&state.config.config)?;
+        provider.restore(&material_of(&state)?)?;
+        tracing::info!(cluster_id = %state.cluster_id, index = state.modify_index, "CA restored from the store");
+        return Ok((state, provider));
+    }
+    let expected = store.current_index()?;
+    let index = expected + 1;
+    let cluster_id = Uuid::new_v4();
+    let provider = factory(&initial)?;
+    let req = CaRequest {
+        cluster_id,
+        trust_domain: TrustDomain::for_cluster(&cluster_id),
+        config: initial.clone(),
+        now: clock.now(),
+    };
+    let material = provider.generate_ca(&req)?;
+    let root = root_record(&material, &cluster_id, index)?;
+    let mut state = CaState {
+        cluster_id,
+        config: StoredConfig {
+            config: initial,
+            create_index: index,
+            modify_index: index,
+        },
+        roots: vec![root],
+        provider_state: material.provider_state,
+        private_keys: material.private_keys,
+        modify_index: index,
+    };
+    commit(store, &mut state, expected)?;
+    tracing::info!(%cluster_id, "CA initialised with a new root");
+    Ok((state, provider))
+}
+
+/// The provider material of the active root, for restoring after a restart.
+fn material_of(state: &CaState) -> Result<CaMaterial, ApiError> {
+    let root = state
+        .active_root()
+        .ok_or_else(|| ApiError::Internal("stored CA has no active root".into()))?;
+    let signing_pem = root
+        .intermediate_certs
+        .last()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("active root has no signing certificate".into()))?;
+    let key_spec = KeySpec::from_type_and_bits(&root.private_key_type, root.private_key_bits)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(CaMaterial {
+        root_pem: root.root_cert.clone(),
+        signing_pem,
+        key_spec,
+        private_keys: state.private_keys.clone(),
+        provider_state: state.provider_state.clone(),
+    })
+}
+
+fn first_der(pem: &str) -> Result<Vec<u8>, ApiError> {
+    decode_pem_blocks(pem, "CERTIFICATE")
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("empty certificate".into()))
+}
+
+/// The `CARoot` record of freshly generated material.
+fn root_record(m: &CaMaterial, cluster_id: &Uuid, index: u64) -> Result<CaRoot, ApiError> {
+    let root_der = first_der(&m.root_pem)?;
+    let root = cert_facts(&root_der).map_err(ApiError::Internal)?;
+    let signing = cert_facts(&first_der(&m.signing_pem)?).map_err(ApiError::Internal)?;
+    Ok(CaRoot {
+        id: cert_id(&root_der),
+        name: ROOT_NAME.to_string(),
+        serial_number: serial_u64(&root.serial),
+        signing_key_id: colon_hex(&signing.subject_key_id.unwrap_or_default()),
+        external_trust_domain: cluster_id.to_string(),
+        not_before: root.not_before,
+        not_after: root.not_after,
+        root_cert: m.root_pem.clone(),
+        intermediate_certs: vec![m.signing_pem.clone()],
+        active: true,
+        rotated_out_at: None,
+        private_key_type: m.key_spec.key_type().to_string(),
+        private_key_bits: m.key_spec.bits(),
+        create_index: index,
+        modify_index: index,
+    })
+}
+
+/// Builds the read-side snapshot: the roots answer (JSON and PEM) is
+/// serialised here, once per change, not per request.
+fn publish(
+    state: &CaState,
+    provider: Arc<dyn CaProvider>,
+    datacenter: &str,
+) -> Result<Published, ApiError> {
+    let active = state
+        .active_root()
+        .ok_or_else(|| ApiError::Internal("stored CA has no active root".into()))?;
+    let signing_pem = active
+        .intermediate_certs
+        .last()
+        .ok_or_else(|| ApiError::Internal("active root has no signing certificate".into()))?;
+    let signing = cert_facts(&first_der(signing_pem)?).map_err(ApiError::Internal)?;
+    let trust_domain = state.trust_domain();
+    let roots_wire = IndexedCaRoots {
+        active_root_id: active.id.clone(),
+        trust_domain: trust_domain.to_string(),
+        roots: state.roots.iter().map(CaRootWire::from).collect(),
+    };
+    let roots_json =
+        serde_json::to_vec(&roots_wire).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let roots_pem: String = state
+        .roots
+        .iter()
+        .flat_map(|r| std::iter::once(&r.root_cert).chain(r.intermediate_certs.iter()))
+        .map(|pem| ensure_newline(pem))
+        .collect();
+    Ok(Published {
+        index: state.modify_index,
+        cluster_id: state.cluster_id,
+        trust_domain: trust_domain.clone(),
+        config: state.config.config.clone(),
+        config_create_index: state.config.create_index,
+        roots: state.roots.clone(),
+        roots_json: Bytes::from(roots_json),
+        roots_pem: Bytes::from(roots_pem),
+        active_root_id: active.id.clone(),
+        chain_suffix: active
+            .intermediate_certs
+            .iter()
+            .map(|p| ensure_newline(p))
+            .collect(),
+        signing_key_id: active.signing_key_id.clone(),
+        signing_not_after: signing.not_after,
+        policy: CsrPolicy::new(trust_domain, datacenter),
+        provider,
+    })
+}
+
+fn ensure_newline(pem: &str) -> String {
+    if pem.ends_with('\n') {
+        pem.to_string()
+    } else {
+        format!("{pem}\n")
+    }
+}

@@ -1,0 +1,143 @@
+//! Wire types: Consul's PascalCase JSON bodies, converted explicitly from
+//! the domain records of `meshca-core`.
+
+use meshca_core::state::CaRoot;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IndexedCaRoots {
+    #[serde(rename = "ActiveRootID")]
+    pub active_root_id: String,
+    pub trust_domain: String,
+    pub roots: Vec<CaRootWire>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CaRootWire {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub serial_number: u64,
+    pub signing_key_id: String,
+    pub external_trust_domain: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    pub root_cert: String,
+    pub intermediate_certs: Option<Vec<String>>,
+    pub active: bool,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub rotated_out_at: Option<OffsetDateTime>,
+    pub private_key_type: String,
+    pub private_key_bits: u32,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl From<&CaRoot> for CaRootWire {
+    fn from(r: &CaRoot) -> Self {
+        Self {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            serial_number: r.serial_number,
+            signing_key_id: r.signing_key_id.clone(),
+            external_trust_domain: r.external_trust_domain.clone(),
+            not_before: r.not_before,
+            not_after: r.not_after,
+            root_cert: r.root_cert.clone(),
+            intermediate_certs: (!r.intermediate_certs.is_empty())
+                .then(|| r.intermediate_certs.clone()),
+            active: r.active,
+            rotated_out_at: r.rotated_out_at,
+            private_key_type: r.private_key_type.clone(),
+            private_key_bits: r.private_key_bits,
+            create_index: r.create_index,
+            modify_index: r.modify_index,
+        }
+    }
+}
+
+/// `IssuedCert`: a signed leaf. `PrivateKeyPEM` only on the agent leaf endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IssuedCert {
+    pub serial_number: String,
+    #[serde(rename = "CertPEM")]
+    pub cert_pem: String,
+    #[serde(
+        rename = "PrivateKeyPEM",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub private_key_pem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub service: Option<String>,
+    #[serde(
+        rename = "ServiceURI",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub service_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub agent: Option<String>,
+    #[serde(rename = "AgentURI", skip_serializing_if = "Option::is_none", default)]
+    pub agent_uri: Option<String>,
+    #[serde(rename = "ServerURI", skip_serializing_if = "Option::is_none", default)]
+    pub server_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kind: Option<String>,
+    #[serde(rename = "KindURI", skip_serializing_if = "Option::is_none", default)]
+    pub kind_uri: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_after: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_before: OffsetDateTime,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// `CAConfiguration` as `GET /v1/connect/ca/configuration` returns it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CaConfiguration {
+    #[serde(rename = "ClusterID")]
+    pub cluster_id: String,
+    pub provider: String,
+    pub config: Map<String, Value>,
+    pub state: Option<Map<String, Value>>,
+    pub force_without_cross_signing: bool,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// Body of `PUT /v1/connect/ca/configuration`. Unknown top-level fields are
+/// tolerated (Consul clients send `ClusterID`, indexes) but typed fields must
+/// have the right type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CaConfigurationUpdate {
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    #[serde(default)]
+    pub state: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub force_without_cross_signing: bool,
+}
+
+/// Body of `POST /v1/connect/ca/sign`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SignRequest {
+    #[serde(rename = "CSR")]
+    pub csr: String,
+}

@@ -1,0 +1,107 @@
+//! Command-line flags, with Consul's agent flag names (SPEC §8).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshca",
+    version,
+    about = "A service-mesh certificate authority speaking Consul's Connect CA API"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How client commands reach the server.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address of the meshca HTTP API.
+    #[arg(
+        long = "http-addr",
+        env = "MESHCA_HTTP_ADDR",
+        default_value = "http://127.0.0.1:8500",
+        global = true
+    )]
+    pub addr: String,
+    /// ACL token sent as X-Consul-Token.
+    #[arg(
+        long = "token",
+        env = "MESHCA_HTTP_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the meshca server.
+    Server(ServerArgs),
+    /// Connect CA commands.
+    Connect {
+        #[command(subcommand)]
+        command: ConnectCommand,
+    },
+    /// Fetch a leaf certificate for a service and write it to files.
+    Leaf(LeafArgs),
+}
+
+#[derive(Debug, Default, Args)]
+pub struct ServerArgs {
+    /// In-memory server for development: nothing is written to disk.
+    #[arg(long)]
+    pub dev: bool,
+    /// Configuration file (JSON or HCL); repeatable, later files win.
+    #[arg(long = "config-file")]
+    pub config_file: Vec<PathBuf>,
+    /// Directory of the store (default ./meshca-data).
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// Datacenter name (default dc1).
+    #[arg(long)]
+    pub datacenter: Option<String>,
+    /// Address the HTTP API binds to (default 127.0.0.1).
+    #[arg(long)]
+    pub client: Option<String>,
+    /// HTTP port (default 8500; 0 picks a free port).
+    #[arg(long = "http-port")]
+    pub http_port: Option<u16>,
+    /// Store key file (32-byte key ID + 32-byte key, or base64 of them).
+    #[arg(long = "store-key-file")]
+    pub store_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectCommand {
+    /// CA commands.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the trusted roots.
+    Roots,
+    /// Print the CA configuration (secrets redacted).
+    GetConfig,
+    /// Replace the CA configuration from a JSON file.
+    SetConfig {
+        #[arg(long = "config-file")]
+        config_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LeafArgs {
+    /// Service name.
+    pub service: String,
+    /// Directory to write <service>.pem, <service>-key.pem and ca.pem into.
+    #[arg(long = "out-dir", default_value = ".")]
+    pub out_dir: PathBuf,
+}

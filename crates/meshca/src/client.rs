@@ -1,0 +1,103 @@
+//! Client commands: thin wrappers over the HTTP API.
+
+use crate::cli::{CaCommand, ConnectCommand, HttpArgs, LeafArgs};
+use anyhow::{bail, Context};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+
+fn request(http: &HttpArgs, method: reqwest::Method, path: &str) -> anyhow::Result<RequestBuilder> {
+    let client = Client::builder()
+        .build()
+        .context("building the HTTP client")?;
+    let url = format!("{}{path}", http.addr.trim_end_matches('/'));
+    let mut req = client.request(method, url);
+    if let Some(token) = &http.token {
+        req = req.header("X-Consul-Token", token);
+    }
+    Ok(req)
+}
+
+fn send(req: RequestBuilder) -> anyhow::Result<Response> {
+    let resp = req.send().context("contacting the meshca server")?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().unwrap_or_default();
+        bail!(
+            "Unexpected response code: {} ({})",
+            status.as_u16(),
+            body.trim()
+        );
+    }
+    Ok(resp)
+}
+
+fn get_json(http: &HttpArgs, path: &str) -> anyhow::Result<Value> {
+    Ok(send(request(http, reqwest::Method::GET, path)?)?.json()?)
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn connect(http: &HttpArgs, cmd: ConnectCommand) -> anyhow::Result<()> {
+    let ConnectCommand::Ca { command } = cmd;
+    match command {
+        CaCommand::Roots => print_json(&get_json(http, "/v1/connect/ca/roots")?),
+        CaCommand::GetConfig => print_json(&get_json(http, "/v1/connect/ca/configuration")?),
+        CaCommand::SetConfig { config_file } => {
+            let body = std::fs::read(&config_file)
+                .with_context(|| format!("reading {}", config_file.display()))?;
+            serde_json::from_slice::<Value>(&body)
+                .with_context(|| format!("{} is not valid JSON", config_file.display()))?;
+            send(request(http, reqwest::Method::PUT, "/v1/connect/ca/configuration")?.body(body))?;
+            println!("Configuration updated!");
+            Ok(())
+        }
+    }
+}
+
+/// Writes `contents` to `path`, creating it with `mode` (never wider).
+fn write_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its old mode on open; narrow it explicitly.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+pub fn leaf(http: &HttpArgs, args: LeafArgs) -> anyhow::Result<()> {
+    let leaf = get_json(http, &format!("/v1/agent/connect/ca/leaf/{}", args.service))?;
+    let roots = get_json(http, "/v1/agent/connect/ca/roots")?;
+    let field = |v: &Value, k: &str| -> anyhow::Result<String> {
+        v[k].as_str()
+            .map(str::to_string)
+            .with_context(|| format!("response has no {k}"))
+    };
+    let bundle: String = roots["Roots"]
+        .as_array()
+        .context("response has no Roots")?
+        .iter()
+        .filter_map(|r| r["RootCert"].as_str())
+        .collect();
+    std::fs::create_dir_all(&args.out_dir)?;
+    let cert_path = args.out_dir.join(format!("{}.pem", args.service));
+    let key_path = args.out_dir.join(format!("{}-key.pem", args.service));
+    let ca_path = args.out_dir.join("ca.pem");
+    write_file(&cert_path, &field(&leaf, "CertPEM")?, 0o644)?;
+    write_file(&key_path, &field(&leaf, "PrivateKeyPEM")?, 0o600)?;
+    write_file(&ca_path, &bundle, 0o644)?;
+    println!("==> Saved {}", cert_path.display());
+    println!("==> Saved {}", key_path.display());
+    println!("==> Saved {}", ca_path.display());
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The server configuration file (JSON or HCL, SPEC §8) merged with flags.
+//! Unknown keys stop the server with a message naming them.
+
+use crate::cli::ServerArgs;
+use anyhow::{bail, Context};
+use meshca_core::CaConfig;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub datacenter: Option<String>,
+    pub primary_datacenter: Option<String>,
+    pub client_addr: Option<String>,
+    pub ports: Option<Ports>,
+    pub connect: Option<Connect>,
+    pub encrypt_store: Option<EncryptStore>,
+    pub log_json: Option<bool>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ports {
+    pub http: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connect {
+    pub enabled: Option<bool>,
+    pub ca_provider: Option<String>,
+    pub ca_config: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptStore {
+    pub key_file: Option<PathBuf>,
+}
+
+/// The effective server settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub dev: bool,
+    pub data_dir: PathBuf,
+    pub datacenter: String,
+    pub bind: String,
+    pub http_port: u16,
+    pub store_key_file: Option<PathBuf>,
+    pub initial_ca: CaConfig,
+    pub log_json: bool,
+    pub log_level: String,
+}
+
+/// Reads one file as JSON (`.json`) or HCL (anything else that is not JSON).
+fn read_file(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    if is_json {
+        serde_json::from_str(&text)
+            .with_context(|| format!("parsing JSON config file {}", path.display()))
+    } else {
+        hcl::from_str(&text).with_context(|| format!("parsing HCL config file {}", path.display()))
+    }
+}
+
+/// Later files override earlier ones key by key (objects merge deeply).
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+pub fn load(args: &ServerArgs) -> anyhow::Result<Settings> {
+    let mut merged = Value::Object(Map::new());
+    for path in &args.config_file {
+        merge(&mut merged, read_file(path)?);
+    }
+    let file: FileConfig = serde_json::from_value(merged)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    settings(args, file)
+}
+
+fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
+    let connect = file.connect.unwrap_or_default();
+    if connect.enabled == Some(false) {
+        bail!(
+            "connect.enabled = false: meshca is a Connect CA and cannot run with Connect disabled"
+        );
+    }
+    let provider = connect.ca_provider.unwrap_or_else(|| "consul".into());
+    let initial_ca = CaConfig::from_wire(&provider, &connect.ca_config.unwrap_or_default(), None)
+        .map_err(|e| anyhow::anyhow!("invalid connect.ca_config: {e}"))?;
+    let datacenter = args
+        .datacenter
+        .clone()
+        .or(file.datacenter)
+        .unwrap_or_else(|| "dc1".into());
+    meshca_core::spiffe::validate_segment("datacenter", &datacenter)
+        .map_err(|e| anyhow::anyhow!("invalid datacenter: {e}"))?;
+    if let Some(primary) = &file.primary_datacenter {
+        if primary != &datacenter {
+            bail!("primary_datacenter {primary:?} differs from datacenter {datacenter:?}: secondary datacenters are not supported yet");
+        }
+    }
+    Ok(Settings {
+        dev: args.dev,
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| "meshca-data".into()),
+        datacenter,
+        bind: args
+            .client
+            .clone()
+            .or(file.client_addr)
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        http_port: args
+            .http_port
+            .or(file.ports.and_then(|p| p.http))
+            .unwrap_or(8500),
+        store_key_file: args
+            .store_key_file
+            .clone()
+            .or(file.encrypt_store.and_then(|e| e.key_file)),
+        initial_ca,
+        log_json: file.log_json.unwrap_or(false),
+        log_level: file.log_level.unwrap_or_else(|| "info".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_text(name: &str, text: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        load(&ServerArgs {
+            config_file: vec![path],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn defaults_without_flags_or_files() {
+        let s = load(&ServerArgs::default()).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("meshca-data"));
+        assert_eq!(
+            (s.bind.as_str(), s.http_port, s.datacenter.as_str()),
+            ("127.0.0.1", 8500, "dc1")
+        );
+        assert_eq!(s.initial_ca, CaConfig::default());
+    }
+
+    #[test]
+    fn hcl_and_json_files_set_the_same_keys() {
+        let hcl = load_text("a.hcl", "datacenter = \"east\"\nports { http = 9500 }\nconnect {\n  ca_config {\n    leaf_cert_ttl = \"24h\"\n    private_key_type = \"rsa\"\n  }\n}\n").unwrap();
+        let json = load_text("a.json", r#"{"datacenter":"east","ports":{"http":9500},"connect":{"ca_config":{"LeafCertTTL":"24h","PrivateKeyType":"rsa"}}}"#).unwrap();
+        for s in [hcl, json] {
+            assert_eq!(s.datacenter, "east");
+            assert_eq!(s.http_port, 9500);
+            assert_eq!(s.initial_ca.leaf_cert_ttl.to_string(), "24h0m0s");
+            assert!(s.initial_ca.key_spec.is_rsa());
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load_text("a.json", r#"{"datacentre":"x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("datacentre"), "{err}");
+        let err = load_text("a.hcl", "ports { grpc = 1 }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpc"), "{err}");
+        let err = load_text("a.json", r#"{"connect":{"ca_config":{"LeafTTL":"1h"}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LeafTTL"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, r#"{"datacenter":"east","client_addr":"127.0.0.2"}"#).unwrap();
+        let s = load(&ServerArgs {
+            config_file: vec![path],
+            datacenter: Some("west".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (s.datacenter.as_str(), s.bind.as_str()),
+            ("west", "127.0.0.2")
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! `meshca server`: opens the store, starts the CA and serves the API until
+//! SIGINT/SIGTERM.
+
+use crate::cli::ServerArgs;
+use crate::config::{self, Settings};
+use anyhow::Context;
+use meshca_core::SystemClock;
+use meshca_server::routes::AppState;
+use meshca_server::{default_provider_factory, CaManager};
+use meshca_store::{SledStore, Store, StoreKey};
+use std::sync::Arc;
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let settings = config::load(&args)?;
+    init_logging(&settings);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(settings))
+}
+
+fn init_logging(s: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&s.log_level));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if s.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    if s.dev {
+        tracing::warn!("dev mode: the store is in memory and everything is lost on exit");
+        return Ok(Arc::new(SledStore::temporary()?));
+    }
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
+    let key = match &s.store_key_file {
+        Some(path) => {
+            StoreKey::load(path).with_context(|| format!("loading store key {}", path.display()))?
+        }
+        None => {
+            let (key, created) = StoreKey::load_or_create_in(&s.data_dir)?;
+            if created {
+                tracing::warn!(
+                    dir = %s.data_dir.display(),
+                    "created a store key next to the data; keep it elsewhere with --store-key-file in production"
+                );
+            }
+            key
+        }
+    };
+    let store = SledStore::open(&s.data_dir, key)
+        .with_context(|| format!("opening the store in {}", s.data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+async fn serve(s: Settings) -> anyhow::Result<()> {
+    let store = open_store(&s)?;
+    let ca = CaManager::start(
+        store,
+        Arc::new(SystemClock),
+        s.datacenter.clone(),
+        s.initial_ca.clone(),
+        default_provider_factory(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
+    tracing::warn!("ACLs are not implemented in this version: every API request is unauthenticated; bind to a trusted address only");
+    let listener = tokio::net::TcpListener::bind((s.bind.as_str(), s.http_port))
+        .await
+        .with_context(|| format!("binding {}:{}", s.bind, s.http_port))?;
+    let addr = listener.local_addr()?;
+    let p = ca.published();
+    tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
+    let router = meshca_server::router(AppState::new(ca));
+    meshca_server::serve(listener, router, shutdown_signal()).await?;
+    tracing::info!("meshca stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
