@@ -236,7 +236,10 @@ impl CaConfig {
             let field = canonical_key(provider, key).ok_or_else(|| {
                 ConfigError::new(
                     key.clone(),
-                    format!("unknown configuration key for provider {:?}", provider.as_str()),
+                    format!(
+                        "unknown configuration key for provider {:?}",
+                        provider.as_str()
+                    ),
                 )
             })?;
             match field {
@@ -384,7 +387,10 @@ impl CaConfig {
         if let Some(v) = &self.vault {
             put("Address", v.address.clone().into());
             put("RootPKIPath", v.root_pki_path.clone().into());
-            put("IntermediatePKIPath", v.intermediate_pki_path.clone().into());
+            put(
+                "IntermediatePKIPath",
+                v.intermediate_pki_path.clone().into(),
+            );
             if let Some(t) = &v.token {
                 put("Token", secret(t));
             }
@@ -460,7 +466,10 @@ fn apply_vault_key(
 
 fn validate_vault(v: &VaultConfig) -> Result<(), ConfigError> {
     if v.address.is_empty() {
-        return Err(ConfigError::new("Address", "is required for the vault provider"));
+        return Err(ConfigError::new(
+            "Address",
+            "is required for the vault provider",
+        ));
     }
     if v.token.is_none() && v.auth_method.is_none() {
         return Err(ConfigError::new(
@@ -469,7 +478,10 @@ fn validate_vault(v: &VaultConfig) -> Result<(), ConfigError> {
         ));
     }
     if v.root_pki_path.is_empty() {
-        return Err(ConfigError::new("RootPKIPath", "is required for the vault provider"));
+        return Err(ConfigError::new(
+            "RootPKIPath",
+            "is required for the vault provider",
+        ));
     }
     if v.intermediate_pki_path.is_empty() {
         return Err(ConfigError::new(
@@ -531,9 +543,18 @@ mod tests {
 
     #[test]
     fn leaf_ttl_bounds() {
-        assert_eq!(field_of("consul", json!({"LeafCertTTL": "59m"})), "LeafCertTTL");
-        assert_eq!(field_of("consul", json!({"LeafCertTTL": "8761h"})), "LeafCertTTL");
-        assert_eq!(field_of("consul", json!({"LeafCertTTL": "soon"})), "LeafCertTTL");
+        assert_eq!(
+            field_of("consul", json!({"LeafCertTTL": "59m"})),
+            "LeafCertTTL"
+        );
+        assert_eq!(
+            field_of("consul", json!({"LeafCertTTL": "8761h"})),
+            "LeafCertTTL"
+        );
+        assert_eq!(
+            field_of("consul", json!({"LeafCertTTL": "soon"})),
+            "LeafCertTTL"
+        );
         assert!(parse("consul", json!({"LeafCertTTL": "1h"})).is_ok());
         assert!(parse("consul", json!({"LeafCertTTL": "8760h", "IntermediateCertTTL": "26280h", "RootCertTTL": "87600h"})).is_ok());
     }
@@ -541,14 +562,24 @@ mod tests {
     #[test]
     fn intermediate_ttl_must_cover_three_leaves_and_three_hours() {
         assert_eq!(
-            field_of("consul", json!({"LeafCertTTL": "72h", "IntermediateCertTTL": "200h"})),
+            field_of(
+                "consul",
+                json!({"LeafCertTTL": "72h", "IntermediateCertTTL": "200h"})
+            ),
             "IntermediateCertTTL"
         );
         assert_eq!(
-            field_of("consul", json!({"LeafCertTTL": "1h", "IntermediateCertTTL": "2h"})),
+            field_of(
+                "consul",
+                json!({"LeafCertTTL": "1h", "IntermediateCertTTL": "2h"})
+            ),
             "IntermediateCertTTL"
         );
-        assert!(parse("consul", json!({"LeafCertTTL": "72h", "IntermediateCertTTL": "216h"})).is_ok());
+        assert!(parse(
+            "consul",
+            json!({"LeafCertTTL": "72h", "IntermediateCertTTL": "216h"})
+        )
+        .is_ok());
     }
 
     #[test]
@@ -561,37 +592,77 @@ mod tests {
 
     #[test]
     fn key_type_and_bits_are_checked() {
-        assert_eq!(field_of("consul", json!({"PrivateKeyType": "dsa"})), "PrivateKeyType");
-        assert_eq!(field_of("consul", json!({"PrivateKeyBits": 521})), "PrivateKeyBits");
-        assert_eq!(field_of("consul", json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 1024})), "PrivateKeyBits");
-        assert_eq!(field_of("consul", json!({"PrivateKeyBits": "many"})), "PrivateKeyBits");
+        assert_eq!(
+            field_of("consul", json!({"PrivateKeyType": "dsa"})),
+            "PrivateKeyType"
+        );
+        assert_eq!(
+            field_of("consul", json!({"PrivateKeyBits": 521})),
+            "PrivateKeyBits"
+        );
+        assert_eq!(
+            field_of(
+                "consul",
+                json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 1024})
+            ),
+            "PrivateKeyBits"
+        );
+        assert_eq!(
+            field_of("consul", json!({"PrivateKeyBits": "many"})),
+            "PrivateKeyBits"
+        );
     }
 
     #[test]
     fn rate_limits_must_be_non_negative() {
-        assert_eq!(field_of("consul", json!({"CSRMaxPerSecond": -1})), "CSRMaxPerSecond");
-        assert_eq!(field_of("consul", json!({"CSRMaxConcurrent": 1.5})), "CSRMaxConcurrent");
-        assert_eq!(parse("consul", json!({"CSRMaxConcurrent": 4})).unwrap().csr_max_concurrent, 4);
+        assert_eq!(
+            field_of("consul", json!({"CSRMaxPerSecond": -1})),
+            "CSRMaxPerSecond"
+        );
+        assert_eq!(
+            field_of("consul", json!({"CSRMaxConcurrent": 1.5})),
+            "CSRMaxConcurrent"
+        );
+        assert_eq!(
+            parse("consul", json!({"CSRMaxConcurrent": 4}))
+                .unwrap()
+                .csr_max_concurrent,
+            4
+        );
     }
 
     #[test]
     fn unknown_keys_and_providers_are_named() {
         assert_eq!(field_of("consul", json!({"LeafTTL": "1h"})), "LeafTTL");
-        assert_eq!(field_of("consul", json!({"Address": "http://x"})), "Address");
+        assert_eq!(
+            field_of("consul", json!({"Address": "http://x"})),
+            "Address"
+        );
         assert_eq!(field_of("aws-pca", json!({})), "Provider");
     }
 
     #[test]
     fn private_key_needs_a_root_cert_and_vice_versa() {
-        assert_eq!(field_of("consul", json!({"PrivateKey": "-----BEGIN"})), "RootCert");
-        assert_eq!(field_of("consul", json!({"RootCert": "-----BEGIN"})), "PrivateKey");
+        assert_eq!(
+            field_of("consul", json!({"PrivateKey": "-----BEGIN"})),
+            "RootCert"
+        );
+        assert_eq!(
+            field_of("consul", json!({"RootCert": "-----BEGIN"})),
+            "PrivateKey"
+        );
     }
 
     #[test]
     fn vault_needs_address_token_and_paths() {
         let ok = json!({"Address": "http://127.0.0.1:8200", "Token": "t", "RootPKIPath": "connect-root", "IntermediatePKIPath": "connect-inter"});
         assert!(parse("vault", ok.clone()).is_ok());
-        for (drop, field) in [("Address", "Address"), ("Token", "Token"), ("RootPKIPath", "RootPKIPath"), ("IntermediatePKIPath", "IntermediatePKIPath")] {
+        for (drop, field) in [
+            ("Address", "Address"),
+            ("Token", "Token"),
+            ("RootPKIPath", "RootPKIPath"),
+            ("IntermediatePKIPath", "IntermediatePKIPath"),
+        ] {
             let mut c = ok.clone();
             c.as_object_mut().unwrap().remove(drop);
             assert_eq!(field_of("vault", c), field, "dropping {drop}");
@@ -614,7 +685,11 @@ mod tests {
 
     #[test]
     fn round_trip_through_the_wire_is_identity() {
-        let c = parse("consul", json!({"LeafCertTTL": "24h", "PrivateKeyType": "rsa", "CSRMaxConcurrent": 2})).unwrap();
+        let c = parse(
+            "consul",
+            json!({"LeafCertTTL": "24h", "PrivateKeyType": "rsa", "CSRMaxConcurrent": 2}),
+        )
+        .unwrap();
         let again = CaConfig::from_wire("consul", &c.to_wire(false), None).unwrap();
         assert_eq!(again, c);
     }
@@ -622,7 +697,11 @@ mod tests {
     #[test]
     fn only_key_changes_require_rotation() {
         let base = CaConfig::default();
-        let ttl = parse("consul", json!({"LeafCertTTL": "24h", "CSRMaxPerSecond": 5})).unwrap();
+        let ttl = parse(
+            "consul",
+            json!({"LeafCertTTL": "24h", "CSRMaxPerSecond": 5}),
+        )
+        .unwrap();
         assert!(!base.requires_rotation(&ttl));
         assert!(!base.requires_rotation(&base.clone()));
         let rsa = parse("consul", json!({"PrivateKeyType": "rsa"})).unwrap();

@@ -5,8 +5,9 @@ use std::fmt;
 
 /// A key type and size meshca can generate and accept. Only the combinations
 /// listed here exist: an EC P-521 or RSA-1024 key cannot be expressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeySpec {
+    #[default]
     EcP256,
     EcP384,
     Rsa2048,
@@ -68,12 +69,6 @@ impl KeySpec {
 
     pub fn is_rsa(&self) -> bool {
         self.key_type() == "rsa"
-    }
-}
-
-impl Default for KeySpec {
-    fn default() -> Self {
-        Self::EcP256
     }
 }
 

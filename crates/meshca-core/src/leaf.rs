@@ -80,7 +80,10 @@ pub fn check_issued_leaf(
     if uris != [expected.to_string().as_str()] {
         return fail(format!("URI SANs {uris:?}, expected [{expected}]"));
     }
-    match cert.key_usage().map_err(|e| LeafProfileError(e.to_string()))? {
+    match cert
+        .key_usage()
+        .map_err(|e| LeafProfileError(e.to_string()))?
+    {
         Some(ku) if ku.value.digital_signature() && !ku.value.key_cert_sign() => {}
         _ => return fail("key usage must include digitalSignature and not keyCertSign"),
     }
@@ -91,10 +94,13 @@ pub fn check_issued_leaf(
         Some(eku) if eku.value.server_auth && eku.value.client_auth => {}
         _ => return fail("extended key usage must be serverAuth and clientAuth"),
     }
-    let akid = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
-        _ => None,
-    });
+    let akid = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        });
     if akid != Some(issuer_key_id) {
         return fail("authority key identifier does not name the issuer");
     }

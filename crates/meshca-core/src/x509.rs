@@ -81,10 +81,13 @@ pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
     if !rest.is_empty() {
         return Err("trailing data after certificate".into());
     }
-    let skid = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-        _ => None,
-    });
+    let skid = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        });
     Ok(CertFacts {
         serial: cert.raw_serial().to_vec(),
         subject_key_id: skid,
@@ -136,11 +139,17 @@ mod tests {
     fn pem_blocks_must_have_the_expected_type() {
         let pem = cert_pem(b"\x30\x00");
         assert!(pem.ends_with("-----END CERTIFICATE-----\n"));
-        assert_eq!(decode_pem_blocks(&pem, "CERTIFICATE").unwrap(), vec![b"\x30\x00".to_vec()]);
+        assert_eq!(
+            decode_pem_blocks(&pem, "CERTIFICATE").unwrap(),
+            vec![b"\x30\x00".to_vec()]
+        );
         assert!(matches!(
             decode_pem_blocks(&pem, "CERTIFICATE REQUEST"),
             Err(PemError::WrongType { .. })
         ));
-        assert_eq!(decode_pem_blocks("hello", "CERTIFICATE"), Err(PemError::Missing));
+        assert_eq!(
+            decode_pem_blocks("hello", "CERTIFICATE"),
+            Err(PemError::Missing)
+        );
     }
 }

@@ -23,8 +23,7 @@ pub const SIGNING_KEY: &str = "builtin/intermediate";
 /// The active CA: an issuer for leaves (the intermediate) and one for CA
 /// certificates (the root), with the DER needed for chain checks.
 struct Signing {
-    /// Signs CA certificates; rotation (issue #3) cross-signs with it.
-    #[allow(dead_code)]
+    /// Signs intermediates and cross-signs other roots.
     root: Issuer<'static, KeyPair>,
     root_der: Vec<u8>,
     intermediate: Issuer<'static, KeyPair>,
@@ -82,6 +81,30 @@ impl BuiltinProvider {
             provider: "consul",
             operation,
         }
+    }
+}
+
+fn keys_of(root: &KeyPair, intermediate: &KeyPair) -> BTreeMap<String, SecretBytes> {
+    BTreeMap::from([
+        (ROOT_KEY.to_string(), SecretBytes::new(root.serialize_der())),
+        (
+            SIGNING_KEY.to_string(),
+            SecretBytes::new(intermediate.serialize_der()),
+        ),
+    ])
+}
+
+fn material_of(
+    s: &Signing,
+    spec: KeySpec,
+    private_keys: BTreeMap<String, SecretBytes>,
+) -> CaMaterial {
+    CaMaterial {
+        root_pem: cert_pem(&s.root_der),
+        signing_pem: cert_pem(&s.intermediate_der),
+        key_spec: spec,
+        private_keys,
+        provider_state: BTreeMap::new(),
     }
 }
 
@@ -288,7 +311,7 @@ impl CaProvider for BuiltinProvider {
             std::slice::from_ref(&s.root_der),
             req.not_before + meshca_core::leaf::BACKDATE,
         )?;
-        Ok(cert_pem(&der))
+        Ok(meshca_core::x509::cert_pem(&der))
     }
 
     fn sign_intermediate(&self, _: &str, _: OffsetDateTime) -> Result<String, ProviderError> {
@@ -297,11 +320,53 @@ impl CaProvider for BuiltinProvider {
 
     fn cross_sign_ca(
         &self,
-        _: &str,
-        _: OffsetDateTime,
-        _: OffsetDateTime,
+        cert_pem: &str,
+        not_after: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<String, ProviderError> {
-        Err(Self::unsupported("cross-signing (root rotation)"))
+        if !self.cross_signing {
+            return Err(Self::unsupported("cross-signing"));
+        }
+        let s = self.signing()?;
+        let root = cert_facts(&s.root_der).map_err(ProviderError::internal)?;
+        let not_after = std::cmp::min(not_after, root.not_after);
+        let (params, public_key) = crate::crosssign::cross_sign_params(
+            &single_cert(cert_pem)?,
+            &profile::ca_serial()?,
+            now - meshca_core::leaf::BACKDATE,
+            not_after,
+        )?;
+        let der = params
+            .signed_by(&public_key, &s.root)
+            .map_err(ProviderError::internal)?
+            .der()
+            .to_vec();
+        Ok(meshca_core::x509::cert_pem(&der))
+    }
+
+    fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError> {
+        let s = self.signing()?;
+        let root_facts = cert_facts(&s.root_der).map_err(ProviderError::internal)?;
+        let spec = spec_of(s.root.key())?;
+        let int_key = generate_key(spec)?;
+        let int_der = profile::intermediate_params(
+            &req.cluster_id,
+            &req.trust_domain,
+            &int_key,
+            req.now,
+            req.config.intermediate_cert_ttl.as_time(),
+            root_facts.not_after,
+        )?
+        .signed_by(&int_key, &s.root)
+        .map_err(ProviderError::internal)?
+        .der()
+        .to_vec();
+        let root_key = load_key(&s.root.key().serialize_der(), spec)?;
+        let private_keys = keys_of(&root_key, &int_key);
+        let signing = Signing::new(root_key, s.root_der.clone(), int_key, int_der)?;
+        let material = material_of(&signing, spec, private_keys);
+        self.active.store(Some(Arc::new(signing)));
+        Ok(material)
     }
 
     fn generate_intermediate_csr(&self) -> Result<String, ProviderError> {
@@ -427,6 +492,114 @@ mod tests {
             KeySpec::EcP384,
             "the spec follows the supplied key"
         );
+        p.sign_leaf(&leaf_request(&req.trust_domain)).unwrap();
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        single_cert(pem).unwrap()
+    }
+
+    fn subject_spki_skid(cert_der: &[u8]) -> (Vec<u8>, Vec<u8>, Option<Vec<u8>>) {
+        use x509_parser::prelude::FromDer;
+        let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert_der).unwrap();
+        let f = cert_facts(cert_der).unwrap();
+        (c.subject().as_raw().to_vec(), f.spki_der, f.subject_key_id)
+    }
+
+    #[test]
+    fn cross_signing_works_between_every_pair_of_key_types() {
+        let specs = [
+            KeySpec::EcP256,
+            KeySpec::EcP384,
+            KeySpec::Rsa2048,
+            KeySpec::Rsa4096,
+        ];
+        let cas: Vec<(BuiltinProvider, CaMaterial)> = specs
+            .iter()
+            .map(|spec| {
+                let p = BuiltinProvider::new();
+                let m = p.generate_ca(&request(*spec)).unwrap();
+                (p, m)
+            })
+            .collect();
+        let td = request(KeySpec::EcP256).trust_domain;
+        for (i, (old, old_m)) in cas.iter().enumerate() {
+            for (j, (new, new_m)) in cas.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let until = NOW + time::Duration::hours(144);
+                let xsigned = old.cross_sign_ca(&new_m.root_pem, until, NOW).unwrap();
+                let (x_der, new_root) = (der(&xsigned), der(&new_m.root_pem));
+                assert_eq!(subject_spki_skid(&x_der), subject_spki_skid(&new_root));
+                assert_eq!(cert_facts(&x_der).unwrap().not_after, until);
+                let leaf = der(&new.sign_leaf(&leaf_request(&td)).unwrap());
+                let inter = der(&new_m.signing_pem);
+                let at = NOW + time::Duration::hours(1);
+                crate::verify::verify_chain(
+                    &leaf,
+                    &[x_der.clone(), inter.clone()],
+                    &[der(&old_m.root_pem)],
+                    at,
+                )
+                .unwrap_or_else(|e| panic!("{:?} -> {:?} via old root: {e}", specs[i], specs[j]));
+                crate::verify::verify_chain(&leaf, &[inter], &[new_root], at).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn cross_signed_validity_never_outlives_the_signing_root() {
+        let old = BuiltinProvider::new();
+        let old_m = old.generate_ca(&request(KeySpec::EcP256)).unwrap();
+        let new_m = BuiltinProvider::new()
+            .generate_ca(&request(KeySpec::EcP256))
+            .unwrap();
+        let far = NOW + time::Duration::days(365 * 50);
+        let x = old.cross_sign_ca(&new_m.root_pem, far, NOW).unwrap();
+        let root_not_after = cert_facts(&der(&old_m.root_pem)).unwrap().not_after;
+        assert_eq!(cert_facts(&der(&x)).unwrap().not_after, root_not_after);
+    }
+
+    #[test]
+    fn a_provider_without_cross_signing_says_so_and_refuses() {
+        let p = BuiltinProvider::without_cross_signing();
+        let m = p.generate_ca(&request(KeySpec::EcP256)).unwrap();
+        assert!(!p.supports_cross_signing());
+        assert!(matches!(
+            p.cross_sign_ca(&m.root_pem, NOW, NOW),
+            Err(ProviderError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn only_ca_certificates_can_be_cross_signed() {
+        let p = BuiltinProvider::new();
+        let m = p.generate_ca(&request(KeySpec::EcP256)).unwrap();
+        let leaf = p
+            .sign_leaf(&leaf_request(&request(KeySpec::EcP256).trust_domain))
+            .unwrap();
+        assert!(matches!(
+            p.cross_sign_ca(&leaf, NOW + time::Duration::hours(1), NOW),
+            Err(ProviderError::InvalidInput(_))
+        ));
+        let _ = m;
+    }
+
+    #[test]
+    fn renewing_the_intermediate_keeps_the_root_and_changes_the_signer() {
+        let p = BuiltinProvider::new();
+        let req = request(KeySpec::EcP384);
+        let first = p.generate_ca(&req).unwrap();
+        let renewed = p.renew_intermediate(&req).unwrap();
+        assert_eq!(renewed.root_pem, first.root_pem);
+        assert_ne!(renewed.signing_pem, first.signing_pem);
+        assert_eq!(renewed.private_keys[ROOT_KEY], first.private_keys[ROOT_KEY]);
+        assert_ne!(
+            renewed.private_keys[SIGNING_KEY],
+            first.private_keys[SIGNING_KEY]
+        );
+        assert_eq!(p.active_signing_cert().unwrap(), renewed.signing_pem);
         p.sign_leaf(&leaf_request(&req.trust_domain)).unwrap();
     }
 

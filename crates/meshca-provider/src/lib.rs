@@ -10,6 +10,7 @@
 //! re-parsed and checked ([`verify`]) before it is returned.
 
 pub mod builtin;
+pub mod crosssign;
 pub mod profile;
 pub mod verify;
 
@@ -124,6 +125,11 @@ pub trait CaProvider: Send + Sync + 'static {
         not_after: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<String, ProviderError>;
+
+    /// Replaces the signing intermediate with a new key and certificate
+    /// signed by the same root (renewal at half-life). Returns the material
+    /// to persist; the root is unchanged.
+    fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
 
     /// Secondary datacenters: a CSR for a new intermediate key (PEM).
     fn generate_intermediate_csr(&self) -> Result<String, ProviderError>;
