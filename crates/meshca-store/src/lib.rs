@@ -1,6 +1,27 @@
 //! meshca's persistent state, behind the [`Store`] trait.
 //!
-//! STUB: the trait is fixed; the sled backend is to be completed.
+//! The CA state is committed as one unit at a global, strictly increasing
+//! index, and read back whole. [`SledStore`] is the single-machine backend:
+//! one sled database per data dir, every write one transaction, fsynced before
+//! it is acknowledged (sled's `flush()` alone does not fsync on Linux), and every private key sealed at rest with AES-256-GCM under
+//! a data key that is itself sealed under the operator's [`StoreKey`].
+//!
+//! Every backend must pass the shared suite in `conformance` (cargo feature
+//! `conformance`).
+//!
+//! Architecture Invariant: this is the only crate that opens sled, and no
+//! private key reaches the disk unsealed.
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod durability;
+mod key;
+mod key_check;
+mod seal;
+mod sled_store;
+
+pub use key::{StoreKey, StoreKeyId, KEY_FILE_NAME};
+pub use sled_store::SledStore;
 
 use meshca_core::state::CaState;
 
@@ -15,6 +36,10 @@ pub enum StoreError {
     /// The store key cannot unseal the data (wrong key file).
     #[error("the store key does not match this data directory: {0}")]
     WrongKey(String),
+    /// A store key file or string is malformed (length, encoding); fix the
+    /// configuration rather than retry.
+    #[error("invalid store key: {0}")]
+    InvalidKey(String),
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
     #[error("store I/O error: {0}")]

@@ -46,19 +46,12 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         Some(path) => {
             StoreKey::load(path).with_context(|| format!("loading store key {}", path.display()))?
         }
-        None => {
-            let (key, created) = StoreKey::load_or_create_in(&s.data_dir)?;
-            if created {
-                tracing::warn!(
-                    dir = %s.data_dir.display(),
-                    "created a store key next to the data; keep it elsewhere with --store-key-file in production"
-                );
-            }
-            key
-        }
+        // load_or_create_in warns when it creates the key.
+        None => StoreKey::load_or_create_in(&s.data_dir)?.0,
     };
-    let store = SledStore::open(&s.data_dir, key)
-        .with_context(|| format!("opening the store in {}", s.data_dir.display()))?;
+    let db_dir = s.data_dir.join("store");
+    let store = SledStore::open(&db_dir, key)
+        .with_context(|| format!("opening the store in {}", db_dir.display()))?;
     Ok(Arc::new(store))
 }
 

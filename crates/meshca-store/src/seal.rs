@@ -1,0 +1,306 @@
+//! Sealing at rest: AES-256-GCM under a data key, data keys under the store key.
+//!
+//! Two layers, so that changing the store key only re-seals the small data
+//! key records, and a data key can rotate without the operator's involvement.
+//! Every seal draws a fresh random 96-bit nonce, and its associated data names
+//! the record it belongs to, so a sealed blob moved to another record fails
+//! to open instead of being read as that record.
+
+use crate::key::{StoreKey, StoreKeyId, KEY_LEN};
+use crate::StoreError;
+use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// First byte of every sealed blob: the layout `[format][nonce][ciphertext+tag]`.
+/// A future algorithm gets a new number instead of a guess.
+const FORMAT_AES_256_GCM: u8 = 1;
+
+/// Why a sealed blob did not open. The caller decides what that means:
+/// a wrong store key, or corrupt data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OpenFailed;
+
+/// Encrypts `plaintext` under `key`, binding `aad`.
+pub(crate) fn seal(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    let failed = |_| StoreError::Io("AES-256-GCM sealing failed".into());
+    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(failed)?;
+    // Room for the tag up front: growing the buffer would leave a freed,
+    // unzeroed copy of the plaintext behind.
+    let mut in_out = Zeroizing::new(Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len()));
+    in_out.extend_from_slice(plaintext);
+    let nonce = key
+        .seal_in_place_append_tag(Aad::from(aad), &mut *in_out)
+        .map_err(failed)?;
+    let mut sealed = Vec::with_capacity(1 + NONCE_LEN + in_out.len());
+    sealed.push(FORMAT_AES_256_GCM);
+    sealed.extend_from_slice(nonce.as_ref());
+    sealed.extend_from_slice(&in_out);
+    Ok(sealed)
+}
+
+/// Decrypts and authenticates a blob from [`seal`] made with the same `aad`.
+pub(crate) fn open(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, OpenFailed> {
+    let (&format, rest) = sealed.split_first().ok_or(OpenFailed)?;
+    if format != FORMAT_AES_256_GCM || rest.len() < NONCE_LEN {
+        return Err(OpenFailed);
+    }
+    let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenFailed)?;
+    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| OpenFailed)?;
+    let mut in_out = Zeroizing::new(ciphertext.to_vec());
+    let len = key
+        .open_in_place(nonce, Aad::from(aad), &mut in_out[..])
+        .map_err(|_| OpenFailed)?
+        .len();
+    in_out.truncate(len);
+    Ok(in_out)
+}
+
+/// A key that seals records; itself stored sealed under the store key.
+///
+/// It has an ID (recorded in every blob it seals, so that after a rotation
+/// the right key is picked) and a creation time (to decide when to rotate).
+pub(crate) struct DataKey {
+    pub(crate) id: Uuid,
+    pub(crate) created_at: OffsetDateTime,
+    key: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+/// The on-disk form of a [`DataKey`], kept in `meta`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DataKeyRecord {
+    pub(crate) id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    /// Hex ID of the store key that sealed this data key.
+    pub(crate) store_key_id: String,
+    /// Base64 of the sealed key bytes.
+    pub(crate) sealed_key: String,
+}
+
+impl DataKey {
+    /// A fresh random data key created at `now`.
+    pub(crate) fn generate(now: OffsetDateTime) -> Result<Self, StoreError> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        aws_lc_rs::rand::fill(&mut key[..])
+            .map_err(|_| StoreError::Io("the system random generator failed".into()))?;
+        Ok(Self {
+            id: Uuid::new_v4(),
+            created_at: now,
+            key,
+        })
+    }
+
+    /// Seals this key under `store_key` for storage.
+    pub(crate) fn seal_with(&self, store_key: &StoreKey) -> Result<DataKeyRecord, StoreError> {
+        let sealed = seal(store_key.key_bytes(), &data_key_aad(self.id), &self.key[..])?;
+        Ok(DataKeyRecord {
+            id: self.id,
+            created_at: self.created_at,
+            store_key_id: store_key.id().to_hex(),
+            sealed_key: B64.encode(sealed),
+        })
+    }
+
+    /// Unseals a stored record with `store_key`, refusing a key with another
+    /// ID before trying to decrypt, so the message can say which key is expected.
+    pub(crate) fn unseal(record: &DataKeyRecord, store_key: &StoreKey) -> Result<Self, StoreError> {
+        let sealed_by = StoreKeyId::from_hex(&record.store_key_id).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "data key {} names no valid store key ID",
+                record.id
+            ))
+        })?;
+        if &sealed_by != store_key.id() {
+            return Err(StoreError::WrongKey(format!(
+                "the data is sealed with store key {sealed_by}, but the key given is {}; \
+                 start with the store key this data directory was created with",
+                store_key.id()
+            )));
+        }
+        let sealed = B64
+            .decode(&record.sealed_key)
+            .map_err(|e| StoreError::Corrupt(format!("data key {}: {e}", record.id)))?;
+        let bytes =
+            open(store_key.key_bytes(), &data_key_aad(record.id), &sealed).map_err(|_| {
+                StoreError::WrongKey(format!(
+                    "store key {} has the expected ID but does not unseal data key {}; \
+                 the key file is damaged or not the original",
+                    store_key.id(),
+                    record.id
+                ))
+            })?;
+        Self::from_parts(record, &bytes)
+    }
+
+    fn from_parts(record: &DataKeyRecord, bytes: &[u8]) -> Result<Self, StoreError> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        if bytes.len() != KEY_LEN {
+            return Err(StoreError::Corrupt(format!(
+                "data key {} has the wrong length",
+                record.id
+            )));
+        }
+        key.copy_from_slice(bytes);
+        Ok(Self {
+            id: record.id,
+            created_at: record.created_at,
+            key,
+        })
+    }
+
+    /// Seals a record's bytes, binding the record's name and this key's ID.
+    pub(crate) fn seal_record(
+        &self,
+        name: &str,
+        plaintext: &[u8],
+    ) -> Result<SealedRecord, StoreError> {
+        let sealed = seal(&self.key, &record_aad(name, self.id), plaintext)?;
+        Ok(SealedRecord {
+            data_key_id: self.id,
+            sealed: B64.encode(sealed),
+        })
+    }
+
+    /// Opens a record sealed by [`DataKey::seal_record`] under the same name.
+    pub(crate) fn open_record(
+        &self,
+        name: &str,
+        record: &SealedRecord,
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        if record.data_key_id != self.id {
+            return Err(StoreError::Corrupt(format!(
+                "{name} is sealed with unknown data key {}",
+                record.data_key_id
+            )));
+        }
+        let sealed = B64
+            .decode(&record.sealed)
+            .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))?;
+        open(&self.key, &record_aad(name, self.id), &sealed)
+            .map_err(|_| StoreError::Corrupt(format!("{name} failed authentication")))
+    }
+}
+
+/// A record sealed under a data key, as stored.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SealedRecord {
+    pub(crate) data_key_id: Uuid,
+    /// Base64 of the sealed blob.
+    pub(crate) sealed: String,
+}
+
+fn data_key_aad(id: Uuid) -> Vec<u8> {
+    format!("meshca/meta/data_key/{id}").into_bytes()
+}
+
+fn record_aad(name: &str, data_key_id: Uuid) -> Vec<u8> {
+    format!("meshca/{name}@{data_key_id}").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: OffsetDateTime = time::macros::datetime!(2030-01-01 00:00 UTC);
+
+    #[test]
+    fn a_sealed_blob_opens_only_with_its_key_and_aad() {
+        let key = [7u8; KEY_LEN];
+        let sealed = seal(&key, b"ca/state", b"secret").unwrap();
+        assert_eq!(&open(&key, b"ca/state", &sealed).unwrap()[..], b"secret");
+        assert_eq!(open(&key, b"ca/other", &sealed), Err(OpenFailed));
+        assert_eq!(open(&[8u8; KEY_LEN], b"ca/state", &sealed), Err(OpenFailed));
+    }
+
+    #[test]
+    fn each_seal_uses_a_fresh_nonce() {
+        let key = [7u8; KEY_LEN];
+        let a = seal(&key, b"x", b"same").unwrap();
+        let b = seal(&key, b"x", b"same").unwrap();
+        assert_ne!(a[1..1 + NONCE_LEN], b[1..1 + NONCE_LEN]);
+    }
+
+    #[test]
+    fn tampering_and_truncation_fail_to_open() {
+        let key = [7u8; KEY_LEN];
+        let mut sealed = seal(&key, b"x", b"payload").unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert_eq!(open(&key, b"x", &sealed), Err(OpenFailed));
+        assert_eq!(open(&key, b"x", &sealed[..5]), Err(OpenFailed));
+        assert_eq!(open(&key, b"x", &[]), Err(OpenFailed));
+    }
+
+    #[test]
+    fn a_data_key_round_trips_through_its_record() {
+        let store_key = StoreKey::generate().unwrap();
+        let data_key = DataKey::generate(NOW).unwrap();
+        let record = data_key.seal_with(&store_key).unwrap();
+        let back = DataKey::unseal(&record, &store_key).unwrap();
+        assert_eq!((back.id, back.created_at), (data_key.id, NOW));
+        let sealed = data_key.seal_record("ca/state", b"hello").unwrap();
+        assert_eq!(
+            &back.open_record("ca/state", &sealed).unwrap()[..],
+            b"hello"
+        );
+        assert!(back.open_record("ca/other", &sealed).is_err());
+    }
+
+    #[test]
+    fn another_store_key_is_refused_as_wrong_key() {
+        let record = DataKey::generate(NOW)
+            .unwrap()
+            .seal_with(&StoreKey::generate().unwrap())
+            .unwrap();
+        let other = StoreKey::generate().unwrap();
+        assert!(matches!(
+            DataKey::unseal(&record, &other),
+            Err(StoreError::WrongKey(_))
+        ));
+    }
+
+    #[test]
+    fn same_id_but_other_key_bytes_is_refused_as_wrong_key() {
+        let original = StoreKey::from_bytes(&[1u8; 64]).unwrap();
+        let mut forged = [1u8; 64];
+        forged[40] = 2;
+        let forged = StoreKey::from_bytes(&forged).unwrap();
+        let record = DataKey::generate(NOW)
+            .unwrap()
+            .seal_with(&original)
+            .unwrap();
+        let err = DataKey::unseal(&record, &forged).unwrap_err();
+        assert!(err.to_string().contains("expected ID"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_data_key() {
+        let shown = format!("{:?}", DataKey::generate(NOW).unwrap());
+        assert!(shown.contains("[redacted]"), "{shown}");
+    }
+}
