@@ -15,6 +15,7 @@ pub mod csr;
 pub mod duration;
 pub mod keyspec;
 pub mod leaf;
+pub mod rotation;
 pub mod secret;
 pub mod spiffe;
 pub mod state;

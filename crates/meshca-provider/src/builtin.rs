@@ -189,7 +189,33 @@ fn byo_root(req: &CaRequest) -> Result<(KeyPair, Vec<u8>, KeySpec), ProviderErro
     if facts.not_after <= req.now {
         return Err(ProviderError::InvalidInput("RootCert has expired".into()));
     }
+    let want = req.trust_domain.ca_uri();
+    if uri_sans(&der)? != [want.as_str()] {
+        return Err(ProviderError::InvalidInput(format!(
+            "RootCert must carry exactly one URI SAN, {want}"
+        )));
+    }
     Ok((key, der, spec))
+}
+
+fn uri_sans(der: &[u8]) -> Result<Vec<String>, ProviderError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(ProviderError::internal)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| ProviderError::InvalidInput(format!("RootCert: {e}")))?;
+    Ok(san
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 fn spec_of(key: &KeyPair) -> Result<KeySpec, ProviderError> {
@@ -363,10 +389,10 @@ impl CaProvider for BuiltinProvider {
         .to_vec();
         let root_key = load_key(&s.root.key().serialize_der(), spec)?;
         let private_keys = keys_of(&root_key, &int_key);
+        // Built (and so checked) but not activated: the caller persists the
+        // material first and then calls `restore`.
         let signing = Signing::new(root_key, s.root_der.clone(), int_key, int_der)?;
-        let material = material_of(&signing, spec, private_keys);
-        self.active.store(Some(Arc::new(signing)));
-        Ok(material)
+        Ok(material_of(&signing, spec, private_keys))
     }
 
     fn generate_intermediate_csr(&self) -> Result<String, ProviderError> {
@@ -599,6 +625,12 @@ mod tests {
             renewed.private_keys[SIGNING_KEY],
             first.private_keys[SIGNING_KEY]
         );
+        assert_eq!(
+            p.active_signing_cert().unwrap(),
+            first.signing_pem,
+            "not active before restore"
+        );
+        p.restore(&renewed).unwrap();
         assert_eq!(p.active_signing_cert().unwrap(), renewed.signing_pem);
         p.sign_leaf(&leaf_request(&req.trust_domain)).unwrap();
     }

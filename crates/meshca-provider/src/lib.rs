@@ -126,9 +126,9 @@ pub trait CaProvider: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<String, ProviderError>;
 
-    /// Replaces the signing intermediate with a new key and certificate
-    /// signed by the same root (renewal at half-life). Returns the material
-    /// to persist; the root is unchanged.
+    /// Creates a new signing intermediate (new key, same root) for renewal at
+    /// half-life. Returns the material to persist; it becomes active only
+    /// when the caller passes it to [`CaProvider::restore`] after committing.
     fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
 
     /// Secondary datacenters: a CSR for a new intermediate key (PEM).

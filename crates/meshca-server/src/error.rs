@@ -32,8 +32,6 @@ pub enum ApiError {
     ProviderStateReadOnly,
     #[error("The current CA Provider does not support cross-signing. You can try again with ForceWithoutCrossSigningSet but this may cause disruption - see documentation for more.")]
     CrossSigningUnsupported,
-    #[error("{0}")]
-    RotationUnavailable(String),
     #[error("Permission denied")]
     PermissionDenied,
     #[error("Not found: {0}")]
@@ -67,7 +65,6 @@ impl ApiError {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ProviderStateReadOnly => (StatusCode::BAD_REQUEST, "provider_state_read_only"),
             CrossSigningUnsupported => (StatusCode::BAD_REQUEST, "cross_signing_unsupported"),
-            RotationUnavailable(_) => (StatusCode::BAD_REQUEST, "rotation_unavailable"),
             PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -33,6 +33,10 @@ pub struct LeafCache {
 /// the error when the wall clock jumps.
 const MAX_NAP: Duration = Duration::from_secs(30);
 
+/// Upper bound of the random delay before a blocked leaf query fetches a
+/// certificate from a new signer.
+pub const ROTATION_SPREAD: Duration = Duration::from_secs(3);
+
 impl LeafCache {
     fn slot(&self, key: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -97,6 +101,16 @@ impl LeafCache {
             }
             if tokio::time::Instant::now() >= deadline {
                 return self.current(ca, limiter, service).await;
+            }
+            if ca.published().signing_key_id != leaf.signed_by {
+                // The signer changed (rotation or renewal): every proxy wakes
+                // now, so spread their renewals instead of signing in a burst.
+                let spread = rand::thread_rng().gen_range(Duration::ZERO..ROTATION_SPREAD);
+                tokio::time::sleep_until(std::cmp::min(
+                    deadline,
+                    tokio::time::Instant::now() + spread,
+                ))
+                .await;
             }
         }
     }

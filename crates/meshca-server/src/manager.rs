@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use meshca_core::csr::{validate_csr, CsrKeyType, CsrPolicy, ValidatedCsr};
 use meshca_core::leaf::leaf_validity;
+use meshca_core::rotation::{cross_sign_not_after, needs_renewal, prune, validity};
 use meshca_core::state::{CaRoot, CaState, StoredConfig};
 use meshca_core::x509::{cert_facts, cert_id, colon_hex, decode_pem_blocks, serial_u64};
 use meshca_core::{CaConfig, Clock, KeySpec, ProviderKind, SpiffeId, TrustDomain};
@@ -66,7 +67,32 @@ pub struct CaManager {
     published: ArcSwap<Published>,
     changes: watch::Sender<u64>,
     admin: Mutex<()>,
+    /// What the writer holding `admin` is doing, for the 409 message.
+    admin_state: std::sync::Mutex<&'static str>,
     issue_index: AtomicU64,
+}
+
+/// Held while a writer changes the CA; resets the state name on drop.
+struct Writer<'a> {
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+    state: &'a std::sync::Mutex<&'static str>,
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = "INITIALIZED";
+    }
+}
+
+/// Crash injection for the rotation crash tests: when `MESHCA_FAILPOINT`
+/// names this step, the process aborts here, exactly as a `SIGKILL` would
+/// stop it. Unset in production; reading it costs nothing that matters on
+/// these rare paths.
+fn failpoint(step: &str) {
+    if std::env::var("MESHCA_FAILPOINT").is_ok_and(|v| v == step) {
+        tracing::error!(step, "failpoint reached: aborting");
+        std::process::abort();
+    }
 }
 
 /// Runs blocking (CPU-heavy or fsync) work off the async runtime.
@@ -100,6 +126,7 @@ impl CaManager {
             published: ArcSwap::from_pointee(published),
             changes: watch::channel(index).0,
             admin: Mutex::new(()),
+            admin_state: std::sync::Mutex::new("INITIALIZED"),
             issue_index: AtomicU64::new(index),
         }))
     }
@@ -142,12 +169,25 @@ impl CaManager {
         }
     }
 
-    /// `PUT /v1/connect/ca/configuration` for changes that keep the root key.
-    pub async fn update_configuration(&self, upd: CaConfigurationUpdate) -> Result<(), ApiError> {
-        let _writer = self
+    /// Takes the writer lock without waiting: a concurrent change is refused
+    /// with Consul's `CA is already in state "…"` (409).
+    fn begin(&self, what: &'static str) -> Result<Writer<'_>, ApiError> {
+        let mut state = self.admin_state.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = self
             .admin
             .try_lock()
-            .map_err(|_| ApiError::CaBusy("RECONFIGURING"))?;
+            .map_err(|_| ApiError::CaBusy(*state))?;
+        *state = what;
+        Ok(Writer {
+            _lock: lock,
+            state: &self.admin_state,
+        })
+    }
+
+    /// `PUT /v1/connect/ca/configuration`: a change that keeps the root key
+    /// is committed as is; one that changes it runs a root rotation.
+    pub async fn update_configuration(&self, upd: CaConfigurationUpdate) -> Result<(), ApiError> {
+        let _writer = self.begin("RECONFIGURING")?;
         let current = self.published();
         if upd.state.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::ProviderStateReadOnly);
@@ -157,14 +197,9 @@ impl CaManager {
             return Ok(());
         }
         if current.config.requires_rotation(&next) {
-            if !current.provider.supports_cross_signing() && !upd.force_without_cross_signing {
-                return Err(ApiError::CrossSigningUnsupported);
-            }
-            return Err(ApiError::RotationUnavailable(format!(
-                "changing the root key ({} -> {}) needs a root rotation, which this version of meshca does not perform yet",
-                describe_root(&current.config),
-                describe_root(&next)
-            )));
+            return self
+                .rotate(&current, next, upd.force_without_cross_signing)
+                .await;
         }
         let store = self.store.clone();
         let state = blocking(move || {
@@ -182,6 +217,83 @@ impl CaManager {
         tracing::info!(config = %state.config.config, index = published.index, "CA configuration changed");
         self.install(published);
         Ok(())
+    }
+
+    /// Root rotation (SPEC §5, ARCHITECTURE.md "A root rotation"): new root
+    /// and intermediate from the new provider, cross-signed by the old root,
+    /// validated, then committed in one transaction and published.
+    async fn rotate(
+        &self,
+        current: &Arc<Published>,
+        next: CaConfig,
+        force: bool,
+    ) -> Result<(), ApiError> {
+        let old = current.provider.clone();
+        let cross_sign = old.supports_cross_signing();
+        if !cross_sign && !force {
+            return Err(ApiError::CrossSigningUnsupported);
+        }
+        let new = (self.factory)(&next)?;
+        let step = RotationStep {
+            store: self.store.clone(),
+            now: self.clock.now(),
+            datacenter: self.datacenter.clone(),
+            expected_index: current.index,
+            old: cross_sign.then(|| old.clone()),
+            new: new.clone(),
+        };
+        let (from, to) = (describe_root(&current.config), describe_root(&next));
+        let state = blocking(move || step.run(next)).await?;
+        let published = publish(&state, new, &self.datacenter)?;
+        tracing::info!(%from, %to, active_root = %published.active_root_id,
+            cross_signed = cross_sign, index = published.index, "root rotated");
+        self.install(published);
+        if let Err(e) = old.cleanup() {
+            tracing::warn!(error = %e, "the old CA provider did not clean up");
+        }
+        Ok(())
+    }
+
+    /// One round of upkeep: prune rotated-out roots and expired chain
+    /// entries, renew the signing intermediate at half-life. Skipped (not
+    /// queued) while another writer is active. Returns whether it changed
+    /// anything.
+    pub async fn maintain(&self) -> Result<bool, ApiError> {
+        let Ok(_writer) = self.begin("RENEWING") else {
+            return Ok(false);
+        };
+        let current = self.published();
+        let (store, provider) = (self.store.clone(), current.provider.clone());
+        let now = self.clock.now();
+        let Some(state) = blocking(move || maintain_blocking(&*store, &*provider, now)).await?
+        else {
+            return Ok(false);
+        };
+        let published = publish(&state, current.provider.clone(), &self.datacenter)?;
+        tracing::info!(index = published.index, signing_key_id = %published.signing_key_id, "CA maintenance committed");
+        self.install(published);
+        Ok(true)
+    }
+
+    /// Runs [`CaManager::maintain`] now, then every `period` and whenever the
+    /// CA changes or waiters are woken (tests advance a manual clock and wake).
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        period: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let ca = self.clone();
+        tokio::spawn(async move {
+            let mut changes = ca.subscribe();
+            loop {
+                if let Err(e) = ca.maintain().await {
+                    tracing::error!(error = %e, "CA maintenance failed; retrying later");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    r = changes.changed() => if r.is_err() { return },
+                }
+            }
+        })
     }
 
     fn install(&self, published: Published) {
@@ -275,6 +387,194 @@ impl CaManager {
     pub fn factory(&self) -> &ProviderFactory {
         &self.factory
     }
+}
+
+/// The blocking part of a rotation, with the crash-injection points the
+/// crash tests use. Nothing is written before the single commit.
+struct RotationStep {
+    store: Arc<dyn Store>,
+    now: OffsetDateTime,
+    datacenter: String,
+    expected_index: u64,
+    /// The old provider, when it cross-signs.
+    old: Option<Arc<dyn CaProvider>>,
+    new: Arc<dyn CaProvider>,
+}
+
+impl RotationStep {
+    fn run(self, next: CaConfig) -> Result<CaState, ApiError> {
+        let mut state = self
+            .store
+            .load_ca_state()?
+            .ok_or_else(|| ApiError::Unavailable("the CA is not initialised".into()))?;
+        if state.modify_index != self.expected_index {
+            return Err(ApiError::CaBusy("RECONFIGURING"));
+        }
+        let old_root = state
+            .active_root()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("stored CA has no active root".into()))?;
+        let req = CaRequest {
+            cluster_id: state.cluster_id,
+            trust_domain: state.trust_domain(),
+            config: next.clone(),
+            now: self.now,
+        };
+        let material = self.new.generate_ca(&req)?;
+        failpoint("rotation-generated");
+        let new_id = cert_id(&first_der(&material.root_pem)?);
+        if state.roots.iter().any(|r| r.id == new_id) {
+            return Err(ApiError::BadRequest(
+                "the new root is already in the trust bundle; supply a different root".into(),
+            ));
+        }
+        let cross_signed = match &self.old {
+            Some(old) => {
+                let not_after = cross_sign_not_after(
+                    self.now,
+                    state.config.config.leaf_cert_ttl,
+                    next.leaf_cert_ttl,
+                    old_root.not_after,
+                );
+                Some(old.cross_sign_ca(&material.root_pem, not_after, self.now)?)
+            }
+            None => None,
+        };
+        failpoint("rotation-cross-signed");
+        self.check(&req, &material, cross_signed.as_deref(), &old_root)?;
+        let index = self.expected_index + 1;
+        for r in state.roots.iter_mut().filter(|r| r.active) {
+            r.active = false;
+            r.rotated_out_at = Some(self.now);
+            r.modify_index = index;
+        }
+        let mut root = root_record(&material, &state.cluster_id, index)?;
+        if let Some(x) = cross_signed {
+            root.intermediate_certs.insert(0, x);
+        }
+        state.roots.push(root);
+        state.config.config = next;
+        state.config.modify_index = index;
+        state.private_keys = material.private_keys;
+        state.provider_state = material.provider_state;
+        failpoint("rotation-before-commit");
+        commit(&*self.store, &mut state, self.expected_index)?;
+        failpoint("rotation-committed");
+        Ok(state)
+    }
+
+    /// Validate before publishing: a probe leaf from the new CA must verify
+    /// against the new root (the provider's own check), and — through the
+    /// cross-signed certificate — against the old root alone.
+    fn check(
+        &self,
+        req: &CaRequest,
+        material: &CaMaterial,
+        cross_signed: Option<&str>,
+        old_root: &CaRoot,
+    ) -> Result<(), ApiError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let id = SpiffeId::service(
+            &req.trust_domain,
+            "default",
+            &self.datacenter,
+            "meshca-rotation-probe",
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let signing = cert_facts(&first_der(&material.signing_pem)?).map_err(ApiError::Internal)?;
+        let (not_before, not_after) =
+            leaf_validity(self.now, req.config.leaf_cert_ttl, signing.not_after);
+        let leaf = self.new.sign_leaf(&LeafRequest {
+            csr: ValidatedCsr {
+                spiffe_id: id,
+                spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+                key_type: CsrKeyType::EcP256,
+                dns_sans: vec![],
+                ip_sans: vec![],
+            },
+            not_before,
+            not_after,
+            serial: meshca_provider::profile::leaf_serial()?,
+        })?;
+        let Some(x) = cross_signed else {
+            return Ok(());
+        };
+        let chain = [first_der(x)?, first_der(&material.signing_pem)?];
+        meshca_provider::verify::verify_chain(
+            &first_der(&leaf)?,
+            &chain,
+            &[first_der(&old_root.root_cert)?],
+            self.now,
+        )
+        .map_err(|e| {
+            ApiError::Internal(format!(
+                "cross-signed chain does not verify against the old root: {e}"
+            ))
+        })
+    }
+}
+
+/// Prunes and renews as due; `None` when nothing needed doing.
+fn maintain_blocking(
+    store: &dyn Store,
+    provider: &dyn CaProvider,
+    now: OffsetDateTime,
+) -> Result<Option<CaState>, ApiError> {
+    let Some(mut state) = store.load_ca_state()? else {
+        return Ok(None);
+    };
+    let expected = state.modify_index;
+    let index = expected + 1;
+    let pruned = prune(&mut state, now);
+    let renewed = renew_if_due(&mut state, provider, now, index)?;
+    if !pruned && renewed.is_none() {
+        return Ok(None);
+    }
+    if let Some(r) = state.roots.iter_mut().find(|r| r.active) {
+        r.modify_index = index;
+    }
+    commit(store, &mut state, expected)?;
+    if let Some(material) = renewed {
+        provider.restore(&material)?;
+    }
+    Ok(Some(state))
+}
+
+/// Renews the active signing intermediate at half-life, unless it already
+/// reaches the root's NotAfter (a new one could not live longer).
+fn renew_if_due(
+    state: &mut CaState,
+    provider: &dyn CaProvider,
+    now: OffsetDateTime,
+    index: u64,
+) -> Result<Option<CaMaterial>, ApiError> {
+    let cluster_id = state.cluster_id;
+    let trust_domain = state.trust_domain();
+    let config = state.config.config.clone();
+    let Some(root) = state.roots.iter_mut().find(|r| r.active) else {
+        return Ok(None);
+    };
+    let Some((nb, na)) = root.intermediate_certs.last().and_then(|p| validity(p)) else {
+        return Ok(None);
+    };
+    if !needs_renewal(nb, na, now) || na >= root.not_after {
+        return Ok(None);
+    }
+    let material = provider.renew_intermediate(&CaRequest {
+        cluster_id,
+        trust_domain,
+        config,
+        now,
+    })?;
+    let signing = cert_facts(&first_der(&material.signing_pem)?).map_err(ApiError::Internal)?;
+    if let Some(last) = root.intermediate_certs.last_mut() {
+        *last = material.signing_pem.clone();
+    }
+    root.signing_key_id = colon_hex(&signing.subject_key_id.unwrap_or_default());
+    root.modify_index = index;
+    state.private_keys = material.private_keys.clone();
+    Ok(Some(material))
 }
 
 fn describe_root(c: &CaConfig) -> String {

@@ -2,6 +2,8 @@
 //! leaf query returns a fresh certificate once the cached one reaches its
 //! renewal point, and not before.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
+
 use meshca_core::{CaConfig, Clock, ManualClock};
 use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaManager};

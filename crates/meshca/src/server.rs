@@ -9,6 +9,10 @@ use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaManager};
 use meshca_store::{SledStore, Store, StoreKey};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the CA checks for intermediates to renew and roots to prune.
+const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let settings = config::load(&args)?;
@@ -73,6 +77,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let p = ca.published();
     tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
+    ca.spawn_maintenance(MAINTENANCE_PERIOD);
     let router = meshca_server::router(AppState::new(ca));
     meshca_server::serve(listener, router, shutdown_signal()).await?;
     tracing::info!("meshca stopped");
