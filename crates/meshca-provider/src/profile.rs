@@ -195,3 +195,101 @@ pub fn leaf_params(
 pub fn expected_id(csr: &ValidatedCsr) -> &SpiffeId {
     &csr.spiffe_id
 }
+
+/// Options of `meshca tls ca create` (Consul's flags).
+#[derive(Debug, Clone)]
+pub struct AgentCaOptions {
+    pub common_name: Option<String>,
+    pub domain: String,
+    /// When set, the CA carries `spiffe://<cluster-id>.consul` and can be
+    /// supplied as a Connect root (`PrivateKey` + `RootCert`).
+    pub cluster_id: Option<Uuid>,
+    pub days: u32,
+    /// Permit only DNS names under `domain` and `localhost` (+ additional).
+    pub name_constraint: bool,
+    pub additional_name_constraints: Vec<String>,
+}
+
+/// A self-signed EC P-256 CA as `consul tls ca create` makes it: for agent
+/// TLS, or (with a cluster ID) for recovering the Connect CA. Returns the
+/// certificate and private key as PEM.
+pub fn agent_ca(
+    opts: &AgentCaOptions,
+    now: OffsetDateTime,
+) -> Result<(String, String), ProviderError> {
+    let key = generate_key(KeySpec::EcP256)?;
+    let serial = ca_serial()?;
+    let mut p = CertificateParams::default();
+    let cn = opts
+        .common_name
+        .clone()
+        .unwrap_or_else(|| format!("Consul Agent CA {}", meshca_core::x509::serial_u64(&serial)));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    if let Some(id) = &opts.cluster_id {
+        p.subject_alt_names = vec![SanType::URI(ia5(&TrustDomain::for_cluster(id).ca_uri())?)];
+    }
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = now - meshca_core::leaf::BACKDATE;
+    p.not_after = now + time::Duration::days(i64::from(opts.days));
+    p.serial_number = Some(SerialNumber::from_slice(&serial));
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&key.subject_public_key_info()));
+    if opts.name_constraint {
+        // DNS constraints only: URI name constraints break rustls and
+        // Python's verifier for SPIFFE leaves.
+        let mut permitted = vec![opts.domain.clone(), "localhost".to_string()];
+        permitted.extend(opts.additional_name_constraints.iter().cloned());
+        p.name_constraints = Some(rcgen::NameConstraints {
+            permitted_subtrees: permitted
+                .into_iter()
+                .map(rcgen::GeneralSubtree::DnsName)
+                .collect(),
+            excluded_subtrees: vec![],
+        });
+    }
+    let cert = p.self_signed(&key).map_err(ProviderError::internal)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn agent_ca_with_cluster_id_is_a_connect_root() {
+        let id = Uuid::from_u128(7);
+        let opts = AgentCaOptions {
+            common_name: Some("Consul Agent CA".into()),
+            domain: "consul".into(),
+            cluster_id: Some(id),
+            days: 365,
+            name_constraint: true,
+            additional_name_constraints: vec!["example.com".into()],
+        };
+        let now = datetime!(2030-01-01 00:00 UTC);
+        let (cert, key) = agent_ca(&opts, now).unwrap();
+        assert!(key.contains("PRIVATE KEY"));
+        let der = meshca_core::x509::decode_pem_blocks(&cert, "CERTIFICATE")
+            .unwrap()
+            .remove(0);
+        let f = meshca_core::x509::cert_facts(&der).unwrap();
+        assert!(f.is_ca);
+        assert_eq!(f.not_after, now + time::Duration::days(365));
+        use x509_parser::prelude::FromDer;
+        let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+        let nc = c.name_constraints().unwrap().unwrap().value.clone();
+        assert_eq!(nc.permitted_subtrees.unwrap().len(), 3);
+        let san = c.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            format!("{:?}", san.value.general_names),
+            format!("[URI(\"{}\")]", TrustDomain::for_cluster(&id).ca_uri())
+        );
+    }
+}

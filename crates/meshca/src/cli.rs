@@ -48,6 +48,50 @@ pub enum Command {
     },
     /// Fetch a leaf certificate for a service and write it to files.
     Leaf(LeafArgs),
+    /// TLS helpers.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Certificate authority commands.
+    Ca {
+        #[command(subcommand)]
+        command: TlsCaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCaCommand {
+    /// Create a CA: writes <domain>-agent-ca.pem and <domain>-agent-ca-key.pem
+    /// in the current directory (never overwriting).
+    Create(TlsCaCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TlsCaCreateArgs {
+    /// Validity in days.
+    #[arg(long, default_value_t = 1825)]
+    pub days: u32,
+    /// Domain of the agents; names the files and the name constraint.
+    #[arg(long, default_value = "consul")]
+    pub domain: String,
+    /// Cluster ID (TrustDomain without ".consul"): adds the SPIFFE URI SAN so
+    /// the CA can be supplied as the Connect root.
+    #[arg(long = "cluster-id")]
+    pub cluster_id: Option<uuid::Uuid>,
+    /// Common name (default "Consul Agent CA <serial>").
+    #[arg(long = "common-name")]
+    pub common_name: Option<String>,
+    /// Permit only DNS names under the domain and localhost.
+    #[arg(long = "name-constraint")]
+    pub name_constraint: bool,
+    /// Further permitted DNS names (repeatable; implies --name-constraint).
+    #[arg(long = "additional-name-constraint")]
+    pub additional_name_constraint: Vec<String>,
 }
 
 #[derive(Debug, Default, Args)]

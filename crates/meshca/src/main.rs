@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod server;
+mod tls;
 
 use clap::Parser;
 
@@ -14,6 +15,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Server(args) => server::run(args),
         cli::Command::Connect { command } => client::connect(&cli.http, command),
         cli::Command::Leaf(args) => client::leaf(&cli.http, args),
+        cli::Command::Tls { command } => tls::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
