@@ -91,6 +91,10 @@ pub struct CaConfig {
     pub key_spec: KeySpec,
     pub csr_max_per_second: f64,
     pub csr_max_concurrent: u32,
+    /// Rotate the (generated) root when it is this old; zero disables.
+    /// meshca's own key: no peer rotates roots on a schedule.
+    #[serde(default)]
+    pub root_rotation_period: GoDuration,
     /// Bring-your-own root: PEM private key (secret) and certificate.
     pub private_key: Option<SecretBytes>,
     pub root_cert: Option<String>,
@@ -107,6 +111,7 @@ impl Default for CaConfig {
             key_spec: KeySpec::EcP256,
             csr_max_per_second: DEFAULT_CSR_MAX_PER_SECOND,
             csr_max_concurrent: 0,
+            root_rotation_period: GoDuration::from_secs(0),
             private_key: None,
             root_cert: None,
             vault: None,
@@ -123,6 +128,7 @@ const COMMON_KEYS: &[&str] = &[
     "PrivateKeyBits",
     "CSRMaxPerSecond",
     "CSRMaxConcurrent",
+    "RootRotationPeriod",
 ];
 const BUILTIN_KEYS: &[&str] = &["PrivateKey", "RootCert"];
 const VAULT_KEYS: &[&str] = &[
@@ -250,6 +256,7 @@ impl CaConfig {
                 "PrivateKeyBits" => key_bits = as_u32(field, value)?,
                 "CSRMaxPerSecond" => out.csr_max_per_second = as_f64(field, value)?,
                 "CSRMaxConcurrent" => out.csr_max_concurrent = as_u32(field, value)?,
+                "RootRotationPeriod" => out.root_rotation_period = as_duration(field, value)?,
                 "PrivateKey" => {
                     let pem = as_string(field, value)?;
                     if !pem.is_empty() && pem != REDACTED {
@@ -314,6 +321,7 @@ impl CaConfig {
                 ),
             ));
         }
+        self.validate_rotation_period()?;
         match (&self.private_key, &self.root_cert) {
             (Some(_), None) => {
                 return Err(ConfigError::new(
@@ -331,6 +339,32 @@ impl CaConfig {
         }
         if let Some(v) = &self.vault {
             validate_vault(v)?;
+        }
+        Ok(())
+    }
+
+    /// A scheduled rotation must leave each root in service longer than the
+    /// 2×LeafCertTTL overlap, and happen before the root expires.
+    fn validate_rotation_period(&self) -> Result<(), ConfigError> {
+        let period = self.root_rotation_period;
+        if period.as_std().is_zero() {
+            return Ok(());
+        }
+        let min = GoDuration::from(self.leaf_cert_ttl.as_std() * 2);
+        if period <= min || period >= self.root_cert_ttl {
+            return Err(ConfigError::new(
+                "RootRotationPeriod",
+                format!(
+                    "must be 0 (off), or longer than 2 x LeafCertTTL ({min}) and shorter than RootCertTTL ({}), got {period}",
+                    self.root_cert_ttl
+                ),
+            ));
+        }
+        if self.private_key.is_some() {
+            return Err(ConfigError::new(
+                "RootRotationPeriod",
+                "cannot rotate a supplied root (PrivateKey) on a schedule",
+            ));
         }
         Ok(())
     }
@@ -371,6 +405,12 @@ impl CaConfig {
         put("PrivateKeyBits", self.key_spec.bits().into());
         put("CSRMaxPerSecond", self.csr_max_per_second.into());
         put("CSRMaxConcurrent", self.csr_max_concurrent.into());
+        if !self.root_rotation_period.as_std().is_zero() {
+            put(
+                "RootRotationPeriod",
+                self.root_rotation_period.to_string().into(),
+            );
+        }
         let secret = |s: &SecretBytes| -> Value {
             if redact {
                 REDACTED.into()
@@ -628,6 +668,32 @@ mod tests {
                 .unwrap()
                 .csr_max_concurrent,
             4
+        );
+    }
+
+    #[test]
+    fn root_rotation_period_bounds() {
+        assert!(parse("consul", json!({"RootRotationPeriod": "8760h"})).is_ok());
+        assert!(parse("consul", json!({"RootRotationPeriod": "0s"})).is_ok());
+        for bad in ["144h", "87600h", "later"] {
+            assert_eq!(
+                field_of("consul", json!({"RootRotationPeriod": bad})),
+                "RootRotationPeriod",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            field_of(
+                "consul",
+                json!({"RootRotationPeriod": "8760h", "PrivateKey": "K", "RootCert": "C"})
+            ),
+            "RootRotationPeriod"
+        );
+        let c = parse("consul", json!({"RootRotationPeriod": "8760h"})).unwrap();
+        assert_eq!(c.to_wire(true)["RootRotationPeriod"], json!("8760h0m0s"));
+        assert!(
+            !CaConfig::default().requires_rotation(&c),
+            "a schedule is not a new key"
         );
     }
 

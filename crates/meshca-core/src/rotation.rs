@@ -42,6 +42,16 @@ pub fn needs_renewal(
     now >= not_before + (not_after - not_before) / 2
 }
 
+/// Whether a root that became valid at `root_not_before` is due for a
+/// scheduled rotation (`RootRotationPeriod`, zero = never).
+pub fn scheduled_rotation_due(
+    root_not_before: OffsetDateTime,
+    period: GoDuration,
+    now: OffsetDateTime,
+) -> bool {
+    !period.as_std().is_zero() && now >= root_not_before + period.as_time()
+}
+
 /// Removes what has outlived its purpose, returning whether anything changed:
 /// inactive roots rotated out at least 2×LeafCertTTL ago (every leaf they
 /// vouched for has expired) or past their NotAfter, and expired certificates
@@ -96,6 +106,26 @@ mod tests {
         );
         let soon = T0 + Duration::hours(10);
         assert_eq!(cross_sign_not_after(T0, h72, h72, soon), soon);
+    }
+
+    #[test]
+    fn scheduled_rotation_is_due_after_the_period_and_never_when_off() {
+        let period = GoDuration::from_hours(100);
+        assert!(!scheduled_rotation_due(
+            T0,
+            period,
+            T0 + Duration::hours(99)
+        ));
+        assert!(scheduled_rotation_due(
+            T0,
+            period,
+            T0 + Duration::hours(100)
+        ));
+        assert!(!scheduled_rotation_due(
+            T0,
+            GoDuration::from_secs(0),
+            T0 + Duration::days(9999)
+        ));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use meshca_core::csr::{validate_csr, CsrKeyType, CsrPolicy, ValidatedCsr};
 use meshca_core::leaf::leaf_validity;
-use meshca_core::rotation::{cross_sign_not_after, needs_renewal, prune, validity};
+use meshca_core::rotation::{
+    cross_sign_not_after, needs_renewal, prune, scheduled_rotation_due, validity,
+};
 use meshca_core::state::{CaRoot, CaState, StoredConfig};
 use meshca_core::x509::{cert_facts, cert_id, colon_hex, decode_pem_blocks, serial_u64};
 use meshca_core::{CaConfig, Clock, KeySpec, ProviderKind, SpiffeId, TrustDomain};
@@ -263,8 +265,14 @@ impl CaManager {
             return Ok(false);
         };
         let current = self.published();
-        let (store, provider) = (self.store.clone(), current.provider.clone());
         let now = self.clock.now();
+        if self.scheduled_rotation_due(&current, now) {
+            tracing::info!(root = %current.active_root_id, period = %current.config.root_rotation_period,
+                "scheduled root rotation");
+            self.rotate(&current, current.config.clone(), false).await?;
+            return Ok(true);
+        }
+        let (store, provider) = (self.store.clone(), current.provider.clone());
         let Some(state) = blocking(move || maintain_blocking(&*store, &*provider, now)).await?
         else {
             return Ok(false);
@@ -273,6 +281,15 @@ impl CaManager {
         tracing::info!(index = published.index, signing_key_id = %published.signing_key_id, "CA maintenance committed");
         self.install(published);
         Ok(true)
+    }
+
+    fn scheduled_rotation_due(&self, p: &Published, now: OffsetDateTime) -> bool {
+        let period = p.config.root_rotation_period;
+        p.provider.supports_cross_signing()
+            && p.roots
+                .iter()
+                .find(|r| r.active)
+                .is_some_and(|r| scheduled_rotation_due(r.not_before, period, now))
     }
 
     /// Runs [`CaManager::maintain`] now, then every `period` and whenever the

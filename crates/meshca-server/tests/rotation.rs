@@ -327,3 +327,24 @@ async fn bring_your_own_root_is_validated_before_anything_changes() {
 fn pem_key(der: &[u8]) -> String {
     pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_rotation_replaces_the_root_with_cross_signing() {
+    let env = Env::new();
+    let ca = env.start().await;
+    ca.update_configuration(update(json!({"RootRotationPeriod": "2000h"})))
+        .await
+        .unwrap();
+    let first = ca.published();
+    env.clock.advance(Duration::hours(1999));
+    assert!(!ca.maintain().await.unwrap());
+    env.clock.advance(Duration::hours(2));
+    assert!(ca.maintain().await.unwrap());
+    let p = ca.published();
+    assert_eq!(p.roots.len(), 2);
+    assert_ne!(p.active_root_id, first.active_root_id);
+    assert_eq!(p.roots[1].intermediate_certs.len(), 2, "cross-signed");
+    let old_root = first.roots[0].root_cert.clone();
+    assert!(verifies(&leaf(&ca), &[&old_root], env.clock.now()));
+    assert!(!ca.maintain().await.unwrap(), "the new root is not due");
+}
