@@ -581,16 +581,7 @@ fn oid_name(oid: &Oid<'_>) -> String {
         .unwrap_or_else(|_| oid.to_id_string())
 }
 
-/// Quotes untrusted text for an error message: escaped and shortened.
-fn quote(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.chars().count() > MAX {
-        let head: String = s.chars().take(MAX).collect();
-        format!("{head:?}…")
-    } else {
-        format!("{s:?}")
-    }
-}
+use crate::spiffe::quote;
 
 #[cfg(test)]
 mod tests {

@@ -371,7 +371,7 @@ fn describe_bad_char(c: char, allowed: &str) -> String {
 
 /// Quotes untrusted text for an error message: escaped, and shortened so a
 /// hostile input cannot blow up logs or response bodies.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     const MAX: usize = 64;
     if s.chars().count() > MAX {
         let head: String = s.chars().take(MAX).collect();

@@ -76,18 +76,22 @@ pub struct CertFacts {
     pub spki_der: Vec<u8>,
 }
 
+/// The SubjectKeyIdentifier extension's value, if present.
+pub fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+}
+
 pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
     if !rest.is_empty() {
         return Err("trailing data after certificate".into());
     }
-    let skid = cert
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        });
+    let skid = subject_key_id(&cert);
     Ok(CertFacts {
         serial: cert.raw_serial().to_vec(),
         subject_key_id: skid,

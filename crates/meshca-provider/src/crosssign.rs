@@ -7,14 +7,14 @@
 //! CA constraints; new serial, new validity, our root as issuer and AKID.
 
 use crate::ProviderError;
-use meshca_core::x509::key_id;
+use meshca_core::x509::{key_id, subject_key_id};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyIdMethod,
     KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 use x509_parser::asn1_rs::Tag;
-use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate, X509Name};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
 
 fn invalid(msg: impl Into<String>) -> ProviderError {
     ProviderError::InvalidInput(msg.into())
@@ -116,14 +116,7 @@ pub fn cross_sign_params(
         .filter(|bc| bc.value.ca)
         .ok_or_else(|| invalid("only CA certificates can be cross-signed"))?;
     let spki = cert.public_key().raw;
-    let skid = cert
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        })
-        .unwrap_or_else(|| key_id(spki));
+    let skid = subject_key_id(&cert).unwrap_or_else(|| key_id(spki));
     let mut p = CertificateParams::default();
     p.distinguished_name = distinguished_name(cert.subject())?;
     p.subject_alt_names = subject_alt_names(&cert)?;
