@@ -4,7 +4,7 @@
 //! Everything here is a function of the state and `now`.
 
 use crate::duration::GoDuration;
-use crate::state::CaState;
+use crate::state::{CaRoot, CaState};
 use crate::x509::{cert_facts, decode_pem_blocks};
 use time::OffsetDateTime;
 
@@ -57,12 +57,17 @@ pub fn scheduled_rotation_due(
 /// vouched for has expired) or past their NotAfter, and expired certificates
 /// in the active root's chain other than the signing certificate itself.
 pub fn prune(state: &mut CaState, now: OffsetDateTime) -> bool {
-    let grace = state.config.config.leaf_cert_ttl.as_time() * 2;
-    let before = (state.roots.len(), chain_len(state));
-    state.roots.retain(|r| {
+    prune_roots(&mut state.roots, state.config.config.leaf_cert_ttl, now)
+}
+
+/// [`prune`] on a list of roots, for deciding without the full state.
+pub fn prune_roots(roots: &mut Vec<CaRoot>, leaf_ttl: GoDuration, now: OffsetDateTime) -> bool {
+    let grace = leaf_ttl.as_time() * 2;
+    let before = (roots.len(), chain_len(roots));
+    roots.retain(|r| {
         r.active || (r.not_after > now && r.rotated_out_at.is_none_or(|t| t + grace > now))
     });
-    for root in state.roots.iter_mut().filter(|r| r.active) {
+    for root in roots.iter_mut().filter(|r| r.active) {
         let n = root.intermediate_certs.len();
         let mut kept = Vec::with_capacity(n);
         for (i, pem) in root.intermediate_certs.drain(..).enumerate() {
@@ -74,11 +79,22 @@ pub fn prune(state: &mut CaState, now: OffsetDateTime) -> bool {
         }
         root.intermediate_certs = kept;
     }
-    (state.roots.len(), chain_len(state)) != before
+    (roots.len(), chain_len(roots)) != before
 }
 
-fn chain_len(state: &CaState) -> usize {
-    state.roots.iter().map(|r| r.intermediate_certs.len()).sum()
+fn chain_len(roots: &[CaRoot]) -> usize {
+    roots.iter().map(|r| r.intermediate_certs.len()).sum()
+}
+
+/// Whether the active root's signing certificate is due for renewal (and
+/// renewal could extend it: it does not already reach the root's NotAfter).
+pub fn signing_renewal_due(roots: &[CaRoot], now: OffsetDateTime) -> bool {
+    roots.iter().find(|r| r.active).is_some_and(|root| {
+        root.intermediate_certs
+            .last()
+            .and_then(|p| validity(p))
+            .is_some_and(|(nb, na)| needs_renewal(nb, na, now) && na < root.not_after)
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use meshca_core::csr::{validate_csr, CsrKeyType, CsrPolicy, ValidatedCsr};
 use meshca_core::leaf::leaf_validity;
 use meshca_core::rotation::{
-    cross_sign_not_after, needs_renewal, prune, scheduled_rotation_due, validity,
+    cross_sign_not_after, prune, prune_roots, scheduled_rotation_due, signing_renewal_due,
 };
 use meshca_core::state::{CaRoot, CaState, StoredConfig};
 use meshca_core::x509::{cert_facts, cert_id, colon_hex, decode_pem_blocks, serial_u64};
@@ -189,11 +189,13 @@ impl CaManager {
     /// `PUT /v1/connect/ca/configuration`: a change that keeps the root key
     /// is committed as is; one that changes it runs a root rotation.
     pub async fn update_configuration(&self, upd: CaConfigurationUpdate) -> Result<(), ApiError> {
-        let _writer = self.begin("RECONFIGURING")?;
-        let current = self.published();
         if upd.state.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::ProviderStateReadOnly);
         }
+        // Invalid input is a 400 even while another writer runs.
+        CaConfig::from_wire(&upd.provider, &upd.config, Some(&self.published().config))?;
+        let _writer = self.begin("RECONFIGURING")?;
+        let current = self.published();
         let next = CaConfig::from_wire(&upd.provider, &upd.config, Some(&current.config))?;
         if next == current.config {
             return Ok(());
@@ -261,6 +263,11 @@ impl CaManager {
     /// queued) while another writer is active. Returns whether it changed
     /// anything.
     pub async fn maintain(&self) -> Result<bool, ApiError> {
+        // Decide on the published snapshot first, so that the writer lock
+        // (and a 409 for API writers) is taken only when there is work.
+        if !self.maintenance_due(&self.published(), self.clock.now()) {
+            return Ok(false);
+        }
         let Ok(_writer) = self.begin("RENEWING") else {
             return Ok(false);
         };
@@ -281,6 +288,13 @@ impl CaManager {
         tracing::info!(index = published.index, signing_key_id = %published.signing_key_id, "CA maintenance committed");
         self.install(published);
         Ok(true)
+    }
+
+    fn maintenance_due(&self, p: &Published, now: OffsetDateTime) -> bool {
+        let mut roots = p.roots.clone();
+        self.scheduled_rotation_due(p, now)
+            || signing_renewal_due(&p.roots, now)
+            || prune_roots(&mut roots, p.config.leaf_cert_ttl, now)
     }
 
     fn scheduled_rotation_due(&self, p: &Published, now: OffsetDateTime) -> bool {
@@ -572,10 +586,7 @@ fn renew_if_due(
     let Some(root) = state.roots.iter_mut().find(|r| r.active) else {
         return Ok(None);
     };
-    let Some((nb, na)) = root.intermediate_certs.last().and_then(|p| validity(p)) else {
-        return Ok(None);
-    };
-    if !needs_renewal(nb, na, now) || na >= root.not_after {
+    if !signing_renewal_due(std::slice::from_ref(root), now) {
         return Ok(None);
     }
     let material = provider.renew_intermediate(&CaRequest {

@@ -74,7 +74,14 @@ fn decode_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resu
             ApiError::Decode(e.body_text())
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    // Go's decoder only fills a struct from a JSON object; serde would also
+    // accept an array by position, so reject anything but an object first.
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))?;
+    if !value.is_object() {
+        return Err(ApiError::Decode("the body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::Decode(e.to_string()))
 }
 
 /// Go's `strconv.ParseBool`, which Consul uses for `?pem=`.

@@ -22,6 +22,7 @@ pub struct CaRootWire {
     pub id: String,
     pub name: String,
     pub serial_number: u64,
+    #[serde(rename = "SigningKeyID")]
     pub signing_key_id: String,
     pub external_trust_domain: String,
     #[serde(with = "time::serde::rfc3339")]

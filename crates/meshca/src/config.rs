@@ -18,8 +18,31 @@ pub struct FileConfig {
     pub ports: Option<Ports>,
     pub connect: Option<Connect>,
     pub encrypt_store: Option<EncryptStore>,
+    pub acl: Option<Acl>,
+    /// Recognised so that a TLS block is refused with a clear reason
+    /// instead of as an unknown key (TLS on the API is not built yet).
+    pub tls: Option<Value>,
+    pub audit: Option<Audit>,
     pub log_json: Option<bool>,
     pub log_level: Option<String>,
+}
+
+/// Consul's `acl` block. Only `enabled` is acted on (true is refused); the
+/// other keys are accepted so existing agent files load.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct Acl {
+    pub enabled: Option<bool>,
+    pub default_policy: Option<String>,
+    pub tokens: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// File that receives one JSON line per issued certificate.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +75,7 @@ pub struct Settings {
     pub http_port: u16,
     pub store_key_file: Option<PathBuf>,
     pub initial_ca: CaConfig,
+    pub audit_path: Option<PathBuf>,
     pub log_json: bool,
     pub log_level: String,
 }
@@ -92,7 +116,20 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<Settings> {
     settings(args, file)
 }
 
+/// Settings for features this version does not have stop the server: running
+/// without the access control or TLS an operator asked for would be worse.
+fn refuse_unbuilt(file: &FileConfig) -> anyhow::Result<()> {
+    if file.acl.as_ref().is_some_and(|a| a.enabled == Some(true)) {
+        bail!("acl.enabled = true: ACLs are not implemented in this version of meshca; refusing to start without them");
+    }
+    if file.tls.is_some() {
+        bail!("tls: TLS on the HTTP API is not implemented in this version of meshca; refusing to start without it");
+    }
+    Ok(())
+}
+
 fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
+    refuse_unbuilt(&file)?;
     let connect = file.connect.unwrap_or_default();
     if connect.enabled == Some(false) {
         bail!(
@@ -136,6 +173,7 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
             .clone()
             .or(file.encrypt_store.and_then(|e| e.key_file)),
         initial_ca,
+        audit_path: file.audit.and_then(|a| a.path),
         log_json: file.log_json.unwrap_or(false),
         log_level: file.log_level.unwrap_or_else(|| "info".into()),
     })
@@ -196,6 +234,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("LeafTTL"), "{err}");
+    }
+
+    #[test]
+    fn unbuilt_security_features_refuse_to_start() {
+        let err = load_text("a.hcl", "acl { enabled = true }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("acl.enabled"), "{err}");
+        assert!(load_text("a.hcl", "acl { enabled = false }").is_ok());
+        let err = load_text("a.json", r#"{"tls":{"defaults":{"verify_incoming":true}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls"), "{err}");
+        let s = load_text("a.json", r#"{"audit":{"path":"/tmp/audit.log"}}"#).unwrap();
+        assert_eq!(s.audit_path, Some(PathBuf::from("/tmp/audit.log")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let settings = config::load(&args)?;
-    init_logging(&settings);
+    init_logging(&settings)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,19 +24,45 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .block_on(serve(settings))
 }
 
-fn init_logging(s: &Settings) {
+fn init_logging(s: &Settings) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&s.log_level));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if s.log_json {
-        builder.json().init();
+    let stderr = if s.log_json {
+        stderr.json().boxed()
     } else {
-        builder.init();
-    }
+        stderr.boxed()
+    };
+    // The audit trail: one JSON line per issued certificate (target
+    // "audit"), appended to its own file when `audit.path` is set.
+    let audit = match &s.audit_path {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening audit log {}", path.display()))?;
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    m.target() == "audit"
+                }));
+            Some(layer)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(stderr.with_filter(filter))
+        .with(audit)
+        .init();
+    Ok(())
 }
 
 fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {

@@ -33,7 +33,11 @@ fn create_ca(args: &TlsCaCreateArgs, dir: &Path) -> anyhow::Result<()> {
     let cert_path = dir.join(format!("{}-agent-ca.pem", args.domain));
     let key_path = dir.join(format!("{}-agent-ca-key.pem", args.domain));
     for p in [&cert_path, &key_path] {
-        anyhow::ensure!(!p.exists(), "{} already exists; not overwriting", p.display());
+        anyhow::ensure!(
+            !p.exists(),
+            "{} already exists; not overwriting",
+            p.display()
+        );
     }
     anyhow::ensure!(args.days > 0, "--days must be at least 1");
     let opts = AgentCaOptions {
@@ -74,7 +78,10 @@ mod tests {
         let key = dir.path().join("consul-agent-ca-key.pem");
         assert!(dir.path().join("consul-agent-ca.pem").exists());
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let before = std::fs::read(&key).unwrap();
         assert!(create_ca(&args("consul"), dir.path()).is_err());
         assert_eq!(std::fs::read(&key).unwrap(), before, "key untouched");

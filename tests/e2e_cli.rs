@@ -1,0 +1,364 @@
+//! End-to-end: the README's promises. A new user's first steps (roots,
+//! a leaf, `openssl verify`), the client commands (`meshca leaf`,
+//! `meshca connect ca ...`), and how `meshca server` treats its config file.
+
+mod common;
+
+use common::{
+    cert_facts, openssl, openssl_csr, openssl_verify, pem_blocks, run_meshca, service_uri, Server,
+    UNAUTHENTICATED_WARNING,
+};
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a client command against `server` through `MESHCA_HTTP_ADDR`.
+fn client(server: &Server, cwd: &Path, args: &[&str]) -> Output {
+    run_meshca(
+        args,
+        &[("MESHCA_HTTP_ADDR", &server.base)],
+        cwd,
+        CLIENT_TIMEOUT,
+    )
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn readme_first_steps_verify_with_openssl() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).unwrap();
+
+    // curl -s localhost:8500/v1/connect/ca/roots (and ?pem=true)
+    let roots = server.roots();
+    let pem = server.get("/v1/connect/ca/roots?pem=true");
+    assert_eq!(pem.status, 200);
+    assert_eq!(pem_blocks(&pem.body).len(), 2);
+    // curl -s localhost:8500/v1/agent/connect/ca/leaf/web > web.json
+    let leaf = server.get("/v1/agent/connect/ca/leaf/web");
+    assert_eq!(leaf.status, 200);
+    write("web.json", &leaf.body);
+    // The README's python one-liners.
+    write("web.pem", leaf.json()["CertPEM"].as_str().unwrap());
+    let roots_pem: String = roots["Roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["RootCert"].as_str().unwrap())
+        .collect();
+    write("roots.pem", &roots_pem);
+    // The README's openssl command, verbatim.
+    let (ok, out) = openssl(
+        dir.path(),
+        &[
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            "roots.pem",
+            "-untrusted",
+            "web.pem",
+            "web.pem",
+        ],
+    );
+    assert!(ok && out.contains("web.pem: OK"), "{out}");
+
+    // Proxies that keep their own key send a CSR instead.
+    let td = roots["TrustDomain"].as_str().unwrap();
+    let csr = openssl_csr(
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        &format!("URI:{}", service_uri(td, "dc1", "web")),
+    );
+    let r = server.post("/v1/connect/ca/sign", json!({ "CSR": csr }).to_string());
+    assert_eq!(r.status, 200, "{r:?}");
+    write("signed.pem", r.json()["CertPEM"].as_str().unwrap());
+    let (ok, out) = openssl(
+        dir.path(),
+        &[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            "roots.pem",
+            "-untrusted",
+            "signed.pem",
+            "signed.pem",
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn leaf_command_writes_verifiable_files() {
+    let server = Server::start(&[]);
+    let cwd = tempfile::tempdir().unwrap();
+    let out_dir = cwd.path().join("certs");
+    // A key file left world-readable by someone else gets narrowed.
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let key_path = out_dir.join("web-key.pem");
+    std::fs::write(&key_path, "old").unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let out = client(
+        &server,
+        cwd.path(),
+        &["leaf", "web", "--out-dir", out_dir.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "meshca leaf failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    for name in ["web.pem", "web-key.pem", "ca.pem"] {
+        assert!(
+            text(&out.stdout).contains(name),
+            "stdout should name {name}: {}",
+            text(&out.stdout)
+        );
+    }
+    let read = |name: &str| std::fs::read_to_string(out_dir.join(name)).unwrap();
+    let (cert, key, ca) = (read("web.pem"), read("web-key.pem"), read("ca.pem"));
+    assert_eq!(mode(&key_path), 0o600, "the private key must be 0600");
+    assert!(key.contains("PRIVATE KEY-----"));
+
+    // The files are what the API serves.
+    let leaf = server.get_json("/v1/agent/connect/ca/leaf/web");
+    assert_eq!(cert, leaf["CertPEM"].as_str().unwrap());
+    assert_eq!(key, leaf["PrivateKeyPEM"].as_str().unwrap());
+    assert_eq!(ca, common::roots_bundle(&server.roots()));
+
+    // The README's command, verbatim, from the parent directory.
+    let (ok, text_out) = openssl(
+        cwd.path(),
+        &[
+            "verify",
+            "-CAfile",
+            "certs/ca.pem",
+            "-untrusted",
+            "certs/web.pem",
+            "certs/web.pem",
+        ],
+    );
+    assert!(ok && text_out.contains("certs/web.pem: OK"), "{text_out}");
+    // And strictly, for both purposes.
+    let blocks = pem_blocks(&cert);
+    for purpose in ["sslclient", "sslserver"] {
+        openssl_verify(&blocks[0], &blocks[1..].concat(), &ca, purpose)
+            .unwrap_or_else(|e| panic!("{purpose}: {e}"));
+    }
+    // The key belongs to the certificate.
+    let (ok, cert_pub) = openssl(
+        out_dir.as_path(),
+        &["x509", "-in", "web.pem", "-noout", "-pubkey"],
+    );
+    assert!(ok, "{cert_pub}");
+    let (ok, key_pub) = openssl(
+        out_dir.as_path(),
+        &["pkey", "-in", "web-key.pem", "-pubout"],
+    );
+    assert!(ok, "{key_pub}");
+    assert_eq!(cert_pub, key_pub);
+    assert_eq!(cert_facts(&cert).uris.len(), 1);
+}
+
+#[test]
+fn connect_ca_commands_print_json_and_set_the_configuration() {
+    let server = Server::start(&[]);
+    let cwd = tempfile::tempdir().unwrap();
+
+    let out = client(&server, cwd.path(), &["connect", "ca", "roots"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("roots prints JSON");
+    assert_eq!(printed, server.roots());
+
+    let out = client(&server, cwd.path(), &["connect", "ca", "get-config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("get-config prints JSON");
+    assert_eq!(printed["Provider"], json!("consul"));
+    assert_eq!(printed["Config"]["LeafCertTTL"], json!("72h0m0s"));
+
+    let file = cwd.path().join("ca.json");
+    std::fs::write(
+        &file,
+        json!({"Provider": "consul", "Config": {"LeafCertTTL": "48h"}}).to_string(),
+    )
+    .unwrap();
+    let out = client(
+        &server,
+        cwd.path(),
+        &[
+            "connect",
+            "ca",
+            "set-config",
+            "--config-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(server.config()["Config"]["LeafCertTTL"], json!("48h0m0s"));
+
+    // The flag works as well as the environment variable.
+    let out = run_meshca(
+        &["--http-addr", &server.base, "connect", "ca", "get-config"],
+        &[],
+        cwd.path(),
+        CLIENT_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["Config"]["LeafCertTTL"], json!("48h0m0s"));
+
+    // A refused configuration is reported, with the server's reason.
+    std::fs::write(
+        &file,
+        json!({"Provider": "consul", "Config": {"LeafCertTTL": "soon"}}).to_string(),
+    )
+    .unwrap();
+    let out = client(
+        &server,
+        cwd.path(),
+        &[
+            "connect",
+            "ca",
+            "set-config",
+            "--config-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("400") && err.contains("LeafCertTTL"), "{err}");
+    assert_eq!(server.config()["Config"]["LeafCertTTL"], json!("48h0m0s"));
+
+    // A file that is not JSON is refused before anything is sent.
+    std::fs::write(&file, "LeafCertTTL = 24h").unwrap();
+    let out = client(
+        &server,
+        cwd.path(),
+        &[
+            "connect",
+            "ca",
+            "set-config",
+            "--config-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not valid JSON"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn client_commands_fail_cleanly_without_a_server() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let cwd = tempfile::tempdir().unwrap();
+    for args in [
+        &["connect", "ca", "roots"][..],
+        &["leaf", "web", "--out-dir", "certs"][..],
+    ] {
+        let out = run_meshca(
+            args,
+            &[("MESHCA_HTTP_ADDR", &addr)],
+            cwd.path(),
+            CLIENT_TIMEOUT,
+        );
+        assert!(!out.status.success(), "{args:?} succeeded without a server");
+        assert!(
+            text(&out.stderr).starts_with("Error:"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!cwd.path().join("certs").join("web-key.pem").exists());
+}
+
+#[test]
+fn unknown_config_keys_stop_the_server_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("top.json", r#"{"datacentre": "dc1"}"#, "datacentre"),
+        ("ports.json", r#"{"ports": {"grpc": 8502}}"#, "grpc"),
+        (
+            "ca.json",
+            r#"{"connect": {"ca_config": {"LeafTTL": "24h"}}}"#,
+            "LeafTTL",
+        ),
+        (
+            "top.hcl",
+            "data_dir = \"x\"\nlog_levle = \"debug\"\n",
+            "log_levle",
+        ),
+        ("connect.hcl", "connect {\n  enabeld = true\n}\n", "enabeld"),
+    ];
+    for (name, body, key) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let data = dir.path().join(format!("data-{name}"));
+        let out = run_meshca(
+            &[
+                "server",
+                "--config-file",
+                path.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--client",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+            ],
+            &[],
+            dir.path(),
+            Duration::from_secs(30),
+        );
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{name}: the server started:\n{err}");
+        assert!(
+            err.contains(key),
+            "{name}: stderr must name {key:?}:\n{err}"
+        );
+        assert!(!err.contains("listening"), "{name}: {err}");
+        assert!(
+            !data.exists(),
+            "{name}: a refused config created the data dir"
+        );
+    }
+}
+
+#[test]
+fn every_server_start_warns_that_requests_are_unauthenticated() {
+    for args in [&[][..], &["--dev"][..]] {
+        let mut server = Server::start(args);
+        server.restart();
+        let logs = server.logs();
+        assert_eq!(
+            logs.matches(UNAUTHENTICATED_WARNING).count(),
+            2,
+            "{args:?}: one warning per start:\n{logs}"
+        );
+    }
+}

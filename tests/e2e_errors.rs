@@ -1,0 +1,102 @@
+//! End-to-end: HTTP-level errors (unknown paths, wrong methods, oversized
+//! bodies) carry Consul's status codes and an `X-Meshca-Error` code.
+
+mod common;
+
+use common::Server;
+use reqwest::Method;
+
+#[test]
+fn unknown_paths_are_404() {
+    let mut server = Server::start(&[]);
+    for path in [
+        "/",
+        "/v1",
+        "/v1/connect/ca/rootz",
+        "/v1/connect/ca/roots/extra",
+        "/v1/agent/connect/ca/leaf",
+        "/v1/agent/connect/ca/leaf/",
+        "/v1/kv/anything",
+    ] {
+        let r = server.get(path);
+        r.assert_error(404);
+        assert_eq!(r.code(), "not_found", "{path}");
+    }
+    let r = server.post("/v1/nope", "{}");
+    r.assert_error(404);
+    server.assert_alive();
+}
+
+#[test]
+fn wrong_methods_are_405_with_allow() {
+    let mut server = Server::start(&[]);
+    let cases = [
+        (Method::DELETE, "/v1/connect/ca/roots", &["GET"][..]),
+        (Method::POST, "/v1/connect/ca/roots", &["GET"][..]),
+        (
+            Method::POST,
+            "/v1/connect/ca/configuration",
+            &["GET", "PUT"][..],
+        ),
+        (
+            Method::DELETE,
+            "/v1/connect/ca/configuration",
+            &["GET", "PUT"][..],
+        ),
+        (Method::GET, "/v1/connect/ca/sign", &["POST", "PUT"][..]),
+        (Method::PUT, "/v1/agent/connect/ca/leaf/web", &["GET"][..]),
+        (Method::PUT, "/v1/health", &["GET"][..]),
+        (Method::POST, "/v1/status/leader", &["GET"][..]),
+    ];
+    for (method, path, allowed) in cases {
+        let r = server.request(method.clone(), path, Some(b"{}".to_vec()));
+        r.assert_error(405);
+        assert_eq!(r.code(), "method_not_allowed", "{method} {path}");
+        let allow = r
+            .header("allow")
+            .unwrap_or_else(|| panic!("{method} {path}: 405 without Allow: {r:?}"));
+        let listed: Vec<&str> = allow.split(',').map(str::trim).collect();
+        for m in allowed {
+            assert!(
+                listed.contains(m),
+                "{method} {path}: Allow {allow:?} lacks {m}"
+            );
+        }
+        assert!(
+            !listed.contains(&method.as_str()),
+            "{method} {path}: Allow {allow:?} lists the refused method"
+        );
+    }
+    server.assert_alive();
+}
+
+#[test]
+fn bodies_over_one_mib_are_413() {
+    let mut server = Server::start(&[]);
+    const MIB: usize = 1024 * 1024;
+    // Valid JSON, so the only thing wrong is the size.
+    let big_json = |size: usize| {
+        let filler = "A".repeat(size - r#"{"CSR":""}"#.len());
+        format!(r#"{{"CSR":"{filler}"}}"#)
+    };
+    for (method, path) in [
+        ("POST", "/v1/connect/ca/sign"),
+        ("PUT", "/v1/connect/ca/sign"),
+        ("PUT", "/v1/connect/ca/configuration"),
+    ] {
+        for size in [MIB + 1, 2 * MIB] {
+            let (status, head, body) =
+                common::raw_request(&server.base, method, path, big_json(size).into_bytes());
+            assert_eq!(status, 413, "{method} {path} {size}: {head}\n{body}");
+            assert!(
+                head.contains("x-meshca-error: payload_too_large"),
+                "{method} {path} {size}: {head}"
+            );
+        }
+    }
+    // Just under the limit the body is read and judged on its content.
+    let r = server.post("/v1/connect/ca/sign", big_json(MIB - 16));
+    r.assert_error(400);
+    assert_eq!(r.code(), "invalid_csr", "{r:?}");
+    server.assert_alive();
+}
