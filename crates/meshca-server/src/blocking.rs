@@ -60,7 +60,9 @@ fn parse_wait(s: &str) -> Result<Duration, ApiError> {
 }
 
 /// Waits until `rx`'s value exceeds `index` or `deadline` passes. Returns
-/// the latest value either way.
+/// the latest value either way. An `index` from the future (a client that
+/// saw another server or a previous run) does not block: like Consul, the
+/// query resets and answers at once.
 pub async fn wait_for_index(
     rx: &mut watch::Receiver<u64>,
     index: u64,
@@ -68,7 +70,7 @@ pub async fn wait_for_index(
 ) -> u64 {
     loop {
         let current = *rx.borrow_and_update();
-        if current > index {
+        if current != index {
             return current;
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -128,6 +130,15 @@ mod tests {
         let waiter = tokio::spawn(async move { wait_for_index(&mut rx, 5, deadline).await });
         tx.send_replace(6);
         assert_eq!(waiter.await.unwrap(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_index_from_the_future_does_not_block() {
+        let (_tx, mut rx) = watch::channel(5u64);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let started = tokio::time::Instant::now();
+        assert_eq!(wait_for_index(&mut rx, 9, deadline).await, 5);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

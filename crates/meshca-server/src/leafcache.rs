@@ -87,7 +87,9 @@ impl LeafCache {
         let mut changes = ca.subscribe();
         loop {
             let leaf = self.current(ca, limiter, service).await?;
-            if leaf.issued.modify_index > index {
+            // A newer leaf, or an index this server never gave out (from
+            // before a restart): answer at once.
+            if leaf.issued.modify_index != index {
                 return Ok(leaf);
             }
             let until_due = (leaf.renew_at - ca.clock().now())

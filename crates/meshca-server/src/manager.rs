@@ -120,6 +120,7 @@ impl CaManager {
         let (state, provider) = blocking(move || load_or_bootstrap(&*s, &*c, initial, &f)).await?;
         let published = publish(&state, provider, &datacenter)?;
         let index = published.index;
+        let leaf_base = leaf_index_base(index, clock.now());
         Ok(Arc::new(Self {
             store,
             clock,
@@ -129,7 +130,7 @@ impl CaManager {
             changes: watch::channel(index).0,
             admin: Mutex::new(()),
             admin_state: std::sync::Mutex::new("INITIALIZED"),
-            issue_index: AtomicU64::new(index),
+            issue_index: AtomicU64::new(leaf_base),
         }))
     }
 
@@ -603,6 +604,15 @@ fn renew_if_due(
     root.modify_index = index;
     state.private_keys = material.private_keys.clone();
     Ok(Some(material))
+}
+
+/// Where leaf indexes start in this run: above the store index and above
+/// any index an earlier run gave out (milliseconds since the epoch grow
+/// faster than issuance), so a blocked client holding an index from before a
+/// restart never mistakes a new leaf for its own.
+fn leaf_index_base(store_index: u64, now: OffsetDateTime) -> u64 {
+    let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    store_index.max(millis)
 }
 
 fn describe_root(c: &CaConfig) -> String {

@@ -107,3 +107,16 @@ async fn concurrent_first_requests_for_a_service_share_one_certificate() {
         "one issuance per service, not one per request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_index_this_server_never_gave_out_does_not_block() {
+    let h = start().await;
+    let (first, index) = get_leaf(&h.base, "").await;
+    let started = std::time::Instant::now();
+    let (same, _) = get_leaf(&h.base, &format!("?index={}&wait=30s", index + 1000)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once"
+    );
+    assert_eq!(same["SerialNumber"], first["SerialNumber"]);
+}
