@@ -460,7 +460,13 @@ impl RotationStep {
                 "the new root is already in the trust bundle; supply a different root".into(),
             ));
         }
-        let cross_signed = match &self.old {
+        // An expired old root vouches for nobody (recovery from an expired
+        // CA): a cross-signature by it would be born dead.
+        let old_root_alive = old_root.not_after > self.now + time::Duration::minutes(1);
+        if self.old.is_some() && !old_root_alive {
+            tracing::warn!(root = %old_root.id, "the old root has expired; rotating without cross-signing");
+        }
+        let cross_signed = match self.old.as_ref().filter(|_| old_root_alive) {
             Some(old) => {
                 let not_after = cross_sign_not_after(
                     self.now,

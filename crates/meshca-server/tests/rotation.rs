@@ -348,3 +348,36 @@ async fn scheduled_rotation_replaces_the_root_with_cross_signing() {
     assert!(verifies(&leaf(&ca), &[&old_root], env.clock.now()));
     assert!(!ca.maintain().await.unwrap(), "the new root is not due");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_ca_recovers_by_rotating_without_a_dead_cross_signature() {
+    let env = Env::new();
+    let short = CaConfig::from_wire(
+        "consul",
+        json!({"LeafCertTTL": "1h", "IntermediateCertTTL": "3h", "RootCertTTL": "3h"})
+            .as_object()
+            .unwrap(),
+        None,
+    )
+    .unwrap();
+    let ca = env.start_with(short, default_provider_factory()).await;
+    env.clock.advance(Duration::hours(4));
+    let err = ca.issue_service_leaf("web").unwrap_err();
+    assert_eq!(err.status_and_code().0, 503, "{err}");
+
+    ca.update_configuration(update(json!({"LeafCertTTL": "1h", "IntermediateCertTTL": "3h", "RootCertTTL": "8760h", "PrivateKeyType": "rsa"})))
+        .await
+        .unwrap();
+    let p = ca.published();
+    assert_eq!(p.roots.len(), 2);
+    assert_eq!(
+        p.roots[1].intermediate_certs.len(),
+        1,
+        "no cross-signature by an expired root"
+    );
+    assert!(verifies(
+        &leaf(&ca),
+        &[&p.roots[1].root_cert],
+        env.clock.now()
+    ));
+}
