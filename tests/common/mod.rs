@@ -55,6 +55,8 @@ pub struct Server {
     args: Vec<String>,
     logs: Arc<Mutex<String>>,
     http: Http,
+    /// Extra environment variables of every (re)start, see [`Server::set_env`].
+    envs: Vec<(String, String)>,
 }
 
 impl Server {
@@ -80,7 +82,7 @@ impl Server {
     fn start_in(dir: TempDir, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let logs = Arc::new(Mutex::new(String::new()));
-        let (child, base) = spawn_server(dir.path(), &args, &logs);
+        let (child, base) = spawn_server(dir.path(), &args, &[], &logs);
         let server = Server {
             child,
             base,
@@ -88,6 +90,7 @@ impl Server {
             args,
             logs,
             http: Http::new(),
+            envs: Vec::new(),
         };
         server.assert_unauthenticated_warning();
         server
@@ -178,10 +181,70 @@ impl Server {
     }
 
     fn respawn(&mut self) {
-        let (child, base) = spawn_server(self.dir.path(), &self.args, &self.logs);
+        let (child, base) = spawn_server(self.dir.path(), &self.args, &self.envs, &self.logs);
         self.child = child;
         self.base = base;
         self.assert_unauthenticated_warning();
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable of the
+    /// server's next starts (e.g. `MESHCA_FAILPOINT`); the running process
+    /// is not affected.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.envs.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.envs.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// The process ID of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server with SIGKILL and reaps it, without restarting.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits (bounded) for the process to exit on its own; `None` if it is
+    /// still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the server") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again (same arguments, data directory and the
+    /// environment of [`Server::set_env`]) after its process has exited.
+    pub fn start_again(&mut self) {
+        assert!(
+            !self.is_running(),
+            "start_again: the server is still running; logs:\n{}",
+            self.logs()
+        );
+        self.respawn();
+    }
+
+    /// `PUT path` that reports a transport failure (the server died, the
+    /// connection dropped) as `Err` instead of panicking.
+    pub fn try_put(&self, path: &str, body: impl Into<Vec<u8>>) -> Result<Resp, String> {
+        self.http
+            .try_send(reqwest::Method::PUT, &self.url(path), Some(body.into()))
+    }
+
+    /// [`Server::put_config`] that reports a transport failure as `Err`.
+    pub fn try_put_config(&self, config: Value) -> Result<Resp, String> {
+        let body = serde_json::json!({"Provider": "consul", "Config": config});
+        self.try_put("/v1/connect/ca/configuration", body.to_string())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -254,7 +317,12 @@ impl Drop for Server {
 
 /// Spawns `meshca server` in `dir` and waits for its listening line; the
 /// server's stderr keeps being appended to `logs` by a reader thread.
-fn spawn_server(dir: &Path, args: &[String], logs: &Arc<Mutex<String>>) -> (Child, String) {
+fn spawn_server(
+    dir: &Path,
+    args: &[String],
+    envs: &[(String, String)],
+    logs: &Arc<Mutex<String>>,
+) -> (Child, String) {
     let data_dir = dir.join("data");
     let mut cmd = Command::new(BIN);
     cmd.arg("server")
@@ -265,6 +333,9 @@ fn spawn_server(dir: &Path, args: &[String], logs: &Arc<Mutex<String>>) -> (Chil
         .current_dir(dir)
         // The log assertions need the default `info` level.
         .env_remove("RUST_LOG")
+        // Crash injection only where a test asks for it.
+        .env_remove("MESHCA_FAILPOINT")
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -486,23 +557,33 @@ impl Http {
     }
 
     pub fn send(&self, method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> Resp {
+        self.try_send(method.clone(), url, body)
+            .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
+    }
+
+    /// Like [`Http::send`], with a transport failure (connection refused or
+    /// dropped, body cut short) as `Err` instead of a panic.
+    pub fn try_send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Resp, String> {
         let mut req = self.client.request(method.clone(), url);
         if let Some(body) = body {
             req = req.body(body);
         }
-        let resp = req
-            .send()
-            .unwrap_or_else(|e| panic!("{method} {url} failed: {e:?}"));
+        let resp = req.send().map_err(|e| format!("{e:?}"))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp
             .text()
-            .unwrap_or_else(|e| panic!("reading the body of {method} {url}: {e:?}"));
-        Resp {
+            .map_err(|e| format!("reading the body: {e:?}"))?;
+        Ok(Resp {
             status,
             headers,
             body,
-        }
+        })
     }
 }
 
@@ -883,5 +964,207 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rotation helpers
+// ---------------------------------------------------------------------------
+
+/// The DER pieces of a certificate that identify it, for byte-exact
+/// comparisons (a cross-signed certificate must copy the subject and key of
+/// the root it re-issues).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertDer {
+    pub subject: Vec<u8>,
+    pub issuer: Vec<u8>,
+    pub spki: Vec<u8>,
+    pub serial: Vec<u8>,
+}
+
+/// The subject, issuer, SubjectPublicKeyInfo and serial of the first
+/// certificate of `pem`, as DER.
+pub fn cert_der(pem: &str) -> CertDer {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("a PEM certificate");
+    let cert = block.parse_x509().expect("a parsable certificate");
+    CertDer {
+        subject: cert.subject().as_raw().to_vec(),
+        issuer: cert.issuer().as_raw().to_vec(),
+        spki: cert.public_key().raw.to_vec(),
+        serial: cert.raw_serial().to_vec(),
+    }
+}
+
+/// Lower-case colon hex of `bytes` (`SigningKeyID`, `ID`).
+pub fn colon_hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The root of a roots response with `ID == id`.
+pub fn root_by_id<'a>(roots: &'a Value, id: &Value) -> &'a Value {
+    roots["Roots"]
+        .as_array()
+        .expect("Roots is an array")
+        .iter()
+        .find(|r| &r["ID"] == id)
+        .unwrap_or_else(|| panic!("root {id} not in {roots}"))
+}
+
+/// The `IntermediateCerts` of a root as strings (empty when `null`).
+pub fn intermediates_of(root: &Value) -> Vec<String> {
+    match &root["IntermediateCerts"] {
+        Value::Null => Vec::new(),
+        Value::Array(a) => a
+            .iter()
+            .map(|c| c.as_str().expect("an intermediate is a string").to_string())
+            .collect(),
+        other => panic!("IntermediateCerts is neither null nor an array: {other}"),
+    }
+}
+
+/// Verifies `cert_pem` (leaf followed by intermediates, as served) against
+/// `roots_pem` alone with `openssl verify -x509_strict` for both purposes
+/// and with the Python verifier; `what` names the case in the panic.
+pub fn verify_chain_against(cert_pem: &str, roots_pem: &str, what: &str) {
+    let blocks = pem_blocks(cert_pem);
+    assert!(blocks.len() >= 2, "{what}: CertPEM without intermediates");
+    let inters = blocks[1..].concat();
+    for purpose in ["sslclient", "sslserver"] {
+        openssl_verify(&blocks[0], &inters, roots_pem, purpose)
+            .unwrap_or_else(|e| panic!("{what}: openssl verify -purpose {purpose}: {e}"));
+    }
+    python_verify(&blocks[0], &inters, roots_pem, None)
+        .unwrap_or_else(|e| panic!("{what}: Python verifier: {e}"));
+}
+
+/// Seconds since the Unix epoch, from the wall clock. The `Clock` rule of
+/// `clippy.toml` is for the server's code: a test that checks the validity
+/// a server wrote must read the same clock the server did.
+#[allow(clippy::disallowed_methods)]
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs()
+        .try_into()
+        .expect("seconds fit i64")
+}
+
+/// One chain for [`python_verify_batch`]: `cert_pem` is a served `CertPEM`
+/// (leaf followed by intermediates).
+#[derive(Debug, Clone)]
+pub struct PyCase {
+    pub name: String,
+    pub cert_pem: String,
+    pub roots_pem: String,
+    pub server_name: Option<String>,
+}
+
+impl PyCase {
+    pub fn new(name: impl Into<String>, cert_pem: &str, roots_pem: &str) -> Self {
+        Self {
+            name: name.into(),
+            cert_pem: cert_pem.to_string(),
+            roots_pem: roots_pem.to_string(),
+            server_name: None,
+        }
+    }
+}
+
+/// Runs `tests/verify_chain.py` on every case in one Python process (through
+/// `tests/verify_chains_batch.py`) and returns, per case in order, its name
+/// and `Ok` or the verifier's error.
+pub fn python_verify_batch(cases: &[PyCase]) -> Vec<(String, Result<(), String>)> {
+    use std::io::Write;
+    if cases.is_empty() {
+        return Vec::new();
+    }
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let mut input = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let blocks = pem_blocks(&case.cert_pem);
+        assert!(!blocks.is_empty(), "{}: no certificate", case.name);
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(format!("{i}-{name}"));
+            std::fs::write(&path, text).expect("writing a PEM file");
+            path.to_str().expect("UTF-8 temp path").to_string()
+        };
+        let mut args = vec![
+            write("roots.pem", &case.roots_pem),
+            write("intermediates.pem", &blocks[1..].concat()),
+            write("leaf.pem", &blocks[0]),
+        ];
+        if let Some(name) = &case.server_name {
+            args.extend(["--server-name".to_string(), name.clone()]);
+        }
+        input.push(serde_json::json!({"name": case.name, "args": args}));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/verify_chains_batch.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running python3 (is it installed?)");
+    let body = Value::Array(input).to_string();
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(body.as_bytes()));
+    let out = child.wait_with_output().expect("collecting python3 output");
+    writer
+        .join()
+        .expect("the stdin writer")
+        .expect("writing the cases");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: Vec<(String, Result<(), String>)> = stdout
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("verify_chains_batch.py printed {line:?}: {e}"));
+            let name = v["name"].as_str().expect("name").to_string();
+            let output = v["output"].as_str().unwrap_or_default().to_string();
+            let result = if v["code"] == 0 {
+                Ok(())
+            } else {
+                Err(format!("exit {}: {output}", v["code"]))
+            };
+            (name, result)
+        })
+        .collect();
+    assert!(
+        out.status.success() && results.len() == cases.len(),
+        "verify_chains_batch.py failed ({:?}); stdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    results
+}
+
+/// [`python_verify_batch`], asserting that every case verifies.
+pub fn python_verify_all(cases: &[PyCase]) {
+    let failures: Vec<String> = python_verify_batch(cases)
+        .into_iter()
+        .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "Python verifier failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// `openssl verify` of a served `CertPEM` against `roots_pem` alone, for
+/// both purposes (`sslclient`, `sslserver`).
+pub fn openssl_verify_both(cert_pem: &str, roots_pem: &str, what: &str) {
+    let blocks = pem_blocks(cert_pem);
+    assert!(blocks.len() >= 2, "{what}: CertPEM without intermediates");
+    let inters = blocks[1..].concat();
+    for purpose in ["sslclient", "sslserver"] {
+        openssl_verify(&blocks[0], &inters, roots_pem, purpose)
+            .unwrap_or_else(|e| panic!("{what}: openssl verify -purpose {purpose}: {e}"));
     }
 }

@@ -82,6 +82,65 @@ fn subject_alt_names(cert: &X509Certificate<'_>) -> Result<Vec<SanType>, Provide
         .collect()
 }
 
+fn subtree(base: &GeneralName<'_>) -> Result<rcgen::GeneralSubtree, ProviderError> {
+    Ok(match base {
+        GeneralName::DNSName(d) => rcgen::GeneralSubtree::DnsName(d.to_string()),
+        GeneralName::RFC822Name(e) => rcgen::GeneralSubtree::Rfc822Name(e.to_string()),
+        GeneralName::DirectoryName(n) => {
+            rcgen::GeneralSubtree::DirectoryName(distinguished_name(n)?)
+        }
+        GeneralName::IPAddress(b) => match b.len() {
+            8 => rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V4(
+                b[..4]
+                    .try_into()
+                    .map_err(|_| invalid("bad IP constraint"))?,
+                b[4..]
+                    .try_into()
+                    .map_err(|_| invalid("bad IP constraint"))?,
+            )),
+            32 => rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V6(
+                b[..16]
+                    .try_into()
+                    .map_err(|_| invalid("bad IP constraint"))?,
+                b[16..]
+                    .try_into()
+                    .map_err(|_| invalid("bad IP constraint"))?,
+            )),
+            _ => return Err(invalid("bad IP name constraint")),
+        },
+        _ => {
+            return Err(invalid(
+                "cannot cross-sign a CA with this kind of name constraint",
+            ))
+        }
+    })
+}
+
+/// The certificate's name constraints, so that a cross-signed copy is no
+/// less constrained than the original: a proxy that trusts only the old
+/// root must not see the new CA as unconstrained.
+fn name_constraints(
+    cert: &X509Certificate<'_>,
+) -> Result<Option<rcgen::NameConstraints>, ProviderError> {
+    let Some(nc) = cert
+        .name_constraints()
+        .map_err(|e| invalid(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let convert = |subtrees: &Option<Vec<x509_parser::extensions::GeneralSubtree<'_>>>| {
+        subtrees
+            .iter()
+            .flatten()
+            .map(|s| subtree(&s.base))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Some(rcgen::NameConstraints {
+        permitted_subtrees: convert(&nc.value.permitted_subtrees)?,
+        excluded_subtrees: convert(&nc.value.excluded_subtrees)?,
+    }))
+}
+
 fn key_usages(cert: &X509Certificate<'_>) -> Result<Vec<KeyUsagePurpose>, ProviderError> {
     let ku = cert
         .key_usage()
@@ -127,6 +186,7 @@ pub fn cross_sign_params(
         None => BasicConstraints::Unconstrained,
     });
     p.key_usages = key_usages(&cert)?;
+    p.name_constraints = name_constraints(&cert)?;
     p.serial_number = Some(SerialNumber::from_slice(serial));
     p.not_before = not_before;
     p.not_after = not_after;

@@ -47,7 +47,14 @@ pub fn verify_chain(
             None,
             None,
         )
-        .map_err(|e| ProviderError::Internal(format!("issued chain does not verify: {e}")))?;
+        .map_err(|e| match e {
+            // The CA's own name constraints exclude a requested name: the
+            // request is at fault, not the CA.
+            webpki::Error::NameConstraintViolation => ProviderError::InvalidInput(
+                "a name in the request is outside the CA's name constraints".into(),
+            ),
+            e => ProviderError::Internal(format!("issued chain does not verify: {e}")),
+        })?;
     }
     Ok(())
 }

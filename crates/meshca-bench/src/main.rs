@@ -1,0 +1,169 @@
+//! `cargo run --release -p meshca-bench`: measures meshca's signing paths and
+//! `openssl speed` side by side in one run, so ratios survive a noisy machine.
+//!
+//! Measured: CSR validation + signing in process (one and two threads), the
+//! `POST /v1/connect/ca/sign` and `GET /v1/connect/ca/roots` endpoints over
+//! a real socket with concurrent clients, and `openssl speed ecdsap256` as
+//! the floor of one ECDSA P-256 signature on this machine.
+
+use meshca_core::{CaConfig, SystemClock};
+use meshca_server::routes::AppState;
+use meshca_server::{default_provider_factory, CaManager};
+use meshca_store::SledStore;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RUN: Duration = Duration::from_secs(3);
+
+/// Operations per second of `op` run on `threads` threads for `RUN`.
+fn rate(threads: usize, op: impl Fn(usize) + Sync) -> f64 {
+    let start = Instant::now();
+    let total: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let op = &op;
+                s.spawn(move || {
+                    let mut n = 0;
+                    while start.elapsed() < RUN {
+                        op(t * 1_000_000 + n);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn csr_for(trust_domain: &str, service: &str) -> anyhow::Result<String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    let uri = format!("spiffe://{trust_domain}/ns/default/dc/dc1/svc/{service}");
+    p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into()?)];
+    Ok(p.serialize_request(&key)?.pem()?)
+}
+
+/// ECDSA P-256 signatures per second according to `openssl speed`.
+fn openssl_ecdsa_p256() -> Option<f64> {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-seconds", "3", "-mr", "ecdsap256"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Machine-readable line: +F4:<n>:<bits>:<sign s/op>:<verify s/op>
+    let line = text.lines().find(|l| l.starts_with("+F4:"))?;
+    let secs_per_sign: f64 = line.split(':').nth(3)?.parse().ok()?;
+    Some(1.0 / secs_per_sign)
+}
+
+async fn http_rate(
+    clients: usize,
+    make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + 'static,
+) -> f64 {
+    let make = Arc::new(make);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let make = make.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut n = 0usize;
+                while start.elapsed() < RUN {
+                    match make(&client).send().await {
+                        Ok(r) if r.status().is_success() => n += 1,
+                        _ => {}
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let config = CaConfig::from_wire(
+        "consul",
+        serde_json::json!({"CSRMaxPerSecond": 0})
+            .as_object()
+            .ok_or_else(|| anyhow::anyhow!("config"))?,
+        None,
+    )?;
+    let ca = CaManager::start(
+        Arc::new(SledStore::temporary()?),
+        Arc::new(SystemClock),
+        "dc1".into(),
+        config,
+        default_provider_factory(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let td = ca.published().trust_domain.to_string();
+    let csrs: Arc<Vec<String>> = Arc::new(
+        (0..64)
+            .map(|i| csr_for(&td, &format!("svc{i}")))
+            .collect::<Result<_, _>>()?,
+    );
+
+    let one = {
+        let (ca, csrs) = (ca.clone(), csrs.clone());
+        tokio::task::spawn_blocking(move || rate(1, |i| drop(ca.sign_csr(&csrs[i % csrs.len()]))))
+            .await?
+    };
+    let two = {
+        let (ca, csrs) = (ca.clone(), csrs.clone());
+        tokio::task::spawn_blocking(move || rate(2, |i| drop(ca.sign_csr(&csrs[i % csrs.len()]))))
+            .await?
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(meshca_server::serve(
+        listener,
+        meshca_server::router(AppState::new(ca.clone())),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let sign_url = format!("{base}/v1/connect/ca/sign");
+    let http_sign = {
+        let csrs = csrs.clone();
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        http_rate(8, move |c| {
+            let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.post(&sign_url)
+                .json(&serde_json::json!({"CSR": csrs[i % csrs.len()]}))
+        })
+        .await
+    };
+    let roots_url = format!("{base}/v1/connect/ca/roots");
+    let http_roots = http_rate(8, move |c| c.get(&roots_url)).await;
+    let _ = stop.send(());
+    let _ = server.await;
+
+    let openssl = openssl_ecdsa_p256();
+    println!("| measurement | per second | ratio to openssl ECDSA P-256 sign |");
+    println!("|---|---:|---:|");
+    let ratio = |v: f64| openssl.map_or("n/a".to_string(), |o| format!("{:.2}", v / o));
+    for (name, v) in [
+        ("sign_csr in process, 1 thread", one),
+        ("sign_csr in process, 2 threads", two),
+        ("POST /v1/connect/ca/sign, 8 clients", http_sign),
+        ("GET /v1/connect/ca/roots, 8 clients", http_roots),
+    ] {
+        println!("| {name} | {v:.0} | {} |", ratio(v));
+    }
+    if let Some(o) = openssl {
+        println!("| openssl speed ecdsap256 (sign) | {o:.0} | 1.00 |");
+    }
+    Ok(())
+}
