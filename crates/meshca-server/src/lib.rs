@@ -28,6 +28,20 @@ pub use manager::{default_provider_factory, CaManager};
 /// Largest accepted request body (SPEC §2).
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// Every (method, path) the API serves. `api-docs/openapi.json` must list
+/// exactly these, and every one must be routed; a test checks both.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/connect/ca/roots"),
+    ("GET", "/v1/agent/connect/ca/roots"),
+    ("GET", "/v1/connect/ca/configuration"),
+    ("PUT", "/v1/connect/ca/configuration"),
+    ("POST", "/v1/connect/ca/sign"),
+    ("PUT", "/v1/connect/ca/sign"),
+    ("GET", "/v1/agent/connect/ca/leaf/{service}"),
+    ("GET", "/v1/status/leader"),
+    ("GET", "/v1/health"),
+];
+
 /// The API router.
 pub fn router(state: AppState) -> Router {
     Router::new()
