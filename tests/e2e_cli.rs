@@ -26,6 +26,16 @@ fn client(server: &Server, cwd: &Path, args: &[&str]) -> Output {
     )
 }
 
+/// `meshca connect ca set-config --config-file <file>`.
+fn set_config(server: &Server, cwd: &Path, file: &Path) -> Output {
+    let file = file.to_str().expect("UTF-8 path");
+    client(
+        server,
+        cwd,
+        &["connect", "ca", "set-config", "--config-file", file],
+    )
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -199,17 +209,7 @@ fn connect_ca_commands_print_json_and_set_the_configuration() {
         json!({"Provider": "consul", "Config": {"LeafCertTTL": "48h"}}).to_string(),
     )
     .unwrap();
-    let out = client(
-        &server,
-        cwd.path(),
-        &[
-            "connect",
-            "ca",
-            "set-config",
-            "--config-file",
-            file.to_str().unwrap(),
-        ],
-    );
+    let out = set_config(&server, cwd.path(), &file);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(server.config()["Config"]["LeafCertTTL"], json!("48h0m0s"));
 
@@ -230,17 +230,7 @@ fn connect_ca_commands_print_json_and_set_the_configuration() {
         json!({"Provider": "consul", "Config": {"LeafCertTTL": "soon"}}).to_string(),
     )
     .unwrap();
-    let out = client(
-        &server,
-        cwd.path(),
-        &[
-            "connect",
-            "ca",
-            "set-config",
-            "--config-file",
-            file.to_str().unwrap(),
-        ],
-    );
+    let out = set_config(&server, cwd.path(), &file);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("400") && err.contains("LeafCertTTL"), "{err}");
@@ -248,17 +238,7 @@ fn connect_ca_commands_print_json_and_set_the_configuration() {
 
     // A file that is not JSON is refused before anything is sent.
     std::fs::write(&file, "LeafCertTTL = 24h").unwrap();
-    let out = client(
-        &server,
-        cwd.path(),
-        &[
-            "connect",
-            "ca",
-            "set-config",
-            "--config-file",
-            file.to_str().unwrap(),
-        ],
-    );
+    let out = set_config(&server, cwd.path(), &file);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("not valid JSON"),

@@ -6,21 +6,12 @@
 mod common;
 
 use common::{
-    active_root, cert_facts, csr_for_uri, pem_blocks, roots_bundle, service_uri,
+    active_root, cert_facts, csr_for_uri, pem_blocks, root_by_id, roots_bundle, service_uri,
     verify_chain_against, Http, Server,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-
-fn root_by_id<'a>(roots: &'a Value, id: &Value) -> &'a Value {
-    roots["Roots"]
-        .as_array()
-        .expect("Roots is an array")
-        .iter()
-        .find(|r| &r["ID"] == id)
-        .unwrap_or_else(|| panic!("root {id} not in {roots}"))
-}
 
 #[test]
 fn key_type_change_rotates_the_root_with_a_cross_signature() {

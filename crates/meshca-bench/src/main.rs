@@ -7,7 +7,6 @@
 //! the floor of one ECDSA P-256 signature on this machine.
 
 use meshca_core::{CaConfig, SystemClock};
-use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaManager};
 use meshca_store::SledStore;
 use std::sync::Arc;
@@ -126,16 +125,7 @@ async fn main() -> anyhow::Result<()> {
             .await?
     };
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(meshca_server::serve(
-        listener,
-        meshca_server::router(AppState::new(ca.clone())),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (base, stop) = meshca_server::spawn_on_loopback(ca.clone()).await?;
     let sign_url = format!("{base}/v1/connect/ca/sign");
     let http_sign = {
         let csrs = csrs.clone();
@@ -150,7 +140,6 @@ async fn main() -> anyhow::Result<()> {
     let roots_url = format!("{base}/v1/connect/ca/roots");
     let http_roots = http_rate(8, move |c| c.get(&roots_url)).await;
     let _ = stop.send(());
-    let _ = server.await;
 
     let speed = openssl_ecdsa_p256();
     let openssl = speed.map(|(sign, _)| sign);

@@ -79,6 +79,21 @@ async fn explain_method_not_allowed(req: Request, next: Next) -> Response {
     out
 }
 
+/// Serves the API for `ca` on 127.0.0.1 at a free port in the background,
+/// for tests and benchmarks. Returns the base URL and a sender that stops
+/// the server.
+pub async fn spawn_on_loopback(
+    ca: std::sync::Arc<CaManager>,
+) -> std::io::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, router(AppState::new(ca)), async {
+        let _ = stopped.await;
+    }));
+    Ok((base, stop))
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     listener: TcpListener,

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
 use meshca_core::{CaConfig, Clock, ManualClock};
-use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaManager};
 use meshca_store::SledStore;
 use serde_json::Value;
@@ -32,13 +31,7 @@ async fn start() -> Harness {
     )
     .await
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = meshca_server::router(AppState::new(ca.clone()));
-    tokio::spawn(meshca_server::serve(listener, router, async {
-        let _ = stopped.await;
-    }));
+    let (base, stop) = meshca_server::spawn_on_loopback(ca.clone()).await.unwrap();
     Harness {
         base,
         ca,

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
 use meshca_core::{CaConfig, SystemClock};
-use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaManager, ROUTES};
 use meshca_store::SledStore;
 use std::collections::BTreeSet;
@@ -43,16 +42,7 @@ async fn every_listed_route_is_routed() {
     )
     .await
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(meshca_server::serve(
-        listener,
-        meshca_server::router(AppState::new(ca)),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (base, stop) = meshca_server::spawn_on_loopback(ca).await.unwrap();
     let client = reqwest::Client::new();
     for (method, path) in ROUTES {
         let url = format!("{base}{}", path.replace("{service}", "web"));
