@@ -128,14 +128,7 @@ fn supply_and_check(server: &Server, cert: &str, key: &str, what: &str) -> Value
     let agent = server.get_json("/v1/agent/connect/ca/leaf/web");
     let signed = server.sign(&csr_for_uri(&service_uri(&td, "dc1", "api")));
     assert_eq!(signed.status, 200, "{what}: {signed:?}");
-    let dns_csr = csr_with(
-        &p256_key(),
-        vec![
-            uri_san(&service_uri(&td, "dc1", "db")),
-            dns_san("db.service.consul"),
-        ],
-        |_| {},
-    );
+    let dns_csr = db_csr_with_dns(&td, "db.service.consul");
     let with_dns = server.sign(&dns_csr);
     assert_eq!(with_dns.status, 200, "{what}: {with_dns:?}");
     let mut py = Vec::new();
@@ -328,14 +321,16 @@ fn the_cross_signed_certificate_keeps_the_roots_name_constraints() {
 fn a_csr_outside_the_roots_name_constraints_is_a_400() {
     let (server, _) = server_with_a_constrained_root();
     let td = server.trust_domain();
-    let csr = csr_with(
-        &p256_key(),
-        vec![
-            uri_san(&service_uri(&td, "dc1", "db")),
-            dns_san("db.example.com"),
-        ],
-        |_| {},
-    );
+    let csr = db_csr_with_dns(&td, "db.example.com");
     let r = server.sign(&csr);
     r.assert_error(400);
+}
+
+/// A CSR for service `db` with one DNS SAN.
+fn db_csr_with_dns(td: &str, dns: &str) -> String {
+    csr_with(
+        &p256_key(),
+        vec![uri_san(&service_uri(td, "dc1", "db")), dns_san(dns)],
+        |_| {},
+    )
 }

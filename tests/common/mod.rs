@@ -995,7 +995,9 @@ pub fn cert_der(pem: &str) -> CertDer {
     }
 }
 
-/// Lower-case colon hex of `bytes` (`SigningKeyID`, `ID`).
+/// Lower-case colon hex of `bytes` (`SigningKeyID`, `ID`). Written here on
+/// purpose rather than imported from meshca-core: an expected value computed
+/// by the code under test could not catch a formatting bug.
 pub fn colon_hex(bytes: &[u8]) -> String {
     bytes
         .iter()
