@@ -20,6 +20,7 @@ use common::{
     unix_now, verify_chain_against, PyCase, Server,
 };
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// A root key type: `PrivateKeyType`, `PrivateKeyBits`.
 type Kind = (&'static str, u32);
@@ -281,10 +282,12 @@ fn rotations_rsa2048_rsa4096_ec256() {
     run_path(PATHS[3]);
 }
 
-/// With the built-in provider (which cross-signs) the flag changes nothing:
-/// the rotation succeeds and is still cross-signed.
+/// `ForceWithoutCrossSigning: true` skips cross-signing even though the
+/// built-in provider could cross-sign (as current Consul does): the old
+/// root must not vouch for the new one, and the server warns. Regression:
+/// meshca used to cross-sign anyway.
 #[test]
-fn force_without_cross_signing_is_harmless_with_the_built_in_provider() {
+fn force_without_cross_signing_skips_cross_signing() {
     let server = Server::start(&[]);
     let before = server.roots();
     let old = active_root(&before).clone();
@@ -299,8 +302,12 @@ fn force_without_cross_signing_is_harmless_with_the_built_in_provider() {
     assert_eq!(roots["Roots"].as_array().expect("Roots").len(), 2);
     let new = active_root(&roots);
     assert_eq!(new["PrivateKeyBits"], json!(384));
-    assert_eq!(intermediates_of(new).len(), 2, "still cross-signed: {new}");
-    assert_eq!(server.config()["Config"]["PrivateKeyBits"], json!(384));
+    assert_eq!(intermediates_of(new).len(), 1, "not cross-signed: {new}");
+    assert!(
+        server.wait_for_log("skipping cross-signing", Duration::from_secs(5)),
+        "the server warns: {}",
+        server.logs()
+    );
     let td = str_of(&roots["TrustDomain"], "TD");
     let signed = server.sign(&csr_for_uri(&service_uri(td, "dc1", "web")));
     assert_eq!(signed.status, 200, "{signed:?}");
@@ -310,12 +317,13 @@ fn force_without_cross_signing_is_harmless_with_the_built_in_provider() {
         .to_string();
     verify_chain_against(
         &chain,
-        str_of(&old["RootCert"], "RootCert"),
-        "forced rotation, old root alone",
-    );
-    verify_chain_against(
-        &chain,
         str_of(&new["RootCert"], "RootCert"),
         "forced rotation, new root alone",
+    );
+    let blocks = pem_blocks(&chain);
+    let old_root = str_of(&old["RootCert"], "RootCert");
+    assert!(
+        openssl_verify(&blocks[0], &blocks[1..].concat(), old_root, "sslclient").is_err(),
+        "a forced rotation must not chain to the old root"
     );
 }

@@ -7,7 +7,7 @@
 //! the floor of one ECDSA P-256 signature on this machine.
 
 use meshca_core::{CaConfig, SystemClock};
-use meshca_server::{default_provider_factory, CaManager};
+use meshca_server::{default_provider_factory, CaEngine};
 use meshca_store::SledStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,24 +15,31 @@ use std::time::{Duration, Instant};
 const RUN: Duration = Duration::from_secs(3);
 
 /// Operations per second of `op` run on `threads` threads for `RUN`.
-fn rate(threads: usize, op: impl Fn(usize) + Sync) -> f64 {
+/// Calls per second of `op`, run by `tasks` concurrent tasks for [`RUN`].
+async fn rate<F, Fut>(tasks: usize, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
     let start = Instant::now();
-    let total: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let op = &op;
-                s.spawn(move || {
-                    let mut n = 0;
-                    while start.elapsed() < RUN {
-                        op(t * 1_000_000 + n);
-                        n += 1;
-                    }
-                    n
-                })
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while start.elapsed() < RUN {
+                    op(t * 1_000_000 + n).await;
+                    n += 1;
+                }
+                n
             })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
-    });
+        })
+        .collect();
+    let mut total = 0usize;
+    for h in handles {
+        total += h.await.unwrap_or(0);
+    }
     total as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -98,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("config"))?,
         None,
     )?;
-    let ca = CaManager::start(
+    let ca = CaEngine::start(
         Arc::new(SledStore::temporary()?),
         Arc::new(SystemClock),
         "dc1".into(),
@@ -114,16 +121,17 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?,
     );
 
-    let one = {
+    let sign_in_process = |tasks: usize| {
         let (ca, csrs) = (ca.clone(), csrs.clone());
-        tokio::task::spawn_blocking(move || rate(1, |i| drop(ca.sign_csr(&csrs[i % csrs.len()]))))
-            .await?
+        rate(tasks, move |i| {
+            let (ca, csr) = (ca.clone(), csrs[i % csrs.len()].clone());
+            async move {
+                let _ = ca.sign_csr(csr).await;
+            }
+        })
     };
-    let two = {
-        let (ca, csrs) = (ca.clone(), csrs.clone());
-        tokio::task::spawn_blocking(move || rate(2, |i| drop(ca.sign_csr(&csrs[i % csrs.len()]))))
-            .await?
-    };
+    let one = sign_in_process(1).await;
+    let two = sign_in_process(2).await;
 
     let (base, stop) = meshca_server::spawn_on_loopback(ca.clone()).await?;
     let sign_url = format!("{base}/v1/connect/ca/sign");
@@ -147,8 +155,8 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---:|---:|");
     let ratio = |v: f64| openssl.map_or("n/a".to_string(), |o| format!("{:.2}", v / o));
     for (name, v) in [
-        ("sign_csr in process, 1 thread", one),
-        ("sign_csr in process, 2 threads", two),
+        ("sign_csr in process, 1 task", one),
+        ("sign_csr in process, 2 tasks", two),
         ("POST /v1/connect/ca/sign, 8 clients", http_sign),
         ("GET /v1/connect/ca/roots, 8 clients", http_roots),
     ] {

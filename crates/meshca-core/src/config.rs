@@ -81,24 +81,76 @@ pub struct VaultConfig {
 }
 
 /// The validated CA configuration. Built only through [`CaConfig::from_wire`]
-/// (or [`Default`]), so a value of this type always satisfies SPEC §4.
+/// (or [`Default`]): the fields are private, so a value of this type always
+/// satisfies the configuration rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaConfig {
-    pub provider: ProviderKind,
-    pub leaf_cert_ttl: GoDuration,
-    pub intermediate_cert_ttl: GoDuration,
-    pub root_cert_ttl: GoDuration,
-    pub key_spec: KeySpec,
-    pub csr_max_per_second: f64,
-    pub csr_max_concurrent: u32,
+    provider: ProviderKind,
+    leaf_cert_ttl: GoDuration,
+    intermediate_cert_ttl: GoDuration,
+    root_cert_ttl: GoDuration,
+    key_spec: KeySpec,
+    csr_max_per_second: f64,
+    csr_max_concurrent: u32,
     /// Rotate the (generated) root when it is this old; zero disables.
     /// meshca's own key: no peer rotates roots on a schedule.
     #[serde(default)]
-    pub root_rotation_period: GoDuration,
+    root_rotation_period: GoDuration,
     /// Bring-your-own root: PEM private key (secret) and certificate.
-    pub private_key: Option<SecretBytes>,
-    pub root_cert: Option<String>,
-    pub vault: Option<VaultConfig>,
+    private_key: Option<SecretBytes>,
+    root_cert: Option<String>,
+    vault: Option<VaultConfig>,
+}
+
+impl CaConfig {
+    pub fn provider(&self) -> ProviderKind {
+        self.provider
+    }
+
+    pub fn leaf_cert_ttl(&self) -> GoDuration {
+        self.leaf_cert_ttl
+    }
+
+    pub fn intermediate_cert_ttl(&self) -> GoDuration {
+        self.intermediate_cert_ttl
+    }
+
+    pub fn root_cert_ttl(&self) -> GoDuration {
+        self.root_cert_ttl
+    }
+
+    pub fn key_spec(&self) -> KeySpec {
+        self.key_spec
+    }
+
+    /// `CSRMaxPerSecond`; 0 means off.
+    pub fn csr_max_per_second(&self) -> f64 {
+        self.csr_max_per_second
+    }
+
+    /// `CSRMaxConcurrent`; 0 means off, and when set it replaces the
+    /// per-second limit.
+    pub fn csr_max_concurrent(&self) -> u32 {
+        self.csr_max_concurrent
+    }
+
+    pub fn root_rotation_period(&self) -> GoDuration {
+        self.root_rotation_period
+    }
+
+    /// A supplied root's private key (PEM), when the operator brings one.
+    pub fn private_key(&self) -> Option<&SecretBytes> {
+        self.private_key.as_ref()
+    }
+
+    /// A supplied root's certificate (PEM).
+    pub fn root_cert(&self) -> Option<&str> {
+        self.root_cert.as_deref()
+    }
+
+    pub fn vault(&self) -> Option<&VaultConfig> {
+        self.vault.as_ref()
+    }
 }
 
 impl Default for CaConfig {

@@ -81,14 +81,59 @@ impl CsrKeyType {
 }
 
 /// A CSR that passed every rule. Only the public key and the names survive:
-/// nothing else the requester asked for can reach the certificate.
+/// nothing else the requester asked for can reach the certificate. The fields
+/// are private: a value exists only after [`validate_csr`] or
+/// [`ValidatedCsr::for_public_key`] checked it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidatedCsr {
-    pub spiffe_id: SpiffeId,
-    pub spki_der: Vec<u8>,
-    pub key_type: CsrKeyType,
-    pub dns_sans: Vec<String>,
-    pub ip_sans: Vec<IpAddr>,
+    spiffe_id: SpiffeId,
+    spki_der: Vec<u8>,
+    key_type: CsrKeyType,
+    dns_sans: Vec<String>,
+    ip_sans: Vec<IpAddr>,
+}
+
+impl ValidatedCsr {
+    /// A request for `spiffe_id` with a key the CA generated itself (the
+    /// agent leaf endpoint): no CSR, but the key passes the same allow-list.
+    pub fn for_public_key(spiffe_id: SpiffeId, spki_der: &[u8]) -> Result<Self, CsrError> {
+        let (rest, spki) = SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| CsrError::Malformed(format!("public key: {e}")))?;
+        if !rest.is_empty() {
+            return Err(CsrError::Malformed(
+                "trailing bytes after the public key".into(),
+            ));
+        }
+        let key_type = check_key(&spki)?;
+        Ok(Self {
+            spiffe_id,
+            spki_der: spki_der.to_vec(),
+            key_type,
+            dns_sans: Vec::new(),
+            ip_sans: Vec::new(),
+        })
+    }
+
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.spiffe_id
+    }
+
+    /// The DER SubjectPublicKeyInfo the certificate will carry.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    pub fn key_type(&self) -> CsrKeyType {
+        self.key_type
+    }
+
+    pub fn dns_sans(&self) -> &[String] {
+        &self.dns_sans
+    }
+
+    pub fn ip_sans(&self) -> &[IpAddr] {
+        &self.ip_sans
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1026,6 +1071,22 @@ mod tests {
             ),
         ]);
         assert_eq!(n, 15);
+    }
+
+    #[test]
+    fn a_generated_key_passes_the_same_allow_list() {
+        let id: SpiffeId = web().parse().expect("id");
+        let v = ValidatedCsr::for_public_key(id.clone(), &p256().subject_public_key_info())
+            .expect("P-256 is allowed");
+        assert_eq!((v.spiffe_id(), v.key_type()), (&id, CsrKeyType::EcP256));
+        assert!(v.dns_sans().is_empty() && v.ip_sans().is_empty());
+        let p521 = ValidatedCsr::for_public_key(id.clone(), &p521().subject_public_key_info());
+        assert!(matches!(p521, Err(CsrError::KeyNotAllowed(_))), "{p521:?}");
+        let junk = ValidatedCsr::for_public_key(id, b"\x30\x00");
+        assert!(matches!(
+            junk,
+            Err(CsrError::Malformed(_)) | Err(CsrError::KeyNotAllowed(_))
+        ));
     }
 
     #[test]

@@ -135,10 +135,8 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_valid_leaf() {
-        let id: SpiffeId = SpiffeId::Server {
-            trust_domain: crate::spiffe::TrustDomain::for_cluster(&uuid::Uuid::nil()),
-            datacenter: "dc1".into(),
-        };
+        let td = crate::spiffe::TrustDomain::for_cluster(&uuid::Uuid::nil());
+        let id = SpiffeId::server(&td, "dc1").expect("valid id");
         assert!(check_issued_leaf(b"\x30\x03\x02\x01\x01", &id, b"k").is_err());
     }
 }

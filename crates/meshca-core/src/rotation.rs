@@ -1,12 +1,33 @@
-//! Pure decisions of the CA's life cycle (SPEC §5): how long a cross-signed
-//! certificate lives, when rotated-out roots are pruned, when expired
-//! intermediates leave the chains, when the signing intermediate is renewed.
-//! Everything here is a function of the state and `now`.
+//! The CA's life cycle as pure state transitions: bootstrap, configuration
+//! update, root rotation, intermediate renewal and pruning each take the
+//! current [`CaState`], the inputs a provider produced and `now`, and return
+//! the next state — which records change, and to what. The engine only
+//! sequences I/O around them (provider calls, one store commit, one publish).
+//!
+//! Every record a transition touches is stamped with the index the commit
+//! will get (`index`), so that a committed state is self-consistent.
 
+use crate::config::CaConfig;
 use crate::duration::GoDuration;
-use crate::state::{CaRoot, CaState};
-use crate::x509::{cert_facts, decode_pem_blocks};
+use crate::keyspec::KeySpec;
+use crate::serial::Serial;
+use crate::state::{CaMaterial, CaRoot, CaState, StoredConfig};
+use crate::x509::{cert_facts, cert_id, colon_hex, decode_pem_blocks, CertFacts};
 use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The name every built-in root carries (Consul says "Consul CA Primary Cert").
+pub const ROOT_NAME: &str = "meshca CA Primary Cert";
+
+/// A transition's inputs do not fit together (a bug or a corrupt store,
+/// never a user error: user input is validated before it gets here).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(pub String);
+
+fn plan_error(msg: impl Into<String>) -> PlanError {
+    PlanError(msg.into())
+}
 
 /// NotAfter of the certificate that cross-signs a new root: long enough for
 /// every proxy that trusts only the old root to learn the new one — two leaf
@@ -22,18 +43,27 @@ pub fn cross_sign_not_after(
     std::cmp::min(now + ttl * 2, old_root_not_after)
 }
 
+/// The DER of the first certificate in `pem`.
+pub fn first_cert_der(pem: &str) -> Result<Vec<u8>, PlanError> {
+    decode_pem_blocks(pem, "CERTIFICATE")
+        .map_err(|e| plan_error(e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| plan_error("empty certificate"))
+}
+
+fn facts_of(pem: &str) -> Result<CertFacts, PlanError> {
+    cert_facts(&first_cert_der(pem)?).map_err(plan_error)
+}
+
 /// The validity window of a PEM certificate, if it parses.
 pub fn validity(pem: &str) -> Option<(OffsetDateTime, OffsetDateTime)> {
-    let der = decode_pem_blocks(pem, "CERTIFICATE")
-        .ok()?
-        .into_iter()
-        .next()?;
-    let f = cert_facts(&der).ok()?;
+    let f = facts_of(pem).ok()?;
     Some((f.not_before, f.not_after))
 }
 
 /// Whether a signing certificate valid over `[not_before, not_after]` is
-/// due for renewal: at half its lifetime (SPEC §3), or already expired.
+/// due for renewal: at half its lifetime, or already expired.
 pub fn needs_renewal(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -52,15 +82,117 @@ pub fn scheduled_rotation_due(
     !period.as_std().is_zero() && now >= root_not_before + period.as_time()
 }
 
-/// Removes what has outlived its purpose, returning whether anything changed:
-/// inactive roots rotated out at least 2×LeafCertTTL ago (every leaf they
-/// vouched for has expired) or past their NotAfter, and expired certificates
-/// in the active root's chain other than the signing certificate itself.
-pub fn prune(state: &mut CaState, now: OffsetDateTime) -> bool {
-    prune_roots(&mut state.roots, state.config.config.leaf_cert_ttl, now)
+/// The first CA state of a new cluster, committed at `index`.
+pub fn bootstrap(
+    cluster_id: Uuid,
+    config: CaConfig,
+    material: &CaMaterial,
+    index: u64,
+) -> Result<CaState, PlanError> {
+    Ok(CaState {
+        cluster_id,
+        config: StoredConfig {
+            config,
+            create_index: index,
+            modify_index: index,
+        },
+        roots: vec![root_record(material, &cluster_id, index)?],
+        provider_state: material.provider_state.clone(),
+        private_keys: material.private_keys.clone(),
+        modify_index: index,
+    })
 }
 
-/// [`prune`] on a list of roots, for deciding without the full state.
+/// A configuration change that keeps the root key (TTLs, rate limits,
+/// rotation period).
+pub fn update_config(state: &CaState, next: CaConfig, index: u64) -> CaState {
+    let mut out = state.clone();
+    out.config.config = next;
+    out.config.modify_index = index;
+    out.modify_index = index;
+    out
+}
+
+/// Root rotation: the old active root is rotated out at `now` (it stays
+/// trusted until pruned), the new root becomes active with
+/// `IntermediateCerts = [cross-signed (if any), signing]`, and the new
+/// configuration and keys replace the old ones (the old keys are dropped:
+/// a rotated-out root never signs again).
+pub fn rotate(
+    state: &CaState,
+    next: CaConfig,
+    material: &CaMaterial,
+    cross_signed: Option<String>,
+    now: OffsetDateTime,
+    index: u64,
+) -> Result<CaState, PlanError> {
+    let mut root = root_record(material, &state.cluster_id, index)?;
+    if state.roots.iter().any(|r| r.id == root.id) {
+        return Err(plan_error(
+            "the new root is already in the trust bundle; supply a different root",
+        ));
+    }
+    if let Some(x) = cross_signed {
+        root.intermediate_certs.insert(0, x);
+    }
+    let mut out = update_config(state, next, index);
+    for r in out.roots.iter_mut().filter(|r| r.active) {
+        r.active = false;
+        r.rotated_out_at = Some(now);
+        r.modify_index = index;
+    }
+    out.roots.push(root);
+    out.private_keys = material.private_keys.clone();
+    out.provider_state = material.provider_state.clone();
+    Ok(out)
+}
+
+/// Intermediate renewal: the active root's signing certificate (the last
+/// of its `IntermediateCerts`) and the keys are replaced by `renewed`,
+/// which must be under the same root.
+pub fn renew(state: &CaState, renewed: &CaMaterial, index: u64) -> Result<CaState, PlanError> {
+    let mut out = state.clone();
+    let root = out
+        .roots
+        .iter_mut()
+        .find(|r| r.active)
+        .ok_or_else(|| plan_error("the CA has no active root"))?;
+    if first_cert_der(&renewed.root_pem)? != first_cert_der(&root.root_cert)? {
+        return Err(plan_error(
+            "a renewed intermediate must keep the active root",
+        ));
+    }
+    let signing = facts_of(&renewed.signing_pem)?;
+    match root.intermediate_certs.last_mut() {
+        Some(last) => *last = renewed.signing_pem.clone(),
+        None => root.intermediate_certs.push(renewed.signing_pem.clone()),
+    }
+    root.signing_key_id = colon_hex(&signing.subject_key_id.unwrap_or_default());
+    root.modify_index = index;
+    out.private_keys = renewed.private_keys.clone();
+    out.provider_state = renewed.provider_state.clone();
+    out.modify_index = index;
+    Ok(out)
+}
+
+/// Pruning: the state without what has outlived its purpose, or `None` when
+/// nothing is due. See [`prune_roots`].
+pub fn prune(state: &CaState, now: OffsetDateTime, index: u64) -> Option<CaState> {
+    let mut out = state.clone();
+    if !prune_roots(&mut out.roots, state.config.config.leaf_cert_ttl(), now) {
+        return None;
+    }
+    if let Some(r) = out.roots.iter_mut().find(|r| r.active) {
+        r.modify_index = index;
+    }
+    out.modify_index = index;
+    Some(out)
+}
+
+/// Removes inactive roots rotated out at least 2×LeafCertTTL ago (every
+/// leaf they vouched for has expired) or past their NotAfter, and expired
+/// certificates in the active root's chain other than the signing
+/// certificate itself. Returns whether anything changed.
 pub fn prune_roots(roots: &mut Vec<CaRoot>, leaf_ttl: GoDuration, now: OffsetDateTime) -> bool {
     let grace = leaf_ttl.as_time() * 2;
     let before = (roots.len(), chain_len(roots));
@@ -94,6 +226,53 @@ pub fn signing_renewal_due(roots: &[CaRoot], now: OffsetDateTime) -> bool {
             .last()
             .and_then(|p| validity(p))
             .is_some_and(|(nb, na)| needs_renewal(nb, na, now) && na < root.not_after)
+    })
+}
+
+/// The `CARoot` record of freshly generated material, active, at `index`.
+pub fn root_record(m: &CaMaterial, cluster_id: &Uuid, index: u64) -> Result<CaRoot, PlanError> {
+    let root_der = first_cert_der(&m.root_pem)?;
+    let root = cert_facts(&root_der).map_err(plan_error)?;
+    let signing = facts_of(&m.signing_pem)?;
+    let serial = Serial::from_bytes(&root.serial).map_err(|e| plan_error(e.to_string()))?;
+    Ok(CaRoot {
+        id: cert_id(&root_der),
+        name: ROOT_NAME.to_string(),
+        serial_number: serial.low_u64(),
+        signing_key_id: colon_hex(&signing.subject_key_id.unwrap_or_default()),
+        external_trust_domain: cluster_id.to_string(),
+        not_before: root.not_before,
+        not_after: root.not_after,
+        root_cert: m.root_pem.clone(),
+        intermediate_certs: vec![m.signing_pem.clone()],
+        active: true,
+        rotated_out_at: None,
+        private_key_type: m.key_spec.key_type().to_string(),
+        private_key_bits: m.key_spec.bits(),
+        create_index: index,
+        modify_index: index,
+    })
+}
+
+/// The provider material of the active root, to bring its keys back after a
+/// restart (or to hand them to the provider that cross-signs or renews).
+pub fn active_material(state: &CaState) -> Result<CaMaterial, PlanError> {
+    let root = state
+        .active_root()
+        .ok_or_else(|| plan_error("the stored CA has no active root"))?;
+    let signing_pem = root
+        .intermediate_certs
+        .last()
+        .cloned()
+        .ok_or_else(|| plan_error("the active root has no signing certificate"))?;
+    let key_spec = KeySpec::from_type_and_bits(&root.private_key_type, root.private_key_bits)
+        .map_err(|e| plan_error(e.to_string()))?;
+    Ok(CaMaterial {
+        root_pem: root.root_cert.clone(),
+        signing_pem,
+        key_spec,
+        private_keys: state.private_keys.clone(),
+        provider_state: state.provider_state.clone(),
     })
 }
 
@@ -190,14 +369,19 @@ mod tests {
 
     #[test]
     fn rotated_out_roots_are_pruned_after_two_leaf_lifetimes() {
-        let mut s = state(vec![root("old", false, Some(T0)), root("new", true, None)]);
-        assert!(!prune(&mut s, T0 + Duration::hours(143)));
-        assert_eq!(s.roots.len(), 2);
-        assert!(prune(&mut s, T0 + Duration::hours(144)));
+        let s = state(vec![root("old", false, Some(T0)), root("new", true, None)]);
+        assert_eq!(prune(&s, T0 + Duration::hours(143), 2), None);
+        let pruned = prune(&s, T0 + Duration::hours(144), 2).expect("due");
         assert_eq!(
-            s.roots.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            pruned
+                .roots
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
             ["new"]
         );
+        assert_eq!((pruned.modify_index, pruned.roots[0].modify_index), (2, 2));
+        assert_eq!(s.roots.len(), 2, "the input state is left as it was");
     }
 
     #[test]
@@ -206,19 +390,27 @@ mod tests {
         old.not_after = T0;
         let mut active = root("active", true, None);
         active.not_after = T0;
-        let mut s = state(vec![old, active]);
-        assert!(prune(&mut s, T0 + Duration::hours(1)));
-        assert_eq!(s.roots.len(), 1);
-        assert!(s.roots[0].active);
+        let pruned = prune(&state(vec![old, active]), T0 + Duration::hours(1), 2).expect("due");
+        assert_eq!(pruned.roots.len(), 1);
+        assert!(pruned.roots[0].active);
     }
 
     #[test]
     fn unreadable_or_expired_chain_entries_go_but_the_signing_cert_stays() {
         let mut r = root("active", true, None);
         r.intermediate_certs = vec!["expired cross-sign".into(), "signing".into()];
-        let mut s = state(vec![r]);
-        assert!(prune(&mut s, T0));
-        assert_eq!(s.roots[0].intermediate_certs, ["signing"]);
-        assert!(!prune(&mut s, T0), "nothing left to prune");
+        let pruned = prune(&state(vec![r]), T0, 2).expect("due");
+        assert_eq!(pruned.roots[0].intermediate_certs, ["signing"]);
+        assert_eq!(prune(&pruned, T0, 3), None, "nothing left to prune");
+    }
+
+    #[test]
+    fn a_config_update_touches_only_the_config_and_the_index() {
+        let s = state(vec![root("active", true, None)]);
+        let next = update_config(&s, CaConfig::default(), 5);
+        assert_eq!(next.config.modify_index, 5);
+        assert_eq!(next.config.create_index, 1);
+        assert_eq!(next.modify_index, 5);
+        assert_eq!(next.roots, s.roots);
     }
 }

@@ -101,27 +101,101 @@ fn invalid(msg: impl Into<String>) -> SpiffeError {
     SpiffeError::Invalid(msg.into())
 }
 
-/// One of the four identity kinds of SPEC §1. Fields are validated segments.
+/// One path segment of a SPIFFE ID (namespace, datacenter, node name),
+/// validated by [`validate_segment`]. The field is private, so a value of
+/// this type is always a valid segment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Segment(String);
+
+impl Segment {
+    /// Validates `s` as a segment; error messages name `kind` (e.g. "node name").
+    pub fn parse(kind: &str, s: &str) -> Result<Self, SpiffeError> {
+        validate_segment(kind, s)?;
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Segment {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Segment {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// A service name, as it appears in `/v1/agent/connect/ca/leaf/<service>`
+/// and in a service's SPIFFE ID. Built only by parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(Segment);
+
+impl ServiceName {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = SpiffeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Segment::parse("service name", s).map(Self)
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for ServiceName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ServiceName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// One of the four identity kinds meshca issues. Every field is a validated
+/// type, so a `SpiffeId` cannot hold an invalid name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SpiffeId {
     Service {
         trust_domain: TrustDomain,
-        namespace: String,
-        datacenter: String,
-        service: String,
+        namespace: Segment,
+        datacenter: Segment,
+        service: ServiceName,
     },
     Agent {
         trust_domain: TrustDomain,
-        datacenter: String,
-        node: String,
+        datacenter: Segment,
+        node: Segment,
     },
     Server {
         trust_domain: TrustDomain,
-        datacenter: String,
+        datacenter: Segment,
     },
     MeshGateway {
         trust_domain: TrustDomain,
-        datacenter: String,
+        datacenter: Segment,
     },
 }
 
@@ -140,7 +214,7 @@ impl SpiffeId {
             Self::Service { datacenter, .. }
             | Self::Agent { datacenter, .. }
             | Self::Server { datacenter, .. }
-            | Self::MeshGateway { datacenter, .. } => datacenter,
+            | Self::MeshGateway { datacenter, .. } => datacenter.as_str(),
         }
     }
 
@@ -152,14 +226,11 @@ impl SpiffeId {
         datacenter: &str,
         service: &str,
     ) -> Result<SpiffeId, SpiffeError> {
-        validate_segment("namespace", namespace)?;
-        validate_segment("datacenter", datacenter)?;
-        validate_segment("service name", service)?;
         Ok(Self::Service {
             trust_domain: trust_domain.clone(),
-            namespace: namespace.to_string(),
-            datacenter: datacenter.to_string(),
-            service: service.to_string(),
+            namespace: Segment::parse("namespace", namespace)?,
+            datacenter: Segment::parse("datacenter", datacenter)?,
+            service: service.parse()?,
         })
     }
 
@@ -169,21 +240,18 @@ impl SpiffeId {
         datacenter: &str,
         node: &str,
     ) -> Result<SpiffeId, SpiffeError> {
-        validate_segment("datacenter", datacenter)?;
-        validate_segment("node name", node)?;
         Ok(Self::Agent {
             trust_domain: trust_domain.clone(),
-            datacenter: datacenter.to_string(),
-            node: node.to_string(),
+            datacenter: Segment::parse("datacenter", datacenter)?,
+            node: Segment::parse("node name", node)?,
         })
     }
 
     /// A server identity, `spiffe://<td>/agent/server/dc/<dc>`.
     pub fn server(trust_domain: &TrustDomain, datacenter: &str) -> Result<SpiffeId, SpiffeError> {
-        validate_segment("datacenter", datacenter)?;
         Ok(Self::Server {
             trust_domain: trust_domain.clone(),
-            datacenter: datacenter.to_string(),
+            datacenter: Segment::parse("datacenter", datacenter)?,
         })
     }
 
@@ -192,10 +260,9 @@ impl SpiffeId {
         trust_domain: &TrustDomain,
         datacenter: &str,
     ) -> Result<SpiffeId, SpiffeError> {
-        validate_segment("datacenter", datacenter)?;
         Ok(Self::MeshGateway {
             trust_domain: trust_domain.clone(),
-            datacenter: datacenter.to_string(),
+            datacenter: Segment::parse("datacenter", datacenter)?,
         })
     }
 }
@@ -260,13 +327,14 @@ impl FromStr for SpiffeId {
             validate_segment("path segment", seg)?;
         }
 
-        let owned = |v: &str| v.to_string();
+        // Every segment passed `validate_segment` above.
+        let owned = |v: &str| Segment(v.to_string());
         match segments.as_slice() {
             ["ns", ns, "dc", dc, "svc", svc] => Ok(Self::Service {
                 trust_domain,
                 namespace: owned(ns),
                 datacenter: owned(dc),
-                service: owned(svc),
+                service: ServiceName(owned(svc)),
             }),
             ["agent", "client", "dc", dc, "id", node] => Ok(Self::Agent {
                 trust_domain,
@@ -442,16 +510,28 @@ mod tests {
     }
 
     #[test]
+    fn service_names_parse_like_segments() {
+        assert_eq!(
+            "web".parse::<ServiceName>().map(|s| s.to_string()),
+            Ok("web".into())
+        );
+        for bad in ["", "Web", "a/b", "..", "we b"] {
+            let err = bad.parse::<ServiceName>().expect_err(bad).to_string();
+            assert!(err.contains("service name"), "{bad:?}: {err}");
+        }
+        assert!(Segment::parse("node name", "n1").is_ok());
+        assert!(Segment::parse("node name", "N1").is_err());
+    }
+
+    #[test]
     fn parsed_fields() {
         let s = id("/ns/prod/dc/dc7/svc/web");
         assert_eq!(
             s.parse::<SpiffeId>(),
-            Ok(SpiffeId::Service {
-                trust_domain: TD.parse().expect("td"),
-                namespace: "prod".into(),
-                datacenter: "dc7".into(),
-                service: "web".into(),
-            })
+            SpiffeId::service(&TD.parse().expect("td"), "prod", "dc7", "web")
+        );
+        assert!(
+            matches!(s.parse::<SpiffeId>(), Ok(SpiffeId::Service { service, .. }) if service == "web")
         );
         let a: SpiffeId = id("/agent/client/dc/dc1/id/n1").parse().expect("agent");
         assert!(matches!(&a, SpiffeId::Agent { node, .. } if node == "n1"));

@@ -4,6 +4,7 @@
 //! Consul's PascalCase JSON (`IndexedCARoots`, `CARoot`) explicitly.
 
 use crate::config::CaConfig;
+use crate::keyspec::KeySpec;
 use crate::secret::SecretBytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -72,4 +73,19 @@ impl CaState {
     pub fn trust_domain(&self) -> crate::spiffe::TrustDomain {
         crate::spiffe::TrustDomain::for_cluster(&self.cluster_id)
     }
+}
+
+/// A CA as a provider hands it over: the root, the certificate that signs
+/// leaves, and what must be persisted to bring the same keys back later.
+/// Staged material is inert: it becomes the CA only when the engine commits
+/// and publishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaMaterial {
+    pub root_pem: String,
+    pub signing_pem: String,
+    pub key_spec: KeySpec,
+    /// Key handle → PKCS#8 DER. Empty for providers that keep keys elsewhere.
+    pub private_keys: BTreeMap<String, SecretBytes>,
+    /// Public bookkeeping the provider needs to find its keys again.
+    pub provider_state: BTreeMap<String, String>,
 }

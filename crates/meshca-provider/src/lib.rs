@@ -1,26 +1,47 @@
 //! The CA provider plug-in boundary and the built-in provider.
 //!
-//! A provider is where CA keys live and signatures happen. The CA manager in
-//! `meshca-server` drives it; the provider never touches the store or HTTP.
-//! The trait has Consul's shape (generate a CA chain, sign leaves and
-//! intermediates, cross-sign, secondary-datacenter CSR handling) so that
-//! rotation and the Vault provider plug in without changing callers.
+//! A provider is where CA keys live and signatures happen. Two small traits
+//! make the boundary, shaped so that a remote provider (Vault's PKI engine)
+//! implements them as naturally as the built-in one:
 //!
-//! Architecture Invariant: every certificate a provider returns has been
-//! re-parsed and checked ([`verify`]) before it is returned.
+//! - [`CaProvider`] creates CAs and opens stored ones. It *stages*: a new
+//!   root and intermediate come back as inert [`CaMaterial`]; only the CA
+//!   engine, after validating, commits and publishes them.
+//! - [`CaKeys`] is a handle on one CA's keys (root + signing intermediate).
+//!   It is immutable: a renewed intermediate is a new handle, never a
+//!   mutation of this one.
+//!
+//! [`Signer`] wraps a `CaKeys` with the certificates that go with it (the
+//! chain appended to leaves, the SigningKeyID, NotAfter) and checks every
+//! leaf after signing. The engine publishes one `Signer` value atomically
+//! with the roots it belongs to.
+//!
+//! Every method that may do slow work (key generation, RSA signing, a
+//! network round trip) is async; the built-in provider moves its CPU work
+//! off the async runtime itself, a remote one awaits its I/O. Dropping the
+//! future cancels the call.
+//!
+//! Architecture Invariant: every certificate a provider hands out has been
+//! re-parsed and checked ([`verify`]) before anyone else sees it.
 
 pub mod builtin;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod crosssign;
 pub mod profile;
+pub mod signer;
 pub mod verify;
 
+use async_trait::async_trait;
 use meshca_core::csr::ValidatedCsr;
-use meshca_core::{CaConfig, KeySpec, ProviderKind, SecretBytes, TrustDomain};
-use std::collections::BTreeMap;
+use meshca_core::{CaConfig, ProviderKind, Serial, TrustDomain};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use builtin::BuiltinProvider;
+pub use meshca_core::state::CaMaterial;
+pub use signer::Signer;
 
 /// How the caller must react to a provider failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,17 +52,14 @@ pub enum ProviderError {
         provider: &'static str,
         operation: &'static str,
     },
-    /// No CA has been generated or restored yet.
-    #[error("the CA provider is not initialised")]
-    NotInitialised,
     /// The caller supplied something unusable (e.g. a bring-your-own root).
     #[error("{0}")]
     InvalidInput(String),
-    /// The backing system (e.g. Vault) is unreachable or refused.
+    /// The backing system (e.g. Vault) is unreachable or refused; retry later.
     #[error("CA provider unavailable: {0}")]
     Unavailable(String),
     /// Key generation or signing failed, or a certificate failed the
-    /// provider's own post-signing check.
+    /// post-signing check.
     #[error("CA provider error: {0}")]
     Internal(String),
 }
@@ -52,7 +70,7 @@ impl ProviderError {
     }
 }
 
-/// What a provider needs to create a new CA.
+/// What a provider needs to create a CA (or a new intermediate for one).
 #[derive(Debug, Clone)]
 pub struct CaRequest {
     pub cluster_id: Uuid,
@@ -61,85 +79,73 @@ pub struct CaRequest {
     pub now: OffsetDateTime,
 }
 
-/// A CA a provider generated (or restored): the root, the certificate that
-/// signs leaves, and what must be persisted to restore it later.
-#[derive(Debug, Clone)]
-pub struct CaMaterial {
-    pub root_pem: String,
-    pub signing_pem: String,
-    pub key_spec: KeySpec,
-    /// Key handle → PKCS#8 DER. Empty for providers that keep keys elsewhere.
-    pub private_keys: BTreeMap<String, SecretBytes>,
-    /// Public bookkeeping the provider needs to restore itself.
-    pub provider_state: BTreeMap<String, String>,
-}
-
-/// A leaf to sign: the validated CSR plus the validity and serial the CA
-/// manager chose. The provider builds the certificate from its own template;
-/// only the public key and names come from the request.
+/// A leaf to sign: the validated request plus the validity the engine chose.
+/// The provider builds the certificate from its own template (only the
+/// public key and the names come from the request) and picks the serial.
 #[derive(Debug, Clone)]
 pub struct LeafRequest {
     pub csr: ValidatedCsr,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-    pub serial: Vec<u8>,
 }
 
-/// The CA provider plug-in boundary (object safe). Methods are synchronous and
-/// may be slow (key generation, network); callers run them off the async
-/// runtime. Optional operations return [`ProviderError::Unsupported`].
+/// A leaf as a provider signed it, with the serial it chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedLeaf {
+    pub der: Vec<u8>,
+    pub serial: Serial,
+}
+
+/// Creates and opens CAs (object safe). Implementations keep no "current
+/// CA": everything they make is returned as a value.
+#[async_trait]
 pub trait CaProvider: Send + Sync + 'static {
     fn kind(&self) -> ProviderKind;
 
-    /// Whether [`CaProvider::cross_sign_ca`] works: a capability flag read
-    /// before a rotation, so that a provider that cannot cross-sign fails the
-    /// configuration change cleanly instead of mid-rotation.
+    /// Whether [`CaKeys::cross_sign_ca`] works: read before a rotation, so
+    /// that a provider that cannot cross-sign fails the configuration change
+    /// cleanly instead of mid-rotation.
     fn supports_cross_signing(&self) -> bool;
 
-    /// Creates a new root and its signing intermediate and makes them this
-    /// provider's active CA (Consul's `GenerateCAChain`).
-    fn generate_ca(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
+    /// Creates a new root and its signing intermediate (Consul's
+    /// `GenerateCAChain`) and returns them staged: nothing becomes live.
+    async fn generate_ca(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
 
-    /// Makes previously generated (and persisted) material active again
-    /// after a restart, without creating keys.
-    fn restore(&self, material: &CaMaterial) -> Result<(), ProviderError>;
+    /// Opens the keys of stored or staged material, creating none. Each key
+    /// must match its certificate.
+    async fn open(&self, material: &CaMaterial) -> Result<Arc<dyn CaKeys>, ProviderError>;
 
-    /// The certificate that signs leaves now (PEM).
-    fn active_signing_cert(&self) -> Result<String, ProviderError>;
+    /// Releases what this provider holds outside meshca once a rotation has
+    /// replaced it with a provider configured by `successor`.
+    async fn cleanup(&self, successor: &CaConfig) -> Result<(), ProviderError>;
+}
 
-    /// Signs a leaf (PEM), checked against the SVID profile and chain.
-    fn sign_leaf(&self, req: &LeafRequest) -> Result<String, ProviderError>;
+/// One CA's keys at its provider: the root signs CA certificates, the
+/// signing intermediate signs leaves. Immutable once opened.
+#[async_trait]
+pub trait CaKeys: Send + Sync + 'static {
+    /// Signs a leaf from the template.
+    async fn sign_leaf(&self, req: &LeafRequest) -> Result<SignedLeaf, ProviderError>;
 
-    /// Signs a secondary datacenter's intermediate CSR with the root (PEM).
-    fn sign_intermediate(
-        &self,
-        csr_pem: &str,
-        now: OffsetDateTime,
-    ) -> Result<String, ProviderError>;
-
-    /// Signs another CA's certificate with this provider's root, keeping its
-    /// subject, key, SKID and SANs (rotation step 2).
-    fn cross_sign_ca(
+    /// Signs another CA's certificate with this root, keeping its subject,
+    /// key, SKID and SANs (the cross-signature of a root rotation).
+    async fn cross_sign_ca(
         &self,
         cert_pem: &str,
         not_after: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<String, ProviderError>;
 
-    /// Creates a new signing intermediate (new key, same root) for renewal at
-    /// half-life. Returns the material to persist; it becomes active only
-    /// when the caller passes it to [`CaProvider::restore`] after committing.
-    fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
+    /// Creates a new signing intermediate (new key, same root), staged.
+    async fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
+}
 
-    /// Secondary datacenters: a CSR for a new intermediate key (PEM).
-    fn generate_intermediate_csr(&self) -> Result<String, ProviderError>;
-
-    /// Secondary datacenters: install an intermediate signed by the primary.
-    fn set_intermediate(&self, pem: &str) -> Result<(), ProviderError>;
-
-    /// Public bookkeeping to persist (key handles, paths).
-    fn state(&self) -> BTreeMap<String, String>;
-
-    /// Releases external resources when the provider is replaced.
-    fn cleanup(&self) -> Result<(), ProviderError>;
+/// Runs CPU-heavy provider work (key generation, signing) off the async
+/// runtime's workers.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ProviderError::Internal(format!("signing task failed: {e}")))?
 }

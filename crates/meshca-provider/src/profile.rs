@@ -6,7 +6,7 @@ use crate::ProviderError;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use meshca_core::csr::ValidatedCsr;
 use meshca_core::x509::key_id;
-use meshca_core::{KeySpec, SpiffeId, TrustDomain};
+use meshca_core::{KeySpec, Serial, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
@@ -30,12 +30,13 @@ pub fn ca_serial() -> Result<Vec<u8>, ProviderError> {
     Ok(b.to_vec())
 }
 
-/// A random positive 128-bit leaf serial (≥ 64 random bits, SPEC §3).
-pub fn leaf_serial() -> Result<Vec<u8>, ProviderError> {
+/// A random positive 128-bit leaf serial (at least 64 random bits, as
+/// unique serials require).
+pub fn leaf_serial() -> Result<Serial, ProviderError> {
     let mut b = random_bytes::<16>()?;
     b[0] &= 0x7f;
     b[0] |= 0x01;
-    Ok(b.to_vec())
+    Serial::from_bytes(&b).map_err(ProviderError::internal)
 }
 
 /// Eight random base-36 characters, for CA common names.
@@ -164,19 +165,19 @@ pub fn leaf_params(
     csr: &ValidatedCsr,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-    serial: &[u8],
+    serial: &Serial,
 ) -> Result<CertificateParams, ProviderError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
-    let mut sans = vec![SanType::URI(ia5(&csr.spiffe_id.to_string())?)];
-    for dns in &csr.dns_sans {
+    let mut sans = vec![SanType::URI(ia5(&csr.spiffe_id().to_string())?)];
+    for dns in csr.dns_sans() {
         sans.push(SanType::DnsName(ia5(dns)?));
     }
-    sans.extend(csr.ip_sans.iter().map(|ip| SanType::IpAddress(*ip)));
+    sans.extend(csr.ip_sans().iter().map(|ip| SanType::IpAddress(*ip)));
     p.subject_alt_names = sans;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    if csr.key_type.is_rsa() {
+    if csr.key_type().is_rsa() {
         p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     }
     p.extended_key_usages = vec![
@@ -185,15 +186,10 @@ pub fn leaf_params(
     ];
     p.not_before = not_before;
     p.not_after = not_after;
-    p.serial_number = Some(SerialNumber::from_slice(serial));
+    p.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
     p.use_authority_key_identifier_extension = true;
-    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&csr.spki_der));
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(csr.spki_der()));
     Ok(p)
-}
-
-/// The SPIFFE ID a leaf must carry, re-exported for provider implementations.
-pub fn expected_id(csr: &ValidatedCsr) -> &SpiffeId {
-    &csr.spiffe_id
 }
 
 /// Options of `meshca tls ca create` (Consul's flags).

@@ -3,10 +3,9 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use meshca_ca::CaError;
 use meshca_core::config::ConfigError;
 use meshca_core::csr::CsrError;
-use meshca_provider::ProviderError;
-use meshca_store::StoreError;
 
 /// Header carrying a stable, machine-readable error code.
 pub const ERROR_HEADER: &str = "x-meshca-error";
@@ -77,24 +76,20 @@ impl ApiError {
     }
 }
 
-impl From<ProviderError> for ApiError {
-    fn from(e: ProviderError) -> Self {
+/// The engine's errors as Consul's statuses and messages. Exhaustive on
+/// purpose: a new engine error must be placed here.
+impl From<CaError> for ApiError {
+    fn from(e: CaError) -> Self {
         match e {
-            ProviderError::InvalidInput(m) => ApiError::BadRequest(m),
-            ProviderError::Unsupported { .. } => ApiError::BadRequest(e.to_string()),
-            ProviderError::NotInitialised | ProviderError::Unavailable(_) => {
-                ApiError::Unavailable(e.to_string())
-            }
-            ProviderError::Internal(m) => ApiError::Internal(m),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict { .. } => ApiError::CaBusy("RECONFIGURING"),
-            other => ApiError::Unavailable(other.to_string()),
+            CaError::InvalidConfig(e) => Self::InvalidConfig(e),
+            CaError::InvalidCsr(e) => Self::InvalidCsr(e),
+            CaError::Rejected(m) => Self::BadRequest(m),
+            CaError::ProviderStateReadOnly => Self::ProviderStateReadOnly,
+            CaError::CrossSigningUnsupported => Self::CrossSigningUnsupported,
+            CaError::Busy(state) => Self::CaBusy(state),
+            CaError::Store(e) => Self::Unavailable(e.to_string()),
+            CaError::Unavailable(m) => Self::Unavailable(m),
+            CaError::Internal(m) => Self::Internal(m),
         }
     }
 }

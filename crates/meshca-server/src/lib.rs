@@ -1,5 +1,5 @@
 //! meshca's HTTP server: the Consul-compatible Connect CA API on top of the
-//! CA manager.
+//! CA engine (`meshca-ca`).
 //!
 //! `server.rs`-style entry point: [`serve`] owns the accept loop and graceful
 //! shutdown; handlers live in [`routes`]; every error becomes a response in
@@ -8,7 +8,6 @@
 pub mod blocking;
 pub mod error;
 pub mod leafcache;
-pub mod manager;
 pub mod ratelimit;
 pub mod routes;
 pub mod wire;
@@ -23,7 +22,7 @@ use routes::AppState;
 use std::future::Future;
 use tokio::net::TcpListener;
 
-pub use manager::{default_provider_factory, CaManager};
+pub use meshca_ca::{default_provider_factory, CaEngine};
 
 /// Largest accepted request body (SPEC §2).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -83,7 +82,7 @@ async fn explain_method_not_allowed(req: Request, next: Next) -> Response {
 /// for tests and benchmarks. Returns the base URL and a sender that stops
 /// the server.
 pub async fn spawn_on_loopback(
-    ca: std::sync::Arc<CaManager>,
+    ca: std::sync::Arc<CaEngine>,
 ) -> std::io::Result<(String, tokio::sync::oneshot::Sender<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -1,17 +1,21 @@
 //! HTTP handlers of the Connect CA API. Each handler parses its input into
-//! domain types, calls the CA manager, and renders Consul's wire format.
+//! domain types, calls the CA engine, and renders Consul's wire format.
 
 use crate::blocking::{wait_for_index, BlockingQuery};
 use crate::error::ApiError;
 use crate::leafcache::LeafCache;
-use crate::manager::{blocking, CaManager};
 use crate::ratelimit::CsrLimiter;
-use crate::wire::{CaConfigurationUpdate, SignRequest};
+use crate::wire::{
+    CaConfiguration, CaConfigurationUpdate, IndexedCaRoots, IssuedCert, SignRequest,
+};
+use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use meshca_ca::{CaEngine, Published};
+use meshca_core::ServiceName;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,20 +23,47 @@ use std::sync::Arc;
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
-    pub ca: Arc<CaManager>,
+    pub ca: Arc<CaEngine>,
     pub limiter: Arc<CsrLimiter>,
     pub leaves: Arc<LeafCache>,
+    roots_json: Arc<ArcSwapOption<RenderedRoots>>,
+}
+
+/// The roots answer serialised once per published CA, not per request.
+struct RenderedRoots {
+    of: Arc<Published>,
+    json: Bytes,
 }
 
 impl AppState {
-    pub fn new(ca: Arc<CaManager>) -> Self {
+    pub fn new(ca: Arc<CaEngine>) -> Self {
         let cfg = &ca.published().config;
-        let limiter = CsrLimiter::new(cfg.csr_max_per_second, cfg.csr_max_concurrent);
+        let limiter = CsrLimiter::new(cfg.csr_max_per_second(), cfg.csr_max_concurrent());
         Self {
             ca,
             limiter: Arc::new(limiter),
             leaves: Arc::new(LeafCache::default()),
+            roots_json: Arc::new(ArcSwapOption::empty()),
         }
+    }
+
+    /// `IndexedCARoots` of `p` as JSON, rendered the first time it is asked
+    /// for. Two requests racing on a new CA may both render; both answers
+    /// are the same.
+    fn roots_json(&self, p: &Arc<Published>) -> Result<Bytes, ApiError> {
+        if let Some(r) = self.roots_json.load().as_ref() {
+            if Arc::ptr_eq(&r.of, p) {
+                return Ok(r.json.clone());
+            }
+        }
+        let json = serde_json::to_vec(&IndexedCaRoots::from(&**p))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let json = Bytes::from(json);
+        self.roots_json.store(Some(Arc::new(RenderedRoots {
+            of: p.clone(),
+            json: json.clone(),
+        })));
+        Ok(json)
     }
 }
 
@@ -117,14 +148,14 @@ pub async fn roots(
         );
         r
     } else {
-        json_body(p.roots_json.clone())
+        json_body(app.roots_json(&p)?)
     };
     Ok(with_index(resp, p.index))
 }
 
 /// `GET /v1/connect/ca/configuration`.
 pub async fn get_configuration(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let cfg = app.ca.configuration();
+    let cfg = CaConfiguration::from(&*app.ca.published());
     let index = cfg.modify_index;
     Ok(with_index(to_json(&cfg)?, index))
 }
@@ -135,10 +166,10 @@ pub async fn put_configuration(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let upd: CaConfigurationUpdate = decode_body(body)?;
-    app.ca.update_configuration(upd).await?;
+    app.ca.change_config(upd.into()).await?;
     let p = app.ca.published();
     app.limiter
-        .configure(p.config.csr_max_per_second, p.config.csr_max_concurrent);
+        .configure(p.config.csr_max_per_second(), p.config.csr_max_concurrent());
     Ok(with_index(StatusCode::OK.into_response(), p.index))
 }
 
@@ -149,10 +180,8 @@ pub async fn sign(
 ) -> Result<Response, ApiError> {
     let req: SignRequest = decode_body(body)?;
     let _permit = app.limiter.acquire()?;
-    let ca = app.ca.clone();
-    let issued = blocking(move || ca.sign_csr(&req.csr)).await?;
-    let index = issued.modify_index;
-    Ok(with_index(to_json(&issued)?, index))
+    let leaf = app.ca.sign_csr(req.csr).await?;
+    Ok(with_index(to_json(&IssuedCert::from(&leaf))?, leaf.index))
 }
 
 /// `GET /v1/agent/connect/ca/leaf/<service>`.
@@ -161,8 +190,9 @@ pub async fn leaf(
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    meshca_core::spiffe::validate_segment("service name", &service)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let service: ServiceName = service
+        .parse()
+        .map_err(|e: meshca_core::spiffe::SpiffeError| ApiError::BadRequest(e.to_string()))?;
     let bq = BlockingQuery::parse(&parse_query(raw)?)?;
     let leaf = match bq.index {
         None => app.leaves.current(&app.ca, &app.limiter, &service).await?,
@@ -178,8 +208,8 @@ pub async fn leaf(
                 .await?
         }
     };
-    let index = leaf.issued.modify_index;
-    Ok(with_index(to_json(&leaf.issued)?, index))
+    let index = leaf.issued.index;
+    Ok(with_index(to_json(&IssuedCert::from(&leaf.issued))?, index))
 }
 
 /// `GET /v1/status/leader`: this server leads itself (single node).
@@ -188,11 +218,24 @@ pub async fn leader(State(app): State<AppState>) -> Result<Response, ApiError> {
     Ok(with_index(to_json(&"127.0.0.1:8300")?, p.index))
 }
 
-/// `GET /v1/health`: ready once the CA is loaded, which it is if we serve.
+/// `GET /v1/health`: 200 while the CA serves and its store can write; 503
+/// naming the problem when the last store write failed (signing goes on,
+/// but no change to the CA can be saved).
 pub async fn health(State(app): State<AppState>) -> Result<Response, ApiError> {
     let p = app.ca.published();
-    let body = serde_json::json!({"Status": "ok", "ActiveRootID": p.active_root_id});
-    Ok(with_index(to_json(&body)?, p.index))
+    let (status, body) = match app.ca.health() {
+        Ok(()) => (
+            StatusCode::OK,
+            serde_json::json!({"Status": "ok", "ActiveRootID": p.active_root_id}),
+        ),
+        Err(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"Status": "degraded", "ActiveRootID": p.active_root_id, "Store": problem}),
+        ),
+    };
+    let mut resp = to_json(&body)?;
+    *resp.status_mut() = status;
+    Ok(with_index(resp, p.index))
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {

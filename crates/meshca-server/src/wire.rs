@@ -142,3 +142,84 @@ pub struct SignRequest {
     #[serde(rename = "CSR")]
     pub csr: String,
 }
+
+impl From<CaConfigurationUpdate> for meshca_ca::ConfigChange {
+    fn from(u: CaConfigurationUpdate) -> Self {
+        Self {
+            provider: u.provider,
+            config: u.config,
+            state: u.state,
+            force_without_cross_signing: u.force_without_cross_signing,
+        }
+    }
+}
+
+impl From<&meshca_ca::Published> for IndexedCaRoots {
+    fn from(p: &meshca_ca::Published) -> Self {
+        Self {
+            active_root_id: p.active_root_id.clone(),
+            trust_domain: p.trust_domain.to_string(),
+            roots: p.roots.iter().map(CaRootWire::from).collect(),
+        }
+    }
+}
+
+/// `GET /v1/connect/ca/configuration`: secrets redacted.
+impl From<&meshca_ca::Published> for CaConfiguration {
+    fn from(p: &meshca_ca::Published) -> Self {
+        Self {
+            cluster_id: p.cluster_id.to_string(),
+            provider: p.config.provider().as_str().to_string(),
+            config: p.config.to_wire(true),
+            state: None,
+            force_without_cross_signing: false,
+            create_index: p.config_create_index,
+            modify_index: p.index,
+        }
+    }
+}
+
+/// The one place a generated private key leaves its secret wrapper: the
+/// agent leaf endpoint's `PrivateKeyPEM`.
+impl From<&meshca_ca::IssuedLeaf> for IssuedCert {
+    fn from(leaf: &meshca_ca::IssuedLeaf) -> Self {
+        use meshca_core::SpiffeId;
+        use secrecy::ExposeSecret as _;
+        let id = leaf.spiffe_id.to_string();
+        let mut out = IssuedCert {
+            serial_number: leaf.serial.to_string(),
+            cert_pem: leaf.cert_pem.clone(),
+            private_key_pem: leaf
+                .private_key_pem
+                .as_ref()
+                .map(|k| k.expose_secret().to_string()),
+            service: None,
+            service_uri: None,
+            agent: None,
+            agent_uri: None,
+            server_uri: None,
+            kind: None,
+            kind_uri: None,
+            valid_after: leaf.valid_after,
+            valid_before: leaf.valid_before,
+            create_index: leaf.index,
+            modify_index: leaf.index,
+        };
+        match &leaf.spiffe_id {
+            SpiffeId::Service { service, .. } => {
+                out.service = Some(service.to_string());
+                out.service_uri = Some(id);
+            }
+            SpiffeId::Agent { node, .. } => {
+                out.agent = Some(node.to_string());
+                out.agent_uri = Some(id);
+            }
+            SpiffeId::Server { .. } => out.server_uri = Some(id),
+            SpiffeId::MeshGateway { .. } => {
+                out.kind = Some("mesh-gateway".into());
+                out.kind_uri = Some(id);
+            }
+        }
+        out
+    }
+}

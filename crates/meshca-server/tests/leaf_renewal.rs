@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
 use meshca_core::{CaConfig, Clock, ManualClock};
-use meshca_server::{default_provider_factory, CaManager};
+use meshca_server::{default_provider_factory, CaEngine};
 use meshca_store::SledStore;
 use serde_json::Value;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use time::macros::datetime;
 
 struct Harness {
     base: String,
-    ca: Arc<CaManager>,
+    ca: Arc<CaEngine>,
     clock: Arc<ManualClock>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -22,7 +22,7 @@ struct Harness {
 async fn start() -> Harness {
     let clock = Arc::new(ManualClock::new(datetime!(2030-01-01 00:00 UTC)));
     let store = Arc::new(SledStore::temporary().unwrap());
-    let ca = CaManager::start(
+    let ca = CaEngine::start(
         store,
         clock.clone() as Arc<dyn Clock>,
         "dc1".into(),

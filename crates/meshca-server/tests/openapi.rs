@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
 use meshca_core::{CaConfig, SystemClock};
-use meshca_server::{default_provider_factory, CaManager, ROUTES};
+use meshca_server::{default_provider_factory, CaEngine, ROUTES};
 use meshca_store::SledStore;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ fn the_openapi_file_lists_exactly_the_served_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listed_route_is_routed() {
-    let ca = CaManager::start(
+    let ca = CaEngine::start(
         Arc::new(SledStore::temporary().unwrap()),
         Arc::new(SystemClock),
         "dc1".into(),

@@ -49,10 +49,12 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
 /// A plausible CA state whose private keys (and BYO config key) hold `secret`,
 /// so tests can look for it on disk.
 pub fn sample_state(secret: &[u8]) -> CaState {
-    let config = CaConfig {
-        private_key: Some(SecretBytes::new(secret.to_vec())),
-        ..CaConfig::default()
-    };
+    let wire = serde_json::json!({
+        "PrivateKey": String::from_utf8_lossy(secret),
+        "RootCert": "-----BEGIN CERTIFICATE-----\nconformance\n-----END CERTIFICATE-----\n",
+    });
+    let config = CaConfig::from_wire("consul", wire.as_object().expect("an object"), None)
+        .expect("a valid configuration");
     let mut private_keys = BTreeMap::new();
     private_keys.insert("root-1".to_string(), SecretBytes::new(secret.to_vec()));
     private_keys.insert(

@@ -215,8 +215,8 @@ mod tests {
         for s in [hcl, json] {
             assert_eq!(s.datacenter, "east");
             assert_eq!(s.http_port, 9500);
-            assert_eq!(s.initial_ca.leaf_cert_ttl.to_string(), "24h0m0s");
-            assert!(s.initial_ca.key_spec.is_rsa());
+            assert_eq!(s.initial_ca.leaf_cert_ttl().to_string(), "24h0m0s");
+            assert!(s.initial_ca.key_spec().is_rsa());
         }
     }
 

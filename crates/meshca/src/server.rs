@@ -6,7 +6,7 @@ use crate::config::{self, Settings};
 use anyhow::Context;
 use meshca_core::SystemClock;
 use meshca_server::routes::AppState;
-use meshca_server::{default_provider_factory, CaManager};
+use meshca_server::{default_provider_factory, CaEngine};
 use meshca_store::{SledStore, Store, StoreKey};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,7 +87,7 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
 
 async fn serve(s: Settings) -> anyhow::Result<()> {
     let store = open_store(&s)?;
-    let ca = CaManager::start(
+    let ca = CaEngine::start(
         store,
         Arc::new(SystemClock),
         s.datacenter.clone(),

@@ -1,16 +1,16 @@
-//! Root rotation, intermediate renewal and pruning through the CA manager,
+//! Root rotation, intermediate renewal and pruning through the CA engine,
 //! with a manual clock and a real on-disk store.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
+use meshca_ca::{
+    default_provider_factory, CaEngine, CaError, ConfigChange, IssuedLeaf, ProviderFactory,
+    Reaction,
+};
 use meshca_core::x509::decode_pem_blocks;
 use meshca_core::{CaConfig, Clock, ManualClock};
 use meshca_provider::verify::verify_chain;
 use meshca_provider::{BuiltinProvider, CaProvider};
-use meshca_server::error::ApiError;
-use meshca_server::manager::ProviderFactory;
-use meshca_server::wire::{CaConfigurationUpdate, IssuedCert};
-use meshca_server::{default_provider_factory, CaManager};
 use meshca_store::{SledStore, StoreKey};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -34,10 +34,10 @@ impl Env {
         }
     }
 
-    async fn start_with(&self, config: CaConfig, factory: ProviderFactory) -> Arc<CaManager> {
+    async fn start_with(&self, config: CaConfig, factory: ProviderFactory) -> Arc<CaEngine> {
         let key = StoreKey::from_base64(&self.key).unwrap();
         let store = Arc::new(SledStore::open(self.dir.path(), key).unwrap());
-        CaManager::start(
+        CaEngine::start(
             store,
             self.clock.clone() as Arc<dyn Clock>,
             "dc1".into(),
@@ -48,27 +48,33 @@ impl Env {
         .unwrap()
     }
 
-    async fn start(&self) -> Arc<CaManager> {
+    async fn start(&self) -> Arc<CaEngine> {
         self.start_with(CaConfig::default(), default_provider_factory())
             .await
     }
 }
 
-fn update(config: Value) -> CaConfigurationUpdate {
-    serde_json::from_value(json!({"Provider": "consul", "Config": config})).unwrap()
+fn update(config: Value) -> ConfigChange {
+    ConfigChange {
+        provider: "consul".into(),
+        config: config.as_object().unwrap().clone(),
+        ..ConfigChange::default()
+    }
 }
 
 fn ders(pem: &str) -> Vec<Vec<u8>> {
     decode_pem_blocks(pem, "CERTIFICATE").unwrap()
 }
 
-fn leaf(ca: &CaManager) -> IssuedCert {
-    ca.issue_service_leaf("web").unwrap()
+async fn leaf(ca: &CaEngine) -> IssuedLeaf {
+    ca.issue_service_leaf(&"web".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 /// Verifies an issued chain (leaf + the intermediates the API served)
 /// against exactly the given roots.
-fn verifies(issued: &IssuedCert, roots: &[&str], at: OffsetDateTime) -> bool {
+fn verifies(issued: &IssuedLeaf, roots: &[&str], at: OffsetDateTime) -> bool {
     let chain = ders(&issued.cert_pem);
     let roots: Vec<Vec<u8>> = roots.iter().flat_map(|r| ders(r)).collect();
     verify_chain(&chain[0], &chain[1..], &roots, at).is_ok()
@@ -81,7 +87,7 @@ async fn rotation_keeps_old_root_trust_through_the_cross_signed_certificate() {
     let before = ca.published();
     let old_root = before.roots[0].root_cert.clone();
 
-    ca.update_configuration(update(
+    ca.change_config(update(
         json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}),
     ))
     .await
@@ -96,7 +102,7 @@ async fn rotation_keeps_old_root_trust_through_the_cross_signed_certificate() {
     assert_eq!(after.active_root_id, new.id);
     assert!(after.index > before.index);
 
-    let issued = leaf(&ca);
+    let issued = leaf(&ca).await;
     let at = T0 + Duration::hours(1);
     assert!(verifies(&issued, &[&old_root], at), "old root alone");
     assert!(verifies(&issued, &[&new.root_cert], at), "new root alone");
@@ -108,7 +114,7 @@ async fn rotation_keeps_old_root_trust_through_the_cross_signed_certificate() {
 async fn pruning_removes_the_old_root_and_the_expired_cross_signed_cert() {
     let env = Env::new();
     let ca = env.start().await;
-    ca.update_configuration(update(
+    ca.change_config(update(
         json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}),
     ))
     .await
@@ -135,7 +141,7 @@ async fn pruning_removes_the_old_root_and_the_expired_cross_signed_cert() {
         "root + signing"
     );
     assert!(verifies(
-        &leaf(&ca),
+        &leaf(&ca).await,
         &[&p.roots[0].root_cert],
         env.clock.now()
     ));
@@ -152,8 +158,11 @@ async fn the_intermediate_is_renewed_at_half_life_and_survives_restart() {
     assert!(ca.maintain().await.unwrap());
     let renewed = ca.published();
     assert_eq!(renewed.active_root_id, first.active_root_id);
-    assert_ne!(renewed.signing_key_id, first.signing_key_id);
-    let issued = leaf(&ca);
+    assert_ne!(
+        renewed.signer.signing_key_id(),
+        first.signer.signing_key_id()
+    );
+    let issued = leaf(&ca).await;
     assert!(issued
         .cert_pem
         .contains(renewed.roots[0].intermediate_certs[0].trim_end()));
@@ -165,9 +174,12 @@ async fn the_intermediate_is_renewed_at_half_life_and_survives_restart() {
     drop((ca, first));
 
     let again = env.start().await;
-    assert_eq!(again.published().signing_key_id, renewed.signing_key_id);
+    assert_eq!(
+        again.published().signer.signing_key_id(),
+        renewed.signer.signing_key_id()
+    );
     assert!(verifies(
-        &leaf(&again),
+        &leaf(&again).await,
         &[&renewed.roots[0].root_cert],
         env.clock.now()
     ));
@@ -179,9 +191,9 @@ async fn ttl_changes_and_identical_configs_never_rotate() {
     let ca = env.start().await;
     let root = ca.published().active_root_id.clone();
     let index = ca.published().index;
-    ca.update_configuration(update(json!({}))).await.unwrap();
+    ca.change_config(update(json!({}))).await.unwrap();
     assert_eq!(ca.published().index, index, "identical config is a no-op");
-    ca.update_configuration(update(json!({"LeafCertTTL": "24h", "CSRMaxPerSecond": 5})))
+    ca.change_config(update(json!({"LeafCertTTL": "24h", "CSRMaxPerSecond": 5})))
         .await
         .unwrap();
     let p = ca.published();
@@ -205,16 +217,16 @@ async fn a_provider_that_cannot_cross_sign_needs_force() {
         .start_with(CaConfig::default(), no_cross_signing())
         .await;
     let err = ca
-        .update_configuration(update(json!({"PrivateKeyBits": 384})))
+        .change_config(update(json!({"PrivateKeyBits": 384})))
         .await
         .unwrap_err();
-    assert!(matches!(err, ApiError::CrossSigningUnsupported));
+    assert!(matches!(err, CaError::CrossSigningUnsupported));
     assert_eq!(err.to_string(), "The current CA Provider does not support cross-signing. You can try again with ForceWithoutCrossSigningSet but this may cause disruption - see documentation for more.");
     assert_eq!(ca.published().roots.len(), 1, "nothing changed");
 
     let mut forced = update(json!({"PrivateKeyBits": 384}));
     forced.force_without_cross_signing = true;
-    ca.update_configuration(forced).await.unwrap();
+    ca.change_config(forced).await.unwrap();
     let p = ca.published();
     assert_eq!(p.roots.len(), 2);
     assert_eq!(
@@ -222,7 +234,7 @@ async fn a_provider_that_cannot_cross_sign_needs_force() {
         1,
         "no cross-signed cert"
     );
-    assert!(!verifies(&leaf(&ca), &[&p.roots[0].root_cert], T0));
+    assert!(!verifies(&leaf(&ca).await, &[&p.roots[0].root_cert], T0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +244,7 @@ async fn a_concurrent_rotation_is_refused_with_409() {
     let a = tokio::spawn({
         let ca = ca.clone();
         async move {
-            ca.update_configuration(update(
+            ca.change_config(update(
                 json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 4096}),
             ))
             .await
@@ -241,7 +253,7 @@ async fn a_concurrent_rotation_is_refused_with_409() {
     let b = tokio::spawn({
         let ca = ca.clone();
         async move {
-            ca.update_configuration(update(
+            ca.change_config(update(
                 json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 3072}),
             ))
             .await
@@ -265,7 +277,7 @@ async fn a_concurrent_rotation_is_refused_with_409() {
 async fn rotation_survives_restart_and_can_rotate_again() {
     let env = Env::new();
     let ca = env.start().await;
-    ca.update_configuration(update(json!({"PrivateKeyType": "rsa"})))
+    ca.change_config(update(json!({"PrivateKeyType": "rsa"})))
         .await
         .unwrap();
     let p = ca.published();
@@ -274,8 +286,8 @@ async fn rotation_survives_restart_and_can_rotate_again() {
     let q = again.published();
     assert_eq!(q.active_root_id, p.active_root_id);
     assert_eq!(q.roots.len(), 2);
-    assert!(verifies(&leaf(&again), &[&q.roots[0].root_cert], T0));
-    again.update_configuration(update(json!({}))).await.unwrap();
+    assert!(verifies(&leaf(&again).await, &[&q.roots[0].root_cert], T0));
+    again.change_config(update(json!({}))).await.unwrap();
     assert_eq!(again.published().roots.len(), 3);
 }
 
@@ -293,6 +305,7 @@ async fn bring_your_own_root_is_validated_before_anything_changes() {
             config: CaConfig::default(),
             now: T0,
         })
+        .await
         .unwrap();
     let key_pem = pem_key(m.private_keys["builtin/root"].expose());
     let wrong_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -306,22 +319,22 @@ async fn bring_your_own_root_is_validated_before_anything_changes() {
         ("not a key", m.root_pem.as_str()),
     ] {
         let err = ca
-            .update_configuration(update(json!({"PrivateKey": key, "RootCert": cert})))
+            .change_config(update(json!({"PrivateKey": key, "RootCert": cert})))
             .await
             .unwrap_err();
-        assert_eq!(err.status_and_code().0, 400, "{err}");
+        assert_eq!(err.reaction(), Reaction::FixRequest, "{err}");
         assert_eq!(ca.published().index, index, "nothing changed");
     }
-    ca.update_configuration(update(
+    ca.change_config(update(
         json!({"PrivateKey": key_pem, "RootCert": m.root_pem}),
     ))
     .await
     .unwrap();
     let p = ca.published();
     assert_eq!(p.roots[1].root_cert, m.root_pem);
-    assert!(verifies(&leaf(&ca), &[&p.roots[0].root_cert], T0));
-    let cfg = ca.configuration();
-    assert_eq!(cfg.config["PrivateKey"], json!("hidden"));
+    assert!(verifies(&leaf(&ca).await, &[&p.roots[0].root_cert], T0));
+    let cfg = ca.published().config.to_wire(true);
+    assert_eq!(cfg["PrivateKey"], json!("hidden"));
 }
 
 fn pem_key(der: &[u8]) -> String {
@@ -332,7 +345,7 @@ fn pem_key(der: &[u8]) -> String {
 async fn scheduled_rotation_replaces_the_root_with_cross_signing() {
     let env = Env::new();
     let ca = env.start().await;
-    ca.update_configuration(update(json!({"RootRotationPeriod": "2000h"})))
+    ca.change_config(update(json!({"RootRotationPeriod": "2000h"})))
         .await
         .unwrap();
     let first = ca.published();
@@ -345,7 +358,7 @@ async fn scheduled_rotation_replaces_the_root_with_cross_signing() {
     assert_ne!(p.active_root_id, first.active_root_id);
     assert_eq!(p.roots[1].intermediate_certs.len(), 2, "cross-signed");
     let old_root = first.roots[0].root_cert.clone();
-    assert!(verifies(&leaf(&ca), &[&old_root], env.clock.now()));
+    assert!(verifies(&leaf(&ca).await, &[&old_root], env.clock.now()));
     assert!(!ca.maintain().await.unwrap(), "the new root is not due");
 }
 
@@ -362,10 +375,13 @@ async fn an_expired_ca_recovers_by_rotating_without_a_dead_cross_signature() {
     .unwrap();
     let ca = env.start_with(short, default_provider_factory()).await;
     env.clock.advance(Duration::hours(4));
-    let err = ca.issue_service_leaf("web").unwrap_err();
-    assert_eq!(err.status_and_code().0, 503, "{err}");
+    let err = ca
+        .issue_service_leaf(&"web".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reaction(), Reaction::Unavailable, "{err}");
 
-    ca.update_configuration(update(json!({"LeafCertTTL": "1h", "IntermediateCertTTL": "3h", "RootCertTTL": "8760h", "PrivateKeyType": "rsa"})))
+    ca.change_config(update(json!({"LeafCertTTL": "1h", "IntermediateCertTTL": "3h", "RootCertTTL": "8760h", "PrivateKeyType": "rsa"})))
         .await
         .unwrap();
     let p = ca.published();
@@ -376,8 +392,115 @@ async fn an_expired_ca_recovers_by_rotating_without_a_dead_cross_signature() {
         "no cross-signature by an expired root"
     );
     assert!(verifies(
-        &leaf(&ca),
+        &leaf(&ca).await,
         &[&p.roots[1].root_cert],
         env.clock.now()
     ));
+}
+
+/// Regression: with `ForceWithoutCrossSigning: true` the old root must not
+/// vouch for the new one, even when its provider could (the escape hatch
+/// for a lost or compromised old key). meshca used to cross-sign anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_without_cross_signing_skips_cross_signing_even_when_possible() {
+    let env = Env::new();
+    let ca = env.start().await;
+    let old_root = ca.published().roots[0].root_cert.clone();
+    let mut forced = update(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}));
+    forced.force_without_cross_signing = true;
+    ca.change_config(forced).await.unwrap();
+    let p = ca.published();
+    assert_eq!(p.roots.len(), 2, "the old root stays trusted until pruned");
+    let new = p.roots.iter().find(|r| r.active).unwrap();
+    assert_eq!(
+        new.intermediate_certs.len(),
+        1,
+        "no cross-signed certificate"
+    );
+    let issued = leaf(&ca).await;
+    let at = T0 + Duration::minutes(5);
+    assert!(
+        !verifies(&issued, &[&old_root], at),
+        "the old root vouches for nothing new"
+    );
+    assert!(verifies(&issued, &[&new.root_cert], at));
+}
+
+/// Regression: intermediate renewal used to activate the new key in the
+/// provider before the new chain was published, so a leaf issued in
+/// between was signed by the new intermediate but shipped with the old one
+/// (a chain that does not verify) and tagged with a SigningKeyID that did
+/// not sign it. Leaves are issued in a loop while the intermediate is
+/// renewed again and again; every leaf must verify through the chain it was
+/// shipped with and name the key that signed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaves_issued_during_renewal_always_ship_the_chain_of_their_signer() {
+    let env = Env::new();
+    let short = CaConfig::from_wire(
+        "consul",
+        json!({"LeafCertTTL": "1h", "IntermediateCertTTL": "3h", "RootCertTTL": "87600h"})
+            .as_object()
+            .unwrap(),
+        None,
+    )
+    .unwrap();
+    let ca = env.start_with(short, default_provider_factory()).await;
+    let root = ca.published().roots[0].root_cert.clone();
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let done: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let issuers: Vec<_> = done
+        .iter()
+        .map(|count| {
+            let (ca, stop, count) = (ca.clone(), stop.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut leaves = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    leaves.push(leaf(&ca).await);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                leaves
+            })
+        })
+        .collect();
+    let mut signers = std::collections::HashSet::new();
+    // Just past half-life each round, and the next round only once every
+    // issuer has finished a leaf: a leaf in flight then holds at most the
+    // previous signer, which has most of its life left (the manual clock
+    // jumps 91 minutes in a millisecond; real time does not).
+    for _ in 0..12 {
+        env.clock.advance(Duration::minutes(91));
+        assert!(ca.maintain().await.unwrap(), "renewal was due");
+        signers.insert(ca.published().signer.signing_key_id().to_string());
+        let seen: Vec<usize> = done.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let progressed = || {
+            done.iter()
+                .zip(&seen)
+                .all(|(c, s)| c.load(Ordering::Relaxed) > *s)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !progressed() {
+            assert!(std::time::Instant::now() < deadline, "issuers stalled");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut checked = 0;
+    for issuer in issuers {
+        for issued in issuer.await.unwrap() {
+            let chain = ders(&issued.cert_pem);
+            let signing = meshca_core::x509::cert_facts(chain.last().unwrap()).unwrap();
+            let skid = meshca_core::x509::colon_hex(&signing.subject_key_id.unwrap());
+            assert_eq!(issued.signing_key_id, skid, "tagged with its signer");
+            let at = issued.valid_after + Duration::minutes(2);
+            assert!(
+                verifies(&issued, &[&root], at),
+                "leaf {} does not verify",
+                issued.serial
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(signers.len(), 12, "every round renewed the intermediate");
+    assert!(checked > 12, "leaves were issued throughout ({checked})");
 }

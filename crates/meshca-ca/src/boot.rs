@@ -1,0 +1,43 @@
+//! Start-up: restore the CA from the store, or create it on first start.
+
+use crate::persist::Persistence;
+use crate::published::Published;
+use crate::{provider_call, CaError, ProviderFactory};
+use meshca_core::rotation;
+use meshca_core::{CaConfig, Clock, TrustDomain};
+use meshca_provider::CaRequest;
+use uuid::Uuid;
+
+/// The published CA of the store, creating it from `initial` when the
+/// store holds none.
+pub(crate) async fn load_or_bootstrap(
+    store: &Persistence,
+    clock: &dyn Clock,
+    initial: CaConfig,
+    factory: &ProviderFactory,
+    datacenter: &str,
+) -> Result<Published, CaError> {
+    if let Some(state) = store.load().await? {
+        let provider = factory(&state.config.config)?;
+        let (cluster_id, index) = (state.cluster_id, state.modify_index);
+        let published = Published::open(state, provider, datacenter).await?;
+        tracing::info!(%cluster_id, index, "CA restored from the store");
+        return Ok(published);
+    }
+    let expected = store.index().await?;
+    let cluster_id = Uuid::new_v4();
+    let provider = factory(&initial)?;
+    let req = CaRequest {
+        cluster_id,
+        trust_domain: TrustDomain::for_cluster(&cluster_id),
+        config: initial.clone(),
+        now: clock.now(),
+    };
+    let material = provider_call(provider.generate_ca(&req)).await?;
+    let keys = provider.open(&material).await?;
+    let state = rotation::bootstrap(cluster_id, initial, &material, expected + 1)?;
+    let published = Published::build(state, provider, keys, datacenter)?;
+    store.commit(published.state(), expected).await?;
+    tracing::info!(%cluster_id, "CA initialised with a new root");
+    Ok(published)
+}

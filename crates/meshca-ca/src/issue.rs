@@ -1,0 +1,109 @@
+//! Issuance: a validated request becomes a leaf signed by the published
+//! signer, with that signer's chain, audit-logged with the serial the
+//! provider chose.
+
+use crate::keygen::LeafKey;
+use crate::published::Published;
+use crate::{blocking, CaEngine, CaError, PROVIDER_CALL_TIMEOUT};
+use meshca_core::csr::{validate_csr, ValidatedCsr};
+use meshca_core::leaf::leaf_validity;
+use meshca_core::x509::cert_pem;
+use meshca_core::{Serial, ServiceName, SpiffeId};
+use meshca_provider::LeafRequest;
+use secrecy::SecretString;
+use std::sync::atomic::Ordering;
+use time::OffsetDateTime;
+
+/// A leaf the CA issued, in domain terms (the server renders `IssuedCert`).
+#[derive(Debug, Clone)]
+pub struct IssuedLeaf {
+    pub serial: Serial,
+    /// The leaf followed by the active root's intermediates, as PEM.
+    pub cert_pem: String,
+    /// Set only when the CA generated the key (agent leaf endpoint).
+    pub private_key_pem: Option<SecretString>,
+    pub spiffe_id: SpiffeId,
+    pub valid_after: OffsetDateTime,
+    pub valid_before: OffsetDateTime,
+    /// A leaf's `CreateIndex`/`ModifyIndex`: unique and increasing.
+    pub index: u64,
+    /// `SigningKeyID` of the certificate that signed this leaf.
+    pub signing_key_id: String,
+}
+
+impl CaEngine {
+    /// `POST /v1/connect/ca/sign`: validates a CSR and signs it.
+    pub async fn sign_csr(&self, csr_pem: String) -> Result<IssuedLeaf, CaError> {
+        let p = self.published();
+        let policy = p.policy.clone();
+        let csr = blocking(move || Ok(validate_csr(&csr_pem, &policy)?)).await?;
+        self.issue(&p, csr).await
+    }
+
+    /// The agent leaf endpoint: a leaf for `service` with a fresh key the CA
+    /// generates (EC P-256, whatever the CA's key type, as Consul does).
+    pub async fn issue_service_leaf(&self, service: &ServiceName) -> Result<IssuedLeaf, CaError> {
+        let p = self.published();
+        let id = SpiffeId::service(
+            &p.trust_domain,
+            "default",
+            &self.datacenter,
+            service.as_str(),
+        )
+        .map_err(|e| CaError::Rejected(e.to_string()))?;
+        let key = LeafKey::generate_p256().await?;
+        let csr = ValidatedCsr::for_public_key(id, &key.spki_der)?;
+        let mut leaf = self.issue(&p, csr).await?;
+        leaf.private_key_pem = Some(key.private_key_pem);
+        Ok(leaf)
+    }
+
+    /// Signs `csr` with `p`'s signer. Everything about the result — the
+    /// key that signed, the chain, the SigningKeyID — comes from `p`.
+    pub(crate) async fn issue(
+        &self,
+        p: &Published,
+        csr: ValidatedCsr,
+    ) -> Result<IssuedLeaf, CaError> {
+        let now = self.clock.now();
+        let (not_before, not_after) =
+            leaf_validity(now, p.config.leaf_cert_ttl(), p.signer.not_after());
+        if not_after <= now {
+            return Err(CaError::Unavailable(
+                "the signing certificate has expired".into(),
+            ));
+        }
+        let spiffe_id = csr.spiffe_id().clone();
+        let request = LeafRequest {
+            csr,
+            not_before,
+            not_after,
+        };
+        let signed = tokio::time::timeout(PROVIDER_CALL_TIMEOUT, p.signer.sign_leaf(request))
+            .await
+            .map_err(|_| CaError::Unavailable("the CA provider did not answer in time".into()))??;
+        let index = self.issue_index.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(target: "audit", serial = %signed.serial, spiffe_id = %spiffe_id,
+            valid_after = %not_before, valid_before = %not_after,
+            signing_key_id = %p.signer.signing_key_id(), "issued certificate");
+        Ok(IssuedLeaf {
+            serial: signed.serial,
+            cert_pem: format!("{}{}", cert_pem(&signed.der), p.signer.chain_pem()),
+            private_key_pem: None,
+            spiffe_id,
+            valid_after: not_before,
+            valid_before: not_after,
+            index,
+            signing_key_id: p.signer.signing_key_id().to_string(),
+        })
+    }
+}
+
+/// Where leaf indexes start in this run: above the store index and above
+/// any index an earlier run gave out (milliseconds since the epoch grow
+/// faster than issuance), so a blocked client holding an index from before a
+/// restart never mistakes a new leaf for its own.
+pub(crate) fn leaf_index_base(store_index: u64, now: OffsetDateTime) -> u64 {
+    let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    store_index.max(millis)
+}

@@ -1,0 +1,33 @@
+//! Keys the CA generates for requesters that do not bring their own: the
+//! agent leaf endpoint creates an EC P-256 key per leaf, as Consul does,
+//! whatever the CA's own key type.
+
+use crate::{blocking, CaError};
+use secrecy::SecretString;
+
+/// A freshly generated leaf key: its PKCS#8 PEM (secret) and public key.
+pub struct LeafKey {
+    pub private_key_pem: SecretString,
+    pub spki_der: Vec<u8>,
+}
+
+impl LeafKey {
+    /// An EC P-256 key from aws-lc-rs, generated off the async runtime.
+    pub async fn generate_p256() -> Result<Self, CaError> {
+        blocking(|| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(CaError::internal)?;
+            Ok(Self {
+                spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+                private_key_pem: SecretString::from(key.serialize_pem()),
+            })
+        })
+        .await
+    }
+}
+
+impl std::fmt::Debug for LeafKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeafKey([redacted])")
+    }
+}

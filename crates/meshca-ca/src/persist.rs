@@ -1,0 +1,70 @@
+//! The engine's side of the store: load and commit the CA state off the
+//! async runtime, and remember whether the last write failed (for health).
+
+use crate::{blocking, CaError};
+use meshca_core::state::CaState;
+use meshca_store::Store;
+use std::sync::{Arc, Mutex};
+
+pub(crate) struct Persistence {
+    store: Arc<dyn Store>,
+    /// The error of the last failed commit, until a commit succeeds.
+    last_write_error: Mutex<Option<String>>,
+}
+
+impl Persistence {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            last_write_error: Mutex::new(None),
+        }
+    }
+
+    pub(crate) async fn load(&self) -> Result<Option<CaState>, CaError> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.load_ca_state()?)).await
+    }
+
+    pub(crate) async fn index(&self) -> Result<u64, CaError> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.current_index()?)).await
+    }
+
+    /// Commits `state`, stamped for `expected + 1`, guarded by `expected`.
+    pub(crate) async fn commit(&self, state: &CaState, expected: u64) -> Result<(), CaError> {
+        let (store, owned) = (self.store.clone(), state.clone());
+        let result = blocking(move || Ok(store.commit_ca_state(&owned, expected)?)).await;
+        let mut last = self
+            .last_write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(index) if index == expected + 1 => {
+                *last = None;
+                Ok(())
+            }
+            Ok(index) => Err(CaError::Internal(format!(
+                "the store committed at index {index}, expected {}",
+                expected + 1
+            ))),
+            Err(e) => {
+                if matches!(e, CaError::Store(_)) {
+                    *last = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `Err` with the last write error while the store cannot write.
+    pub(crate) fn health(&self) -> Result<(), String> {
+        match &*self
+            .last_write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
