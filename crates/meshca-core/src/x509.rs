@@ -9,7 +9,7 @@ use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 pub fn colon_hex(bytes: &[u8]) -> String {
     bytes
         .iter()
-        .map(|b| format!("{b:02x}"))
+        .map(|b| hex::encode([*b]))
         .collect::<Vec<_>>()
         .join(":")
 }
@@ -122,6 +122,7 @@ mod tests {
     fn colon_hex_is_lower_case_and_separated() {
         assert_eq!(colon_hex(&[0x31, 0x6c, 0x0a]), "31:6c:0a");
         assert_eq!(colon_hex(&[]), "");
+        assert_eq!(colon_hex(&[0x00, 0xff]), "00:ff");
     }
 
     #[test]

@@ -1,25 +1,45 @@
 //! CSR rate limiting (`CSRMaxPerSecond`, `CSRMaxConcurrent`): over the limit
 //! a request is refused at once with 429, never queued.
+//!
+//! The per-second limit is `governor`'s GCRA limiter, the concurrency limit a
+//! tokio semaphore whose permit is held while the CSR is signed.
 
 use crate::error::ApiError;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 
-enum Mode {
+/// The longest time between two CSRs that a positive `CSRMaxPerSecond` can
+/// ask for: a lower rate is taken as this one. It keeps the period within
+/// governor's range (nanoseconds in a u64, about 584 years).
+const MAX_PERIOD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+type PerSecond<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+enum Mode<C: Clock> {
     Off,
-    PerSecond {
-        rate: f64,
-        tokens: f64,
-        last: Instant,
-    },
+    PerSecond(PerSecond<C>),
     Concurrent(Arc<Semaphore>),
 }
 
+struct Limits<C: Clock> {
+    per_second: f64,
+    max_concurrent: u32,
+    mode: Mode<C>,
+}
+
 /// A limiter reconfigured in place when the CA configuration changes.
-pub struct CsrLimiter {
-    mode: Mutex<Mode>,
-    settings: Mutex<(f64, u32)>,
+///
+/// The clock is a parameter for the tests; the server uses governor's
+/// monotonic default.
+pub struct CsrLimiter<C: Clock = DefaultClock> {
+    clock: C,
+    limits: Mutex<Limits<C>>,
 }
 
 /// Held while a CSR is being signed; releases a concurrency slot on drop.
@@ -27,39 +47,55 @@ pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 impl CsrLimiter {
     pub fn new(per_second: f64, max_concurrent: u32) -> Self {
-        let l = Self {
-            mode: Mutex::new(Mode::Off),
-            settings: Mutex::new((f64::NAN, u32::MAX)),
-        };
-        l.configure(per_second, max_concurrent);
-        l
+        Self::with_clock(per_second, max_concurrent, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> CsrLimiter<C> {
+    fn with_clock(per_second: f64, max_concurrent: u32, clock: C) -> Self {
+        let mode = Self::mode(per_second, max_concurrent, &clock);
+        Self {
+            clock,
+            limits: Mutex::new(Limits {
+                per_second,
+                max_concurrent,
+                mode,
+            }),
+        }
     }
 
-    /// Applies new limits; `CSRMaxConcurrent` > 0 replaces the per-second limit.
+    /// Applies new limits; `CSRMaxConcurrent` > 0 replaces the per-second
+    /// limit. Unchanged limits keep their state, so that saving the
+    /// configuration does not refill the bucket.
     pub fn configure(&self, per_second: f64, max_concurrent: u32) {
-        let mut settings = self.settings.lock().unwrap_or_else(|p| p.into_inner());
-        if settings.0 == per_second && settings.1 == max_concurrent {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if limits.per_second == per_second && limits.max_concurrent == max_concurrent {
             return;
         }
-        *settings = (per_second, max_concurrent);
-        let mode = if max_concurrent > 0 {
+        *limits = Limits {
+            per_second,
+            max_concurrent,
+            mode: Self::mode(per_second, max_concurrent, &self.clock),
+        };
+    }
+
+    fn mode(per_second: f64, max_concurrent: u32, clock: &C) -> Mode<C> {
+        if max_concurrent > 0 {
             Mode::Concurrent(Arc::new(Semaphore::new(max_concurrent as usize)))
         } else if per_second > 0.0 {
-            Mode::PerSecond {
-                rate: per_second,
-                tokens: per_second.max(1.0),
-                last: Instant::now(),
-            }
+            Mode::PerSecond(RateLimiter::direct_with_clock(
+                quota(per_second),
+                clock.clone(),
+            ))
         } else {
             Mode::Off
-        };
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+        }
     }
 
     /// Takes a slot or fails with 429 and a `Retry-After` hint.
     pub fn acquire(&self) -> Result<Permit, ApiError> {
-        let mut mode = self.mode.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut *mode {
+        let limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        match &limits.mode {
             Mode::Off => Ok(Permit(None)),
             Mode::Concurrent(sem) => sem
                 .clone()
@@ -68,68 +104,156 @@ impl CsrLimiter {
                 .map_err(|_| ApiError::RateLimited {
                     retry_after_secs: 1,
                 }),
-            Mode::PerSecond { rate, tokens, last } => {
-                let now = Instant::now();
-                let burst = rate.max(1.0);
-                *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * *rate).min(burst);
-                *last = now;
-                if *tokens >= 1.0 {
-                    *tokens -= 1.0;
-                    Ok(Permit(None))
-                } else {
-                    let wait = ((1.0 - *tokens) / *rate).ceil().max(1.0);
+            Mode::PerSecond(limiter) => match limiter.check() {
+                Ok(()) => Ok(Permit(None)),
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.clock.now());
                     Err(ApiError::RateLimited {
-                        retry_after_secs: wait as u64,
+                        retry_after_secs: whole_seconds(wait),
                     })
                 }
-            }
+            },
         }
     }
+}
+
+/// `rate` CSRs a second on average, in bursts of up to its whole part (at
+/// least one), starting with a full burst.
+fn quota(rate: f64) -> Quota {
+    // `as` saturates: a rate beyond u32::MAX is a burst of u32::MAX.
+    let burst = NonZeroU32::new(rate.floor() as u32).unwrap_or(NonZeroU32::MIN);
+    let period = Duration::try_from_secs_f64(1.0 / rate)
+        .unwrap_or(MAX_PERIOD)
+        .clamp(Duration::from_nanos(1), MAX_PERIOD);
+    Quota::with_period(period)
+        .unwrap_or(Quota::per_second(burst))
+        .allow_burst(burst)
+}
+
+/// A wait as `Retry-After` seconds: rounded up, and at least one.
+fn whole_seconds(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
-    #[tokio::test(start_paused = true)]
-    async fn per_second_limit_refills_over_time() {
-        let l = CsrLimiter::new(2.0, 0);
+    fn limiter(
+        per_second: f64,
+        max_concurrent: u32,
+    ) -> (CsrLimiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (
+            CsrLimiter::with_clock(per_second, max_concurrent, clock.clone()),
+            clock,
+        )
+    }
+
+    fn retry_after(r: Result<Permit, ApiError>) -> u64 {
+        match r {
+            Err(ApiError::RateLimited { retry_after_secs }) => retry_after_secs,
+            Err(e) => panic!("want 429, got {e:?}"),
+            Ok(_) => panic!("want 429, got a permit"),
+        }
+    }
+
+    #[test]
+    fn per_second_limit_refills_over_time() {
+        let (l, clock) = limiter(2.0, 0);
         assert!(l.acquire().is_ok());
         assert!(l.acquire().is_ok());
-        assert!(matches!(l.acquire(), Err(ApiError::RateLimited { .. })));
-        tokio::time::advance(std::time::Duration::from_millis(600)).await;
+        assert_eq!(retry_after(l.acquire()), 1);
+        clock.advance(Duration::from_millis(600));
+        assert!(l.acquire().is_ok());
+        assert!(l.acquire().is_err());
+    }
+
+    #[test]
+    fn retry_after_is_the_wait_rounded_up() {
+        let (l, clock) = limiter(0.25, 0);
+        assert!(l.acquire().is_ok());
+        assert_eq!(retry_after(l.acquire()), 4);
+        clock.advance(Duration::from_millis(1500));
+        assert_eq!(retry_after(l.acquire()), 3);
+        clock.advance(Duration::from_millis(2500));
         assert!(l.acquire().is_ok());
     }
 
     #[test]
+    fn fractional_rates_allow_their_whole_part_at_once() {
+        let (l, _clock) = limiter(2.9, 0);
+        assert!(l.acquire().is_ok());
+        assert!(l.acquire().is_ok());
+        assert!(l.acquire().is_err());
+    }
+
+    #[test]
+    fn extreme_rates_do_not_panic() {
+        let (l, _clock) = limiter(1e-300, 0);
+        assert!(l.acquire().is_ok());
+        assert_eq!(retry_after(l.acquire()), MAX_PERIOD.as_secs());
+        let (l, _clock) = limiter(1e300, 0);
+        for _ in 0..1000 {
+            assert!(l.acquire().is_ok());
+        }
+    }
+
+    #[test]
     fn concurrency_limit_counts_held_permits() {
-        let l = CsrLimiter::new(50.0, 1);
+        let (l, _clock) = limiter(50.0, 1);
         let held = l.acquire().unwrap();
-        assert!(matches!(
-            l.acquire(),
-            Err(ApiError::RateLimited {
-                retry_after_secs: 1
-            })
-        ));
+        assert_eq!(retry_after(l.acquire()), 1);
         drop(held);
         assert!(l.acquire().is_ok());
     }
 
     #[test]
     fn zero_means_off() {
-        let l = CsrLimiter::new(0.0, 0);
+        let (l, _clock) = limiter(0.0, 0);
         for _ in 0..1000 {
             assert!(l.acquire().is_ok());
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn reconfiguring_switches_modes() {
-        let l = CsrLimiter::new(0.0, 0);
+    #[test]
+    fn reconfiguring_switches_modes() {
+        let (l, _clock) = limiter(0.0, 0);
         l.configure(1.0, 0);
         assert!(l.acquire().is_ok());
         assert!(l.acquire().is_err());
         l.configure(0.0, 0);
+        assert!(l.acquire().is_ok());
+        l.configure(0.0, 1);
+        let held = l.acquire().unwrap();
+        assert!(l.acquire().is_err());
+        drop(held);
+    }
+
+    #[test]
+    fn unchanged_limits_keep_their_state() {
+        let (l, _clock) = limiter(1.0, 0);
+        assert!(l.acquire().is_ok());
+        l.configure(1.0, 0);
+        assert!(
+            l.acquire().is_err(),
+            "saving the same limits refilled the bucket"
+        );
+        l.configure(2.0, 0);
+        assert!(l.acquire().is_ok());
+    }
+
+    #[test]
+    fn the_default_clock_is_real_time() {
+        let l = CsrLimiter::new(4.0, 0);
+        for _ in 0..4 {
+            assert!(l.acquire().is_ok());
+        }
+        assert!(l.acquire().is_err());
+        // One cell every 250 ms: a real short wait refills one.
+        std::thread::sleep(Duration::from_millis(300));
         assert!(l.acquire().is_ok());
     }
 }
