@@ -208,12 +208,17 @@ fn invalid_configuration_is_refused_naming_the_field() {
             r.body
         );
     }
-    let r = server.put(
-        "/v1/connect/ca/configuration",
-        json!({"Provider": "aws-pca", "Config": {}}).to_string(),
-    );
-    r.assert_error(400);
-    assert!(r.body.contains("Provider"), "{r:?}");
+    // An unknown provider, and (regression) a missing or empty one, which
+    // used to be taken as the built-in provider.
+    for body in [
+        json!({"Provider": "aws-pca", "Config": {}}),
+        json!({"Provider": "", "Config": {"LeafCertTTL": "24h"}}),
+        json!({"Config": {"LeafCertTTL": "24h"}}),
+    ] {
+        let r = server.put("/v1/connect/ca/configuration", body.to_string());
+        r.assert_error(400);
+        assert!(r.body.contains("Provider"), "{body}: {r:?}");
+    }
 
     let after = server.get("/v1/connect/ca/configuration");
     assert_eq!(
@@ -258,11 +263,13 @@ fn identical_put_is_a_no_op() {
     // What a Consul client does: GET, then PUT the same document back.
     let r = server.put("/v1/connect/ca/configuration", before.body.clone());
     assert_eq!(r.status, 200, "{r:?}");
-    // The defaults written out, and nothing at all, are the same config too.
+    // The defaults written out are the same config too.
     let r = server.put_config(json!({"LeafCertTTL": "72h", "PrivateKeyType": "ec"}));
     assert_eq!(r.status, 200, "{r:?}");
-    let r = server.put("/v1/connect/ca/configuration", "{}");
-    assert_eq!(r.status, 200, "{r:?}");
+    // A body without a Provider is not a no-op but a 400 (and changes nothing).
+    server
+        .put("/v1/connect/ca/configuration", "{}")
+        .assert_error(400);
 
     let after = server.get("/v1/connect/ca/configuration");
     assert_eq!(after.index(), before.index(), "a no-op PUT moved the index");

@@ -30,7 +30,11 @@ impl std::str::FromStr for ProviderKind {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         match s {
-            "consul" | "" => Ok(Self::Consul),
+            "consul" => Ok(Self::Consul),
+            "" => Err(ConfigError::new(
+                "Provider",
+                "is required (\"consul\" or \"vault\")",
+            )),
             "vault" => Ok(Self::Vault),
             other => Err(ConfigError::new(
                 "Provider",
@@ -618,7 +622,12 @@ mod tests {
     #[test]
     fn empty_config_gives_the_defaults() {
         assert_eq!(parse("consul", json!({})).unwrap(), CaConfig::default());
-        assert_eq!(parse("", json!({})).unwrap(), CaConfig::default());
+    }
+
+    #[test]
+    fn a_missing_provider_is_an_error_naming_it() {
+        let err = parse("", json!({})).unwrap_err();
+        assert_eq!(err.field, "Provider");
     }
 
     #[test]
