@@ -97,7 +97,7 @@ async fn rotation_keeps_old_root_trust_through_the_cross_signed_certificate() {
     let (old, new) = (&after.roots[0], &after.roots[1]);
     assert!(!old.active && new.active);
     assert_eq!(old.rotated_out_at, Some(T0));
-    assert_eq!(new.private_key_type, "rsa");
+    assert!(new.key_spec.is_rsa());
     assert_eq!(new.intermediate_certs.len(), 2, "[cross-signed, signing]");
     assert_eq!(after.active_root_id, new.id);
     assert!(after.index > before.index);

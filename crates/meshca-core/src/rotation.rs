@@ -9,7 +9,6 @@
 
 use crate::config::CaConfig;
 use crate::duration::GoDuration;
-use crate::keyspec::KeySpec;
 use crate::serial::Serial;
 use crate::state::{CaMaterial, CaRoot, CaState, StoredConfig};
 use crate::x509::{cert_facts, cert_id, colon_hex, decode_pem_blocks, CertFacts};
@@ -247,8 +246,7 @@ pub fn root_record(m: &CaMaterial, cluster_id: &Uuid, index: u64) -> Result<CaRo
         intermediate_certs: vec![m.signing_pem.clone()],
         active: true,
         rotated_out_at: None,
-        private_key_type: m.key_spec.key_type().to_string(),
-        private_key_bits: m.key_spec.bits(),
+        key_spec: m.key_spec,
         create_index: index,
         modify_index: index,
     })
@@ -265,12 +263,10 @@ pub fn active_material(state: &CaState) -> Result<CaMaterial, PlanError> {
         .last()
         .cloned()
         .ok_or_else(|| plan_error("the active root has no signing certificate"))?;
-    let key_spec = KeySpec::from_type_and_bits(&root.private_key_type, root.private_key_bits)
-        .map_err(|e| plan_error(e.to_string()))?;
     Ok(CaMaterial {
         root_pem: root.root_cert.clone(),
         signing_pem,
-        key_spec,
+        key_spec: root.key_spec,
         private_keys: state.private_keys.clone(),
         provider_state: state.provider_state.clone(),
     })
@@ -279,6 +275,7 @@ pub fn active_material(state: &CaState) -> Result<CaMaterial, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyspec::KeySpec;
     use crate::state::{CaRoot, StoredConfig};
     use crate::CaConfig;
     use time::macros::datetime;
@@ -345,8 +342,7 @@ mod tests {
             intermediate_certs: vec!["not a certificate".into()],
             active,
             rotated_out_at,
-            private_key_type: "ec".into(),
-            private_key_bits: 256,
+            key_spec: KeySpec::EcP256,
             create_index: 1,
             modify_index: 1,
         }

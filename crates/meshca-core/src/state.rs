@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 /// One trusted root and the certificates that chain leaves to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoredRoot", into = "StoredRoot")]
 pub struct CaRoot {
     /// SHA-1 of the root certificate's DER, lower-case colon-hex.
     pub id: String,
@@ -22,9 +23,7 @@ pub struct CaRoot {
     pub signing_key_id: String,
     /// The cluster ID.
     pub external_trust_domain: String,
-    #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
     /// PEM, ending in a newline.
     pub root_cert: String,
@@ -32,12 +31,80 @@ pub struct CaRoot {
     /// certificate last.
     pub intermediate_certs: Vec<String>,
     pub active: bool,
-    #[serde(with = "time::serde::rfc3339::option")]
     pub rotated_out_at: Option<OffsetDateTime>,
-    pub private_key_type: String,
-    pub private_key_bits: u32,
+    /// The root's key type and size (`PrivateKeyType` + `PrivateKeyBits`).
+    pub key_spec: KeySpec,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+/// The stored form of a [`CaRoot`]: the key spec as Consul's type string and
+/// bit count, as stores written before the enum hold it.
+#[derive(Serialize, Deserialize)]
+struct StoredRoot {
+    id: String,
+    name: String,
+    serial_number: u64,
+    signing_key_id: String,
+    external_trust_domain: String,
+    #[serde(with = "time::serde::rfc3339")]
+    not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    root_cert: String,
+    intermediate_certs: Vec<String>,
+    active: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    rotated_out_at: Option<OffsetDateTime>,
+    private_key_type: String,
+    private_key_bits: u32,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl TryFrom<StoredRoot> for CaRoot {
+    type Error = crate::keyspec::KeySpecError;
+
+    fn try_from(r: StoredRoot) -> Result<Self, Self::Error> {
+        Ok(Self {
+            key_spec: KeySpec::from_type_and_bits(&r.private_key_type, r.private_key_bits)?,
+            id: r.id,
+            name: r.name,
+            serial_number: r.serial_number,
+            signing_key_id: r.signing_key_id,
+            external_trust_domain: r.external_trust_domain,
+            not_before: r.not_before,
+            not_after: r.not_after,
+            root_cert: r.root_cert,
+            intermediate_certs: r.intermediate_certs,
+            active: r.active,
+            rotated_out_at: r.rotated_out_at,
+            create_index: r.create_index,
+            modify_index: r.modify_index,
+        })
+    }
+}
+
+impl From<CaRoot> for StoredRoot {
+    fn from(r: CaRoot) -> Self {
+        Self {
+            private_key_type: r.key_spec.key_type().to_string(),
+            private_key_bits: r.key_spec.bits(),
+            id: r.id,
+            name: r.name,
+            serial_number: r.serial_number,
+            signing_key_id: r.signing_key_id,
+            external_trust_domain: r.external_trust_domain,
+            not_before: r.not_before,
+            not_after: r.not_after,
+            root_cert: r.root_cert,
+            intermediate_certs: r.intermediate_certs,
+            active: r.active,
+            rotated_out_at: r.rotated_out_at,
+            create_index: r.create_index,
+            modify_index: r.modify_index,
+        }
+    }
 }
 
 /// The stored configuration and its indexes.

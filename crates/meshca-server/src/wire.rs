@@ -59,8 +59,8 @@ impl From<&CaRoot> for CaRootWire {
                 .then(|| r.intermediate_certs.clone()),
             active: r.active,
             rotated_out_at: r.rotated_out_at,
-            private_key_type: r.private_key_type.clone(),
-            private_key_bits: r.private_key_bits,
+            private_key_type: r.key_spec.key_type().to_string(),
+            private_key_bits: r.key_spec.bits(),
             create_index: r.create_index,
             modify_index: r.modify_index,
         }

@@ -88,8 +88,7 @@ fn sample_root() -> CaRoot {
         intermediate_certs: vec![],
         active: true,
         rotated_out_at: None,
-        private_key_type: "ec".into(),
-        private_key_bits: 256,
+        key_spec: meshca_core::KeySpec::EcP256,
         create_index: 1,
         modify_index: 1,
     }
