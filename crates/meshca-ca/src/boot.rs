@@ -34,7 +34,7 @@ pub(crate) async fn load_or_bootstrap(
         now: clock.now(),
     };
     let material = provider_call(provider.generate_ca(&req)).await?;
-    let keys = provider.open(&material).await?;
+    let keys = provider_call(provider.open(&material)).await?;
     let state = rotation::bootstrap(cluster_id, initial, &material, expected + 1)?;
     let published = Published::build(state, provider, keys, datacenter)?;
     store.commit(published.state(), expected).await?;

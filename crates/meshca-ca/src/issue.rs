@@ -4,7 +4,7 @@
 
 use crate::keygen::LeafKey;
 use crate::published::Published;
-use crate::{blocking, CaEngine, CaError, PROVIDER_CALL_TIMEOUT};
+use crate::{blocking, provider_call, CaEngine, CaError};
 use meshca_core::csr::{validate_csr, ValidatedCsr};
 use meshca_core::leaf::leaf_validity;
 use meshca_core::x509::cert_pem;
@@ -79,9 +79,7 @@ impl CaEngine {
             not_before,
             not_after,
         };
-        let signed = tokio::time::timeout(PROVIDER_CALL_TIMEOUT, p.signer.sign_leaf(request))
-            .await
-            .map_err(|_| CaError::Unavailable("the CA provider did not answer in time".into()))??;
+        let signed = provider_call(p.signer.sign_leaf(request)).await?;
         let index = self.issue_index.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(target: "audit", serial = %signed.serial, spiffe_id = %spiffe_id,
             valid_after = %not_before, valid_before = %not_after,

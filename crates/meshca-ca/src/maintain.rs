@@ -63,7 +63,7 @@ impl CaEngine {
         };
         let keys = current.signer.keys();
         let material = provider_call(keys.renew_intermediate(&req)).await?;
-        let renewed_keys = current.provider.open(&material).await?;
+        let renewed_keys = provider_call(current.provider.open(&material)).await?;
         let state = rotation::renew(base, &material, index)?;
         let published = Published::build(
             state,

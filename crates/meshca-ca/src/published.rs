@@ -76,7 +76,7 @@ impl Published {
         provider: Arc<dyn CaProvider>,
         datacenter: &str,
     ) -> Result<Self, CaError> {
-        let keys = provider.open(&active_material(&state)?).await?;
+        let keys = crate::provider_call(provider.open(&active_material(&state)?)).await?;
         Self::build(state, provider, keys, datacenter)
     }
 

@@ -51,7 +51,7 @@ impl CaEngine {
         };
         let material = provider_call(provider.generate_ca(&req)).await?;
         failpoint("rotation-generated");
-        let keys = provider.open(&material).await?;
+        let keys = provider_call(provider.open(&material)).await?;
         let old_root = current
             .state()
             .active_root()
