@@ -409,4 +409,113 @@ mod tests {
         assert_eq!(next.modify_index, 5);
         assert_eq!(next.roots, s.roots);
     }
+
+    /// A CA made of a self-signed root and an intermediate it signed, as
+    /// a provider would hand it over.
+    fn material(key_tag: u8) -> CaMaterial {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_params = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.not_before = T0;
+            p.not_after = T0 + Duration::days(365);
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = ca_params("root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let int_key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&root_params, &root_key);
+        let int = ca_params("int").signed_by(&int_key, &issuer).unwrap();
+        CaMaterial {
+            root_pem: root.pem(),
+            signing_pem: int.pem(),
+            key_spec: KeySpec::EcP256,
+            private_keys: [("k".to_string(), crate::SecretBytes::new(vec![key_tag]))].into(),
+            provider_state: Default::default(),
+        }
+    }
+
+    #[test]
+    fn bootstrap_makes_one_active_root_at_the_index() {
+        let m = material(1);
+        let s = bootstrap(uuid::Uuid::nil(), CaConfig::default(), &m, 1).unwrap();
+        assert_eq!(s.roots.len(), 1);
+        let r = &s.roots[0];
+        assert!(r.active);
+        assert_eq!(r.intermediate_certs, [m.signing_pem.clone()]);
+        assert_eq!((r.create_index, r.modify_index, s.modify_index), (1, 1, 1));
+        assert_eq!(s.private_keys, m.private_keys);
+        assert_eq!(r.not_after, T0 + Duration::days(365));
+    }
+
+    #[test]
+    fn rotation_retires_the_old_root_and_activates_the_new_one_with_its_chain() {
+        let (old, new) = (material(1), material(2));
+        let s = bootstrap(uuid::Uuid::nil(), CaConfig::default(), &old, 1).unwrap();
+        let now = T0 + Duration::hours(5);
+        let next = rotate(
+            &s,
+            CaConfig::default(),
+            &new,
+            Some("xsigned".into()),
+            now,
+            2,
+        )
+        .unwrap();
+        assert_eq!(next.roots.len(), 2);
+        let (retired, active) = (&next.roots[0], &next.roots[1]);
+        assert!(!retired.active && active.active);
+        assert_eq!(retired.rotated_out_at, Some(now));
+        assert_eq!(retired.modify_index, 2);
+        assert_eq!(
+            active.intermediate_certs,
+            ["xsigned".to_string(), new.signing_pem.clone()]
+        );
+        assert_eq!((active.create_index, next.modify_index), (2, 2));
+        assert_eq!(next.config.modify_index, 2);
+        assert_eq!(
+            next.private_keys, new.private_keys,
+            "the old keys are dropped"
+        );
+        assert_eq!(s.roots.len(), 1, "the input state is untouched");
+        let again = rotate(&next, CaConfig::default(), &new, None, now, 3);
+        assert!(again.is_err(), "a root already in the bundle is refused");
+    }
+
+    #[test]
+    fn renewal_replaces_only_the_signing_certificate_and_keys() {
+        let m = material(1);
+        let s = bootstrap(uuid::Uuid::nil(), CaConfig::default(), &m, 1).unwrap();
+        let mut s = rotate(
+            &s,
+            CaConfig::default(),
+            &material(2),
+            Some("x".into()),
+            T0,
+            2,
+        )
+        .unwrap();
+        s.roots.retain(|r| r.active);
+        let active = s.roots[0].clone();
+        let renewed = CaMaterial {
+            root_pem: active.root_cert.clone(),
+            signing_pem: material(3).signing_pem,
+            private_keys: [("k".to_string(), crate::SecretBytes::new(vec![3]))].into(),
+            ..material(3)
+        };
+        let next = renew(&s, &renewed, 3).unwrap();
+        let root = &next.roots[0];
+        assert_eq!(
+            root.intermediate_certs,
+            ["x".to_string(), renewed.signing_pem.clone()]
+        );
+        assert_ne!(root.signing_key_id, active.signing_key_id);
+        assert_eq!((root.modify_index, next.modify_index), (3, 3));
+        assert_eq!(next.private_keys, renewed.private_keys);
+        assert_eq!(next.config, s.config, "the configuration is untouched");
+        let foreign = renew(&s, &material(4), 4);
+        assert!(foreign.is_err(), "a renewal must keep the active root");
+    }
 }
