@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(s.roots.len(), 1);
         let r = &s.roots[0];
         assert!(r.active);
-        assert_eq!(r.intermediate_certs, [m.signing_pem.clone()]);
+        assert_eq!(r.intermediate_certs, std::slice::from_ref(&m.signing_pem));
         assert_eq!((r.create_index, r.modify_index, s.modify_index), (1, 1, 1));
         assert_eq!(s.private_keys, m.private_keys);
         assert_eq!(r.not_after, T0 + Duration::days(365));
