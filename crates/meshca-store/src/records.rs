@@ -11,7 +11,7 @@
 //! readable to an operator inspecting a store. A CA change rewrites all
 //! four in one transaction, so they always belong to the same commit.
 
-use crate::{schema, Sealer, Snapshot, Store, StoreError, Txn};
+use crate::{schema, Op, Sealer, Snapshot, Store, StoreError, Txn};
 use meshca_core::secret::SecretBytes;
 use meshca_core::state::{CaRoot, CaState, StoredConfig};
 use serde::{Deserialize, Serialize};
@@ -106,25 +106,11 @@ impl Records {
         let index = expected
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("the global index is exhausted".into()))?;
-        let roots = RootsRecord {
-            cluster_id: state.cluster_id,
-            modify_index: index,
-            roots: state.roots.clone(),
-        };
-        let config = Zeroizing::new(encode(schema::CA_CONFIG, &state.config)?);
-        let keys = Zeroizing::new(encode(schema::CA_KEYS, &state.private_keys)?);
-        let txn = Txn::new()
-            .check_index(expected)
-            .put(
-                schema::CA_CONFIG,
-                self.sealer.seal(schema::CA_CONFIG, &config)?,
-            )
-            .put(schema::CA_KEYS, self.sealer.seal(schema::CA_KEYS, &keys)?)
-            .put(
-                schema::CA_PROVIDER,
-                encode(schema::CA_PROVIDER, &state.provider_state)?,
-            )
-            .put(schema::CA_ROOTS, encode(schema::CA_ROOTS, &roots)?);
+        let txn = Txn {
+            checks: vec![],
+            ops: Self::ca_ops(&self.sealer, state, index)?,
+        }
+        .check_index(expected);
         let committed = self.store.commit(&txn)?;
         if committed != index {
             return Err(StoreError::Corrupt(format!(
@@ -132,6 +118,32 @@ impl Records {
             )));
         }
         Ok(committed)
+    }
+
+    /// The puts that store `state` as the CA records, stamped with `index`
+    /// (the index of the commit that will carry them). For
+    /// [`Records::commit_ca`] and for migrations that write the CA within a
+    /// larger transaction.
+    pub fn ca_ops(sealer: &Sealer, state: &CaState, index: u64) -> Result<Vec<Op>, StoreError> {
+        let roots = RootsRecord {
+            cluster_id: state.cluster_id,
+            modify_index: index,
+            roots: state.roots.clone(),
+        };
+        let config = Zeroizing::new(encode(schema::CA_CONFIG, &state.config)?);
+        let keys = Zeroizing::new(encode(schema::CA_KEYS, &state.private_keys)?);
+        Ok(vec![
+            Op::Put(
+                schema::CA_CONFIG.into(),
+                sealer.seal(schema::CA_CONFIG, &config)?,
+            ),
+            Op::Put(schema::CA_KEYS.into(), sealer.seal(schema::CA_KEYS, &keys)?),
+            Op::Put(
+                schema::CA_PROVIDER.into(),
+                encode(schema::CA_PROVIDER, &state.provider_state)?,
+            ),
+            Op::Put(schema::CA_ROOTS.into(), encode(schema::CA_ROOTS, &roots)?),
+        ])
     }
 
     /// The global index.
