@@ -94,7 +94,16 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { .. } => ApiError::CaBusy("RECONFIGURING"),
-            other => ApiError::Unavailable(other.to_string()),
+            // A failed write (disk full) is temporary: 503 with the store's
+            // own message, which names the cause and nothing internal.
+            StoreError::WriteFailed(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::InvalidRecordKey(_) => ApiError::Internal(e.to_string()),
+            StoreError::SchemaTooNew { .. }
+            | StoreError::WrongKey(_)
+            | StoreError::InvalidKey(_)
+            | StoreError::Corrupt(_)
+            | StoreError::RolledBack { .. }
+            | StoreError::Io(_) => ApiError::Unavailable(e.to_string()),
         }
     }
 }
@@ -138,6 +147,19 @@ mod tests {
             }
             .to_string(),
             "Rate limit reached, try again later"
+        );
+    }
+
+    #[test]
+    fn a_failed_store_write_is_a_503_with_its_message() {
+        let err = ApiError::from(StoreError::WriteFailed("no space left on device".into()));
+        assert_eq!(
+            err.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert_eq!(
+            err.to_string(),
+            "store write failed: no space left on device"
         );
     }
 

@@ -18,7 +18,7 @@ use meshca_core::state::{CaRoot, CaState, StoredConfig};
 use meshca_core::x509::{cert_facts, cert_id, colon_hex, decode_pem_blocks, serial_u64};
 use meshca_core::{CaConfig, Clock, KeySpec, ProviderKind, SpiffeId, TrustDomain};
 use meshca_provider::{BuiltinProvider, CaMaterial, CaProvider, CaRequest, LeafRequest};
-use meshca_store::Store;
+use meshca_store::Records;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -62,7 +62,7 @@ pub fn default_provider_factory() -> ProviderFactory {
 }
 
 pub struct CaManager {
-    store: Arc<dyn Store>,
+    store: Arc<Records>,
     clock: Arc<dyn Clock>,
     datacenter: String,
     factory: ProviderFactory,
@@ -110,14 +110,14 @@ impl CaManager {
     /// Loads the CA from the store, or creates it on first start from
     /// `initial` (the agent configuration's `ca_config`).
     pub async fn start(
-        store: Arc<dyn Store>,
+        store: Arc<Records>,
         clock: Arc<dyn Clock>,
         datacenter: String,
         initial: CaConfig,
         factory: ProviderFactory,
     ) -> Result<Arc<Self>, ApiError> {
         let (s, c, f) = (store.clone(), clock.clone(), factory.clone());
-        let (state, provider) = blocking(move || load_or_bootstrap(&*s, &*c, initial, &f)).await?;
+        let (state, provider) = blocking(move || load_or_bootstrap(&s, &*c, initial, &f)).await?;
         let published = publish(&state, provider, &datacenter)?;
         let index = published.index;
         let leaf_base = leaf_index_base(index, clock.now());
@@ -136,6 +136,11 @@ impl CaManager {
 
     pub fn published(&self) -> Arc<Published> {
         self.published.load_full()
+    }
+
+    /// `Ok` while the store's writes succeed; the last write error otherwise.
+    pub fn store_health(&self) -> Result<(), ApiError> {
+        Ok(self.store.health()?)
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -209,12 +214,12 @@ impl CaManager {
         let store = self.store.clone();
         let state = blocking(move || {
             let mut state = store
-                .load_ca_state()?
+                .load_ca()?
                 .ok_or_else(|| ApiError::Unavailable("the CA is not initialised".into()))?;
             let expected = state.modify_index;
             state.config.config = next;
             state.config.modify_index = expected + 1;
-            commit(&*store, &mut state, expected)?;
+            commit(&store, &mut state, expected)?;
             Ok(state)
         })
         .await?;
@@ -281,7 +286,7 @@ impl CaManager {
             return Ok(true);
         }
         let (store, provider) = (self.store.clone(), current.provider.clone());
-        let Some(state) = blocking(move || maintain_blocking(&*store, &*provider, now)).await?
+        let Some(state) = blocking(move || maintain_blocking(&store, &*provider, now)).await?
         else {
             return Ok(false);
         };
@@ -424,7 +429,7 @@ impl CaManager {
 /// The blocking part of a rotation, with the crash-injection points the
 /// crash tests use. Nothing is written before the single commit.
 struct RotationStep {
-    store: Arc<dyn Store>,
+    store: Arc<Records>,
     now: OffsetDateTime,
     datacenter: String,
     expected_index: u64,
@@ -437,7 +442,7 @@ impl RotationStep {
     fn run(self, next: CaConfig) -> Result<CaState, ApiError> {
         let mut state = self
             .store
-            .load_ca_state()?
+            .load_ca()?
             .ok_or_else(|| ApiError::Unavailable("the CA is not initialised".into()))?;
         if state.modify_index != self.expected_index {
             return Err(ApiError::CaBusy("RECONFIGURING"));
@@ -496,7 +501,7 @@ impl RotationStep {
         state.private_keys = material.private_keys;
         state.provider_state = material.provider_state;
         failpoint("rotation-before-commit");
-        commit(&*self.store, &mut state, self.expected_index)?;
+        commit(&self.store, &mut state, self.expected_index)?;
         failpoint("rotation-committed");
         Ok(state)
     }
@@ -555,11 +560,11 @@ impl RotationStep {
 
 /// Prunes and renews as due; `None` when nothing needed doing.
 fn maintain_blocking(
-    store: &dyn Store,
+    store: &Records,
     provider: &dyn CaProvider,
     now: OffsetDateTime,
 ) -> Result<Option<CaState>, ApiError> {
-    let Some(mut state) = store.load_ca_state()? else {
+    let Some(mut state) = store.load_ca()? else {
         return Ok(None);
     };
     let expected = state.modify_index;
@@ -630,8 +635,8 @@ fn describe_root(c: &CaConfig) -> String {
 
 /// Commits `state` at `expected + 1`, which is the index the records in it
 /// were stamped with.
-fn commit(store: &dyn Store, state: &mut CaState, expected: u64) -> Result<(), ApiError> {
-    let index = store.commit_ca_state(state, expected)?;
+fn commit(store: &Records, state: &mut CaState, expected: u64) -> Result<(), ApiError> {
+    let index = store.commit_ca(state, expected)?;
     if index != expected + 1 {
         return Err(ApiError::Internal(format!(
             "store committed at index {index}, expected {}",
@@ -643,18 +648,18 @@ fn commit(store: &dyn Store, state: &mut CaState, expected: u64) -> Result<(), A
 }
 
 fn load_or_bootstrap(
-    store: &dyn Store,
+    store: &Records,
     clock: &dyn Clock,
     initial: CaConfig,
     factory: &ProviderFactory,
 ) -> Result<(CaState, Arc<dyn CaProvider>), ApiError> {
-    if let Some(state) = store.load_ca_state()? {
+    if let Some(state) = store.load_ca()? {
         let provider = factory(&state.config.config)?;
         provider.restore(&material_of(&state)?)?;
         tracing::info!(cluster_id = %state.cluster_id, index = state.modify_index, "CA restored from the store");
         return Ok((state, provider));
     }
-    let expected = store.current_index()?;
+    let expected = store.index()?;
     let index = expected + 1;
     let cluster_id = Uuid::new_v4();
     let provider = factory(&initial)?;

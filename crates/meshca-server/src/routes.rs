@@ -188,8 +188,10 @@ pub async fn leader(State(app): State<AppState>) -> Result<Response, ApiError> {
     Ok(with_index(to_json(&"127.0.0.1:8300")?, p.index))
 }
 
-/// `GET /v1/health`: ready once the CA is loaded, which it is if we serve.
+/// `GET /v1/health`: ready once the CA is loaded, which it is if we serve,
+/// and while the store's writes succeed (a full disk is a 503 naming it).
 pub async fn health(State(app): State<AppState>) -> Result<Response, ApiError> {
+    app.ca.store_health()?;
     let p = app.ca.published();
     let body = serde_json::json!({"Status": "ok", "ActiveRootID": p.active_root_id});
     Ok(with_index(to_json(&body)?, p.index))

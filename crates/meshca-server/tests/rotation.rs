@@ -11,7 +11,8 @@ use meshca_server::error::ApiError;
 use meshca_server::manager::ProviderFactory;
 use meshca_server::wire::{CaConfigurationUpdate, IssuedCert};
 use meshca_server::{default_provider_factory, CaManager};
-use meshca_store::{SledStore, StoreKey};
+use meshca_store::StoreKey;
+use meshca_store_sled::SledStore;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use time::macros::datetime;
@@ -36,7 +37,14 @@ impl Env {
 
     async fn start_with(&self, config: CaConfig, factory: ProviderFactory) -> Arc<CaManager> {
         let key = StoreKey::from_base64(&self.key).unwrap();
-        let store = Arc::new(SledStore::open(self.dir.path(), key).unwrap());
+        let store = Arc::new(
+            meshca_migrations::open(
+                Arc::new(SledStore::open(self.dir.path(), &key).unwrap()),
+                &key,
+                self.clock.now(),
+            )
+            .unwrap(),
+        );
         CaManager::start(
             store,
             self.clock.clone() as Arc<dyn Clock>,

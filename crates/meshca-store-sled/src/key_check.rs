@@ -1,41 +1,25 @@
-//! A small file beside the database that tells whether a store key is the
+//! The key-check file beside the database: tells whether a store key is the
 //! right one without opening sled.
 //!
 //! Opening a sled 0.34 database writes to it: recovery regenerates the
 //! snapshot and may trim a torn log tail. A start with the wrong key must
 //! leave the data directory exactly as it was, so the key is checked here
-//! first. The file holds the store key's public ID and a fixed text sealed
-//! under the key; it is a verifier, not a copy of any key. The authoritative
-//! record remains the data key in `meta`, which is also checked after opening.
+//! first, against a [`KeyCheck`] (the key's ID and a fixed text sealed
+//! under it). The authoritative check remains the data key record, which
+//! the migrations open after the database is.
 
-use crate::key::{StoreKey, StoreKeyId};
-use crate::seal::{open, seal};
-use crate::{durability, StoreError};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use std::io::Write as _;
+use meshca_store::{fs, KeyCheck, StoreError, StoreKey};
 use std::path::Path;
 
 /// File name of the key check, inside the database directory.
-pub(crate) const KEY_CHECK_FILE_NAME: &str = "meshca-key-check.json";
+pub const KEY_CHECK_FILE_NAME: &str = "meshca-key-check.json";
 
-const CHECK_AAD: &[u8] = b"meshca/key-check";
-const CHECK_TEXT: &[u8] = b"meshca store key check, version 1";
-
-#[derive(Serialize, Deserialize)]
-struct KeyCheck {
-    store_key_id: String,
-    sealed: String,
-}
-
-/// Verifies `key` against the check file in `dir`, if there is one.
+/// Verifies `key` against the check file in `db_dir`, if there is one.
 ///
-/// Returns `WrongKey` when the file names another key or the key cannot open
-/// it. A missing file is not an error: the directory is new, or a crash came
-/// before the file was written; the data key in `meta` still decides then.
-pub(crate) fn verify(dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
-    let path = dir.join(KEY_CHECK_FILE_NAME);
+/// A missing file is not an error: the directory is new, or a crash came
+/// before the file was written; the data key record still decides then.
+pub(crate) fn verify(db_dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
+    let path = db_dir.join(KEY_CHECK_FILE_NAME);
     let raw = match std::fs::read(&path) {
         Ok(raw) => raw,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -43,51 +27,20 @@ pub(crate) fn verify(dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
     };
     let check: KeyCheck = serde_json::from_slice(&raw)
         .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
-    let expected = StoreKeyId::from_hex(&check.store_key_id)
-        .ok_or_else(|| StoreError::Corrupt(format!("{}: invalid key ID", path.display())))?;
-    if &expected != key.id() {
-        return Err(StoreError::WrongKey(format!(
-            "{} is sealed with store key {expected}, but the key given is {}; \
-             start with the store key this data directory was created with",
-            dir.display(),
-            key.id()
-        )));
-    }
-    let sealed = B64
-        .decode(&check.sealed)
-        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
-    match open(key.key_bytes(), CHECK_AAD, &sealed) {
-        Ok(text) if &text[..] == CHECK_TEXT => Ok(()),
-        _ => Err(StoreError::WrongKey(format!(
-            "store key {} has the expected ID but does not open {}; \
-             the key file is damaged or not the original",
-            key.id(),
-            path.display()
-        ))),
-    }
+    check.verify(key, &db_dir.display().to_string())
 }
 
-/// Writes the check file for `key` in `dir` unless it exists, atomically:
-/// a temporary file, fsynced, renamed into place, then the directory fsynced.
-pub(crate) fn ensure(dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
-    let path = dir.join(KEY_CHECK_FILE_NAME);
+/// Writes the check file for `key` in `db_dir` unless it exists
+/// (atomically, mode 0600).
+pub(crate) fn ensure(db_dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
+    let path = db_dir.join(KEY_CHECK_FILE_NAME);
     if path.exists() {
         return Ok(());
     }
-    let check = KeyCheck {
-        store_key_id: key.id().to_hex(),
-        sealed: B64.encode(seal(key.key_bytes(), CHECK_AAD, CHECK_TEXT)?),
-    };
-    let json = serde_json::to_vec_pretty(&check)
+    let json = serde_json::to_vec_pretty(&KeyCheck::new(key)?)
         .map_err(|e| StoreError::Corrupt(format!("encoding the key check: {e}")))?;
-    let tmp = dir.join(format!("{KEY_CHECK_FILE_NAME}.tmp"));
-    let io = |e: std::io::Error| StoreError::Io(format!("writing {}: {e}", path.display()));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(&json)
-        .and_then(|()| file.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    durability::sync_parent_dir(&path)
+    fs::write_file_atomically(&path, &json)
+        .map_err(|e| StoreError::Io(format!("writing {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -101,18 +54,8 @@ mod tests {
         verify(dir.path(), &key).unwrap();
         ensure(dir.path(), &key).unwrap();
         verify(dir.path(), &key).unwrap();
-
-        let other = StoreKey::generate().unwrap();
         assert!(matches!(
-            verify(dir.path(), &other),
-            Err(StoreError::WrongKey(_))
-        ));
-
-        let mut same_id = key.id().as_bytes().to_vec();
-        same_id.extend_from_slice(&[3; 32]);
-        let same_id = StoreKey::from_bytes(&same_id).unwrap();
-        assert!(matches!(
-            verify(dir.path(), &same_id),
+            verify(dir.path(), &StoreKey::generate().unwrap()),
             Err(StoreError::WrongKey(_))
         ));
     }
