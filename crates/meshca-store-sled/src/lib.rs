@@ -441,8 +441,8 @@ fn open_db(db_dir: &Path, mark: &MarkFile) -> Result<(sled::Db, u64, Digest), St
 fn open_error(db_dir: &Path, err: sled::Error) -> StoreError {
     match err {
         sled::Error::Corruption { .. } => StoreError::Corrupt(format!(
-            "the database in {} is damaged ({err}); restore the data directory from a snapshot \
-             or backup",
+            "the database in {} is damaged (sled found corrupted data in its files); restore \
+             the data directory from a snapshot or backup",
             db_dir.display()
         )),
         other => StoreError::Io(format!("opening store at {}: {other}", db_dir.display())),
