@@ -6,9 +6,9 @@
 //! a real socket with concurrent clients, and `openssl speed ecdsap256` as
 //! the floor of one ECDSA P-256 signature on this machine.
 
-use meshca_core::{CaConfig, SystemClock};
+use meshca_core::{CaConfig, Clock, SystemClock};
 use meshca_server::{default_provider_factory, CaEngine};
-use meshca_store::SledStore;
+use meshca_store::{MemoryStore, StoreKey};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,8 +105,15 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("config"))?,
         None,
     )?;
+    // The signing paths never touch the store: an in-memory one keeps the
+    // disk out of the numbers.
+    let records = meshca_migrations::open(
+        Arc::new(MemoryStore::new()),
+        &StoreKey::generate()?,
+        SystemClock.now(),
+    )?;
     let ca = CaEngine::start(
-        Arc::new(SledStore::temporary()?),
+        Arc::new(records),
         Arc::new(SystemClock),
         "dc1".into(),
         config,

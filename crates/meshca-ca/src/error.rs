@@ -81,6 +81,8 @@ impl From<StoreError> for CaError {
         match e {
             // Another writer committed first.
             StoreError::Conflict { .. } => Self::Busy("RECONFIGURING"),
+            // A record key the engine made is malformed: a bug, not the disk.
+            StoreError::InvalidRecordKey(_) => Self::Internal(e.to_string()),
             other => Self::Store(other),
         }
     }

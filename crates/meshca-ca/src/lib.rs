@@ -35,7 +35,7 @@ use arc_swap::ArcSwap;
 use meshca_core::state::CaState;
 use meshca_core::{CaConfig, Clock, ProviderKind};
 use meshca_provider::{BuiltinProvider, CaProvider, ProviderError};
-use meshca_store::Store;
+use meshca_store::Records;
 use persist::Persistence;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -79,7 +79,7 @@ impl CaEngine {
     /// Loads the CA from the store, or creates it on first start from
     /// `initial` (the agent configuration's `ca_config`).
     pub async fn start(
-        store: Arc<dyn Store>,
+        store: Arc<Records>,
         clock: Arc<dyn Clock>,
         datacenter: String,
         initial: CaConfig,

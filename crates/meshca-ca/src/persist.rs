@@ -1,19 +1,19 @@
-//! The engine's side of the store: load and commit the CA state off the
+//! The engine's side of the store: load and commit the CA records off the
 //! async runtime, and remember whether the last write failed (for health).
 
 use crate::{blocking, CaError};
 use meshca_core::state::CaState;
-use meshca_store::Store;
+use meshca_store::Records;
 use std::sync::{Arc, Mutex};
 
 pub(crate) struct Persistence {
-    store: Arc<dyn Store>,
+    store: Arc<Records>,
     /// The error of the last failed commit, until a commit succeeds.
     last_write_error: Mutex<Option<String>>,
 }
 
 impl Persistence {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(store: Arc<Records>) -> Self {
         Self {
             store,
             last_write_error: Mutex::new(None),
@@ -22,18 +22,18 @@ impl Persistence {
 
     pub(crate) async fn load(&self) -> Result<Option<CaState>, CaError> {
         let store = self.store.clone();
-        blocking(move || Ok(store.load_ca_state()?)).await
+        blocking(move || Ok(store.load_ca()?)).await
     }
 
     pub(crate) async fn index(&self) -> Result<u64, CaError> {
         let store = self.store.clone();
-        blocking(move || Ok(store.current_index()?)).await
+        blocking(move || Ok(store.index()?)).await
     }
 
     /// Commits `state`, stamped for `expected + 1`, guarded by `expected`.
     pub(crate) async fn commit(&self, state: &CaState, expected: u64) -> Result<(), CaError> {
         let (store, owned) = (self.store.clone(), state.clone());
-        let result = blocking(move || Ok(store.commit_ca_state(&owned, expected)?)).await;
+        let result = blocking(move || Ok(store.commit_ca(&owned, expected)?)).await;
         let mut last = self
             .last_write_error
             .lock()

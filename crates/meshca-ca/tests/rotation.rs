@@ -11,7 +11,8 @@ use meshca_core::x509::decode_pem_blocks;
 use meshca_core::{CaConfig, Clock, ManualClock};
 use meshca_provider::verify::verify_chain;
 use meshca_provider::{BuiltinProvider, CaProvider};
-use meshca_store::{SledStore, StoreKey};
+use meshca_store::StoreKey;
+use meshca_store_sled::SledStore;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use time::macros::datetime;
@@ -36,7 +37,14 @@ impl Env {
 
     async fn start_with(&self, config: CaConfig, factory: ProviderFactory) -> Arc<CaEngine> {
         let key = StoreKey::from_base64(&self.key).unwrap();
-        let store = Arc::new(SledStore::open(self.dir.path(), key).unwrap());
+        let store = Arc::new(
+            meshca_migrations::open(
+                Arc::new(SledStore::open(self.dir.path(), &key).unwrap()),
+                &key,
+                self.clock.now(),
+            )
+            .unwrap(),
+        );
         CaEngine::start(
             store,
             self.clock.clone() as Arc<dyn Clock>,

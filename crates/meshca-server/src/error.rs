@@ -137,6 +137,20 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_store_write_is_a_503_with_its_message() {
+        let store_error = meshca_store::StoreError::WriteFailed("no space left on device".into());
+        let err = ApiError::from(CaError::from(store_error));
+        assert_eq!(
+            err.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert_eq!(
+            err.to_string(),
+            "store write failed: no space left on device"
+        );
+    }
+
+    #[test]
     fn rate_limited_responses_carry_retry_after_and_code() {
         let r = ApiError::RateLimited {
             retry_after_secs: 2,

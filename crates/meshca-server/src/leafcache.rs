@@ -200,7 +200,13 @@ mod tests {
     use meshca_core::{CaConfig, SystemClock};
 
     async fn engine() -> Arc<CaEngine> {
-        let store = Arc::new(meshca_store::SledStore::temporary().unwrap());
+        let records = meshca_migrations::open(
+            Arc::new(meshca_store::MemoryStore::new()),
+            &meshca_store::StoreKey::generate().unwrap(),
+            meshca_core::Clock::now(&SystemClock),
+        )
+        .unwrap();
+        let store = Arc::new(records);
         let config = CaConfig::from_wire(
             "consul",
             serde_json::json!({"CSRMaxPerSecond": 0})

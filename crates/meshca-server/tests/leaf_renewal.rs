@@ -6,7 +6,7 @@
 
 use meshca_core::{CaConfig, Clock, ManualClock};
 use meshca_server::{default_provider_factory, CaEngine};
-use meshca_store::SledStore;
+use meshca_store::{MemoryStore, StoreKey};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,14 @@ struct Harness {
 
 async fn start() -> Harness {
     let clock = Arc::new(ManualClock::new(datetime!(2030-01-01 00:00 UTC)));
-    let store = Arc::new(SledStore::temporary().unwrap());
+    let store = Arc::new(
+        meshca_migrations::open(
+            Arc::new(MemoryStore::new()),
+            &StoreKey::generate().unwrap(),
+            clock.now(),
+        )
+        .unwrap(),
+    );
     let ca = CaEngine::start(
         store,
         clock.clone() as Arc<dyn Clock>,

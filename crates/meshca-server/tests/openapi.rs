@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
-use meshca_core::{CaConfig, SystemClock};
+use meshca_core::{CaConfig, Clock, SystemClock};
 use meshca_server::{default_provider_factory, CaEngine, ROUTES};
-use meshca_store::SledStore;
+use meshca_store::{MemoryStore, StoreKey};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -34,7 +34,14 @@ fn the_openapi_file_lists_exactly_the_served_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listed_route_is_routed() {
     let ca = CaEngine::start(
-        Arc::new(SledStore::temporary().unwrap()),
+        Arc::new(
+            meshca_migrations::open(
+                Arc::new(MemoryStore::new()),
+                &StoreKey::generate().unwrap(),
+                SystemClock.now(),
+            )
+            .unwrap(),
+        ),
         Arc::new(SystemClock),
         "dc1".into(),
         CaConfig::default(),

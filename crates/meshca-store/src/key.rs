@@ -1,7 +1,7 @@
 //! The store key: the operator-held secret that seals the store's data keys.
 //!
-//! SPEC §6 file format: 32 bytes of key ID followed by the key, either raw
-//! (a binary file) or base64 of the same bytes (what `meshca keygen` prints).
+//! The file format: 32 bytes of key ID followed by the key, either raw (a
+//! binary file) or base64 of the same bytes (what `meshca keygen` prints).
 //! The format allows 16/24/32-byte keys; meshca seals with AES-256-GCM, so it
 //! accepts only 32-byte keys and says so for the shorter ones.
 
@@ -38,18 +38,13 @@ impl StoreKeyId {
 
     /// The full ID as lower-case hex, as stored in the data key record.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 
     /// Parses [`StoreKeyId::to_hex`] output.
-    pub fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != KEY_ID_LEN * 2 || !hex.is_ascii() {
-            return None;
-        }
+    pub fn from_hex(text: &str) -> Option<Self> {
         let mut id = [0u8; KEY_ID_LEN];
-        for (i, byte) in id.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-        }
+        hex::decode_to_slice(text, &mut id).ok()?;
         Some(Self(id))
     }
 }
@@ -99,6 +94,23 @@ impl StoreKey {
     /// The AES-256 key, for sealing data keys.
     pub(crate) fn key_bytes(&self) -> &[u8; KEY_LEN] {
         &self.key
+    }
+
+    /// An HMAC-SHA256 key for `purpose`, derived from this key with HKDF
+    /// (salt: the key ID). Backends use it to authenticate files of their
+    /// own (a high-water mark) without ever holding the store key itself;
+    /// each purpose gets an independent key.
+    pub fn derive_mac_key(&self, purpose: &[u8]) -> aws_lc_rs::hmac::Key {
+        use aws_lc_rs::{hkdf, hmac};
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, self.id.as_bytes()).extract(&self.key[..]);
+        let info = [purpose];
+        match prk.expand(&info, hmac::HMAC_SHA256) {
+            Ok(okm) => hmac::Key::from(okm),
+            // HKDF-SHA256 refuses only outputs longer than 255 blocks; one
+            // HMAC key is one block, so this arm is unreachable. It still
+            // yields a key bound to the store key rather than a panic.
+            Err(_) => hmac::Key::new(hmac::HMAC_SHA256, &self.key[..]),
+        }
     }
 
     /// Parses the raw form: key ID then key. Rejects 16/24-byte keys by name.
@@ -167,7 +179,7 @@ impl StoreKey {
         if path.exists() {
             return Self::load(&path).map(|key| (key, false));
         }
-        std::fs::create_dir_all(data_dir)
+        crate::fs::create_private_dir_all(data_dir)
             .map_err(|e| io_error("creating data dir", data_dir, &e))?;
         let key = Self::write_new(&path)?;
         tracing::warn!(
@@ -187,18 +199,14 @@ impl StoreKey {
         line.push('\n');
         file.write_all(line.as_bytes())
             .and_then(|()| file.sync_all())
-            .map_err(|e| io_error("writing store key", path, &e))?;
-        crate::durability::sync_parent_dir(path)
+            .and_then(|()| crate::fs::sync_parent_dir(path))
+            .map_err(|e| io_error("writing store key", path, &e))
     }
 }
 
 /// Opens `path` for writing with mode 0600, failing if it already exists.
 fn create_private_file(path: &Path) -> Result<std::fs::File, StoreError> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).map_err(|e| {
+    crate::fs::create_private_file(path, true).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             StoreError::Io(format!(
                 "refusing to overwrite existing store key file {}",
@@ -210,7 +218,7 @@ fn create_private_file(path: &Path) -> Result<std::fs::File, StoreError> {
     })
 }
 
-/// Explains a key of the wrong length, naming the AES sizes SPEC §6 allows.
+/// Explains a key of the wrong length, naming the AES sizes the format allows.
 fn length_message(len: usize) -> String {
     match len.checked_sub(KEY_ID_LEN) {
         Some(16) | Some(24) => format!(
@@ -277,5 +285,43 @@ mod tests {
         let hex = key.id().to_hex();
         assert_eq!(StoreKeyId::from_hex(&hex), Some(*key.id()));
         assert_eq!(StoreKeyId::from_hex("zz"), None);
+        assert_eq!(StoreKeyId::from_hex(&hex[..62]), None);
+    }
+
+    #[test]
+    fn derived_mac_keys_depend_on_the_purpose_and_the_key() {
+        use aws_lc_rs::hmac;
+        let key = StoreKey::from_bytes(&[1u8; 64]).unwrap();
+        let tag = |k: &StoreKey, purpose: &[u8]| {
+            hmac::sign(&k.derive_mac_key(purpose), b"data")
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(tag(&key, b"a"), tag(&key, b"a"));
+        assert_ne!(tag(&key, b"a"), tag(&key, b"b"));
+        let mut other = [1u8; 64];
+        other[63] = 2;
+        assert_ne!(
+            tag(&key, b"a"),
+            tag(&StoreKey::from_bytes(&other).unwrap(), b"a")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_file_and_its_data_dir_are_created_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("meshca-data");
+        let (key, created) = StoreKey::load_or_create_in(&data_dir).unwrap();
+        assert!(created);
+        assert_eq!(mode(&data_dir), 0o700);
+        assert_eq!(mode(&data_dir.join(KEY_FILE_NAME)), 0o600);
+
+        let (again, created) = StoreKey::load_or_create_in(&data_dir).unwrap();
+        assert!(!created);
+        assert_eq!(again.id(), key.id());
+        assert_eq!(again.to_base64(), key.to_base64());
     }
 }

@@ -1,5 +1,9 @@
 //! Sealing at rest: AES-256-GCM under a data key, data keys under the store key.
 //!
+//! The primitives and the data key stay inside this crate ([`crate::Sealer`]
+//! is their public face); [`KeyCheck`] is public so that a backend can tell
+//! a wrong store key before it opens its database.
+//!
 //! Two layers, so that changing the store key only re-seals the small data
 //! key records, and a data key can rotate without the operator's involvement.
 //! Every seal draws a fresh random 96-bit nonce, and its associated data names
@@ -206,6 +210,56 @@ impl DataKey {
     }
 }
 
+/// A verifier of a store key, kept by a backend beside its database: the
+/// key's public ID and a fixed text sealed under the key. It holds no copy
+/// of any key, and lets a backend refuse a wrong key before it opens (and
+/// possibly writes) its database. The data key record stays the
+/// authoritative check once the database is open.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyCheck {
+    store_key_id: String,
+    sealed: String,
+}
+
+const CHECK_AAD: &[u8] = b"meshca/key-check";
+const CHECK_TEXT: &[u8] = b"meshca store key check, version 1";
+
+impl KeyCheck {
+    /// A verifier of `key`.
+    pub fn new(key: &StoreKey) -> Result<Self, StoreError> {
+        Ok(Self {
+            store_key_id: key.id().to_hex(),
+            sealed: B64.encode(seal(key.key_bytes(), CHECK_AAD, CHECK_TEXT)?),
+        })
+    }
+
+    /// `Ok` if `key` is the key this verifier was made with; `WrongKey`
+    /// naming both keys otherwise. `what` names the store in messages.
+    pub fn verify(&self, key: &StoreKey, what: &str) -> Result<(), StoreError> {
+        let expected = StoreKeyId::from_hex(&self.store_key_id).ok_or_else(|| {
+            StoreError::Corrupt(format!("{what}: invalid key ID in the key check"))
+        })?;
+        if &expected != key.id() {
+            return Err(StoreError::WrongKey(format!(
+                "{what} is sealed with store key {expected}, but the key given is {}; \
+                 start with the store key this data directory was created with",
+                key.id()
+            )));
+        }
+        let sealed = B64
+            .decode(&self.sealed)
+            .map_err(|e| StoreError::Corrupt(format!("{what}: the key check: {e}")))?;
+        match open(key.key_bytes(), CHECK_AAD, &sealed) {
+            Ok(text) if &text[..] == CHECK_TEXT => Ok(()),
+            _ => Err(StoreError::WrongKey(format!(
+                "store key {} has the expected ID but does not open the key check of {what}; \
+                 the key file is damaged or not the original",
+                key.id(),
+            ))),
+        }
+    }
+}
+
 /// A record sealed under a data key, as stored.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SealedRecord {
@@ -295,6 +349,23 @@ mod tests {
             .seal_with(&original)
             .unwrap();
         let err = DataKey::unseal(&record, &forged).unwrap_err();
+        assert!(err.to_string().contains("expected ID"), "{err}");
+    }
+
+    #[test]
+    fn a_key_check_accepts_its_key_only() {
+        let key = StoreKey::generate().unwrap();
+        let check = KeyCheck::new(&key).unwrap();
+        check.verify(&key, "the store").unwrap();
+        let err = check
+            .verify(&StoreKey::generate().unwrap(), "the store")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::WrongKey(_)), "{err:?}");
+        let mut same_id = key.id().as_bytes().to_vec();
+        same_id.extend_from_slice(&[3; 32]);
+        let err = check
+            .verify(&StoreKey::from_bytes(&same_id).unwrap(), "the store")
+            .unwrap_err();
         assert!(err.to_string().contains("expected ID"), "{err}");
     }
 

@@ -4,10 +4,11 @@
 use crate::cli::ServerArgs;
 use crate::config::{self, Settings};
 use anyhow::Context;
-use meshca_core::SystemClock;
+use meshca_core::{Clock, SystemClock};
 use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaEngine};
-use meshca_store::{SledStore, Store, StoreKey};
+use meshca_store::{MemoryStore, Records, StoreKey};
+use meshca_store_sled::SledStore;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,12 +66,17 @@ fn init_logging(s: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store: the sled backend in the data dir (or, with `--dev`, an
+/// in-memory store under a random key), vetted, migrated and unsealed.
+fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
+    let now = SystemClock.now();
     if s.dev {
         tracing::warn!("dev mode: the store is in memory and everything is lost on exit");
-        return Ok(Arc::new(SledStore::temporary()?));
+        let records =
+            meshca_migrations::open(Arc::new(MemoryStore::new()), &StoreKey::generate()?, now)?;
+        return Ok(Arc::new(records));
     }
-    std::fs::create_dir_all(&s.data_dir)
+    meshca_store::fs::create_private_dir_all(&s.data_dir)
         .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
     let key = match &s.store_key_file {
         Some(path) => {
@@ -79,10 +85,11 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         // load_or_create_in warns when it creates the key.
         None => StoreKey::load_or_create_in(&s.data_dir)?.0,
     };
-    let db_dir = s.data_dir.join("store");
-    let store = SledStore::open(&db_dir, key)
-        .with_context(|| format!("opening the store in {}", db_dir.display()))?;
-    Ok(Arc::new(store))
+    let store = SledStore::open(&s.data_dir, &key)
+        .with_context(|| format!("opening the store in {}", s.data_dir.display()))?;
+    let records = meshca_migrations::open(Arc::new(store), &key, now)
+        .with_context(|| format!("opening the store in {}", s.data_dir.display()))?;
+    Ok(Arc::new(records))
 }
 
 async fn serve(s: Settings) -> anyhow::Result<()> {

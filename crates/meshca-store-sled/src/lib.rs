@@ -1,0 +1,571 @@
+//! meshca's single-machine store: a [`Store`] in a sled database.
+//!
+//! A data directory holds the database directory `store/` (sled's files and
+//! the key check) and, beside it, the high-water mark `store.mark`. A
+//! record key `<namespace>/<name>` is the key `<name>` in the sled tree
+//! `<namespace>`, so the schema-1 layout (trees `meta` and `ca`) reads as
+//! records without being copied; the global index is the key `index` of
+//! the tree `meta`, as it always was.
+//!
+//! Every commit is one sled transaction, then `flush` and an explicit fsync
+//! of the files and directories (sled's flush does not fsync on Linux), then
+//! the high-water mark; only then is it acknowledged. A write that fails
+//! (disk full, I/O error) leaves the store usable: the database is dropped
+//! and reopened from disk on the next operation, because sled 0.34 keeps
+//! failing every write after its first I/O error. On open, a store older
+//! than its mark, or different at the same index, is refused.
+//!
+//! Architecture Invariant: this is the only crate that opens sled. It never
+//! sees a secret unsealed: records arrive sealed from `meshca-store`.
+
+mod durability;
+mod key_check;
+mod mark;
+
+#[cfg(test)]
+mod disk_full_tests;
+
+pub use key_check::KEY_CHECK_FILE_NAME;
+pub use mark::MARK_FILE_NAME;
+
+use durability::PathError;
+use mark::{Digest, Mark, MarkFile};
+use meshca_store::{
+    fs, schema, validate_snapshot, Op, Sealer, Snapshot, Store, StoreError, StoreKey, Txn, Watchers,
+};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional as _;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::watch;
+
+/// Name of the database directory inside the data directory.
+pub const DB_DIR_NAME: &str = "store";
+
+/// The sled tree and key of the global index (the record `meta/index`).
+const META_TREE: &str = "meta";
+const INDEX_NAME: &str = "index";
+/// sled's own tree, which holds no record of ours.
+const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
+
+/// A [`Store`] in a sled database, in a data directory.
+pub struct SledStore {
+    db_dir: PathBuf,
+    mark: MarkFile,
+    /// Commits take it for writing, reads for reading: a scan or snapshot
+    /// never sees half a commit, and only one commit runs at a time.
+    inner: RwLock<Inner>,
+    watchers: Watchers,
+    /// The error of the last failed write, until a write succeeds.
+    last_write_error: Mutex<Option<StoreError>>,
+    /// Tests only: the next write fails with this error kind after the sled
+    /// transaction, standing in for a full disk where one cannot be mounted.
+    #[cfg(test)]
+    inject_write_failure: Mutex<Option<std::io::ErrorKind>>,
+}
+
+struct Inner {
+    /// `None` after a failed write: the next operation reopens from disk.
+    db: Option<sled::Db>,
+    /// The index and digest of the last acknowledged commit.
+    index: u64,
+    digest: Digest,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("db_dir", &self.db_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a write did not complete, before it becomes a [`StoreError`].
+enum WriteError {
+    Sled(sled::Error),
+    Path(PathError),
+    Mark(std::io::Error),
+}
+
+impl WriteError {
+    fn into_store_error(self) -> StoreError {
+        match self {
+            WriteError::Sled(sled::Error::Io(e)) => StoreError::write_failed(&e),
+            WriteError::Sled(e @ sled::Error::Corruption { .. }) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            WriteError::Sled(e) => StoreError::WriteFailed(e.to_string()),
+            WriteError::Path(e) => StoreError::write_failed(&e.error),
+            WriteError::Mark(e) => StoreError::write_failed(&e),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            WriteError::Sled(e) => format!("sled: {e}"),
+            WriteError::Path(e) => format!("syncing {e}"),
+            WriteError::Mark(e) => format!("writing the high-water mark: {e}"),
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `data_dir`, sealed with `key`.
+    ///
+    /// Before sled opens the database (which writes to it), refuses a
+    /// wrong key (`WrongKey`, via the key check) and a missing database
+    /// where the high-water mark says a CA was (`RolledBack`): the
+    /// directory is left as it was. After opening, refuses a store older
+    /// than its mark (`RolledBack`) or different from it at the same index
+    /// (`Corrupt`). Directories are created 0700, files made 0600.
+    pub fn open(data_dir: &Path, key: &StoreKey) -> Result<Self, StoreError> {
+        let db_dir = data_dir.join(DB_DIR_NAME);
+        key_check::verify(&db_dir, key)?;
+        let mark_file = MarkFile::new(data_dir, key);
+        let mark = mark_file.read()?;
+        if let Some(mark) = &mark {
+            if mark.index > 0 && !db_dir.join("db").exists() {
+                return Err(StoreError::RolledBack {
+                    found: 0,
+                    acknowledged: mark.index,
+                });
+            }
+        }
+        fs::create_private_dir_all(&db_dir)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", db_dir.display())))?;
+        let (db, index, digest) = open_db(&db_dir, &mark_file)?;
+        // Without its key check file (lost, or a store from before it), the
+        // data key record is the first thing that can tell a wrong key; it
+        // must, before this open writes a key check or a mark for that key.
+        if let Some(record) = get_in(&db, index, schema::DATA_KEY)? {
+            Sealer::from_record(&record, key)?;
+        }
+        let rewrite = mark::vet(mark.as_ref(), index, digest, mark_file.path())?;
+        key_check::ensure(&db_dir, key)?;
+        db.flush().map_err(|e| open_error(&db_dir, e))?;
+        durability::sync_tree(&db_dir).map_err(|e| StoreError::Io(format!("syncing {e}")))?;
+        if rewrite {
+            mark_file.write(&Mark { index, digest }).map_err(|e| {
+                StoreError::Io(format!("writing {}: {e}", mark_file.path().display()))
+            })?;
+        }
+        Ok(Self {
+            db_dir,
+            mark: mark_file,
+            inner: RwLock::new(Inner {
+                db: Some(db),
+                index,
+                digest,
+            }),
+            watchers: Watchers::new(),
+            last_write_error: Mutex::new(None),
+            #[cfg(test)]
+            inject_write_failure: Mutex::new(None),
+        })
+    }
+
+    /// The database directory (`<data dir>/store`).
+    pub fn db_dir(&self) -> &Path {
+        &self.db_dir
+    }
+
+    /// The high-water mark file (`<data dir>/store.mark`).
+    pub fn mark_path(&self) -> &Path {
+        self.mark.path()
+    }
+
+    /// The state for a write, reopening the database first if a write failed.
+    fn write_ready(&self) -> Result<RwLockWriteGuard<'_, Inner>, StoreError> {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if inner.db.is_none() {
+            self.reopen(&mut inner)?;
+        }
+        Ok(inner)
+    }
+
+    /// The state for a read, reopening the database first if a write failed.
+    fn read_ready(&self) -> Result<RwLockReadGuard<'_, Inner>, StoreError> {
+        loop {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            if inner.db.is_some() {
+                return Ok(inner);
+            }
+            drop(inner);
+            drop(self.write_ready()?);
+        }
+    }
+
+    /// Drops nothing (the failed database is gone already) and opens the
+    /// database again from disk, vetting it against the mark like `open`.
+    /// The failed commit either reached the disk whole (the store is one
+    /// ahead of the mark) or not at all (it equals the mark).
+    fn reopen(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let mark = self.mark.read()?;
+        let (db, index, digest) = open_db(&self.db_dir, &self.mark).map_err(|e| match e {
+            StoreError::Io(why) => StoreError::WriteFailed(why),
+            other => other,
+        })?;
+        if mark::vet(mark.as_ref(), index, digest, self.mark.path())? {
+            self.mark
+                .write(&Mark { index, digest })
+                .map_err(|e| StoreError::write_failed(&e))?;
+        }
+        tracing::warn!(
+            index,
+            previous = inner.index,
+            "store reopened from disk after a failed write"
+        );
+        *inner = Inner {
+            db: Some(db),
+            index,
+            digest,
+        };
+        Ok(())
+    }
+
+    /// Applies `changes` (final values by record key) at `new_index`, makes
+    /// them durable and advances the mark; on failure drops the database so
+    /// the next operation reopens it.
+    fn write_changes(
+        &self,
+        inner: &mut Inner,
+        changes: BTreeMap<String, Option<Vec<u8>>>,
+        new_index: u64,
+    ) -> Result<u64, StoreError> {
+        let db = inner
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is not open".into()))?;
+        let mut digest = inner.digest;
+        for (key, value) in &changes {
+            if let Some(old) = get_in(db, inner.index, key)? {
+                digest.sub(&self.mark.term(key, &old));
+            }
+            if let Some(new) = value {
+                digest.add(&self.mark.term(key, new));
+            }
+        }
+        let by_tree = group_by_tree(&changes)?;
+        let written = apply(db, &by_tree, new_index)
+            .map_err(WriteError::Sled)
+            .and_then(|()| self.injected_failure())
+            .and_then(|()| db.flush().map(drop).map_err(WriteError::Sled))
+            .and_then(|()| durability::sync_tree(&self.db_dir).map_err(WriteError::Path))
+            .and_then(|()| {
+                self.mark
+                    .write(&Mark {
+                        index: new_index,
+                        digest,
+                    })
+                    .map_err(WriteError::Mark)
+            });
+        if let Err(e) = written {
+            tracing::error!(
+                index = new_index,
+                detail = %e.detail(),
+                "store write failed; the database is reopened from disk before the next operation"
+            );
+            let err = e.into_store_error();
+            // Dropping the handle closes sled; its in-memory state may hold
+            // the failed commit, which must not be read back as if it landed.
+            inner.db = None;
+            *self
+                .last_write_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(err.clone());
+            return Err(err);
+        }
+        inner.index = new_index;
+        inner.digest = digest;
+        *self
+            .last_write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.watchers
+            .notify(new_index, changes.keys().map(String::as_str));
+        Ok(new_index)
+    }
+
+    #[cfg(test)]
+    fn injected_failure(&self) -> Result<(), WriteError> {
+        let kind = self
+            .inject_write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match kind {
+            Some(kind) => Err(WriteError::Sled(sled::Error::Io(kind.into()))),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    fn injected_failure(&self) -> Result<(), WriteError> {
+        Ok(())
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        schema::validate_key(key)?;
+        let inner = self.read_ready()?;
+        let db = inner
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is not open".into()))?;
+        get_in(db, inner.index, key)
+    }
+
+    fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let inner = self.read_ready()?;
+        let db = inner
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is not open".into()))?;
+        let mut found = records(db, prefix)?;
+        if schema::INDEX.starts_with(prefix) {
+            found.push((
+                schema::INDEX.to_string(),
+                schema::encode_u64(inner.index).to_vec(),
+            ));
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(found)
+    }
+
+    fn index(&self) -> Result<u64, StoreError> {
+        Ok(self.read_ready()?.index)
+    }
+
+    fn commit(&self, txn: &Txn) -> Result<u64, StoreError> {
+        txn.validate()?;
+        let mut inner = self.write_ready()?;
+        let db = inner
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is not open".into()))?;
+        for check in &txn.checks {
+            if !check.holds(get_in(db, inner.index, &check.key)?.as_deref()) {
+                return Err(check.conflict(inner.index));
+            }
+        }
+        let new_index = inner
+            .index
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("the global index is exhausted".into()))?;
+        let mut changes = BTreeMap::new();
+        for op in &txn.ops {
+            match op {
+                Op::Put(key, value) => changes.insert(key.clone(), Some(value.clone())),
+                Op::Delete(key) => changes.insert(key.clone(), None),
+            };
+        }
+        self.write_changes(&mut inner, changes, new_index)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let inner = self.read_ready()?;
+        let db = inner
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is not open".into()))?;
+        Ok(Snapshot {
+            index: inner.index,
+            records: records(db, "")?,
+        })
+    }
+
+    fn restore(&self, snapshot: &Snapshot) -> Result<u64, StoreError> {
+        validate_snapshot(snapshot)?;
+        let mut inner = self.write_ready()?;
+        let db = inner
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is not open".into()))?;
+        let new_index = inner
+            .index
+            .max(snapshot.index)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("the global index is exhausted".into()))?;
+        let current: BTreeMap<String, Vec<u8>> = records(db, "")?.into_iter().collect();
+        let wanted: BTreeMap<String, Vec<u8>> = snapshot.records.iter().cloned().collect();
+        let mut changes = BTreeMap::new();
+        for key in current.keys().chain(wanted.keys()) {
+            if current.get(key) != wanted.get(key) {
+                changes.insert(key.clone(), wanted.get(key).cloned());
+            }
+        }
+        self.write_changes(&mut inner, changes, new_index)
+    }
+
+    fn watch(&self, prefix: &str) -> watch::Receiver<u64> {
+        // The lock orders this against commits, which notify under it.
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        self.watchers.subscribe(prefix, inner.index)
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        match &*self
+            .last_write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens sled in `db_dir` and reads the index and the digest of every record.
+fn open_db(db_dir: &Path, mark: &MarkFile) -> Result<(sled::Db, u64, Digest), StoreError> {
+    let db = sled::Config::new()
+        .path(db_dir)
+        .open()
+        .map_err(|e| open_error(db_dir, e))?;
+    let index = match tree_if_exists(&db, META_TREE)? {
+        Some(meta) => match meta.get(INDEX_NAME).map_err(read_error)? {
+            Some(raw) => schema::decode_u64(&raw)
+                .ok_or_else(|| StoreError::Corrupt(format!("{} is not a u64", schema::INDEX)))?,
+            None => 0,
+        },
+        None => 0,
+    };
+    let mut digest = Digest::default();
+    for (key, value) in records(&db, "")? {
+        digest.add(&mark.term(&key, &value));
+    }
+    Ok((db, index, digest))
+}
+
+fn open_error(db_dir: &Path, err: sled::Error) -> StoreError {
+    match err {
+        sled::Error::Corruption { .. } => StoreError::Corrupt(format!(
+            "the database in {} is damaged (sled found corrupted data in its files); restore \
+             the data directory from a snapshot or backup",
+            db_dir.display()
+        )),
+        other => StoreError::Io(format!("opening store at {}: {other}", db_dir.display())),
+    }
+}
+
+fn read_error(err: sled::Error) -> StoreError {
+    match err {
+        sled::Error::Corruption { .. } => StoreError::Corrupt(err.to_string()),
+        sled::Error::Io(e) => StoreError::Io(meshca_store::describe_io_error(&e)),
+        other => StoreError::Io(other.to_string()),
+    }
+}
+
+/// The tree `name`, if the database has one: reading must not create trees.
+fn tree_if_exists(db: &sled::Db, name: &str) -> Result<Option<sled::Tree>, StoreError> {
+    if db.tree_names().iter().any(|n| n == name.as_bytes()) {
+        db.open_tree(name).map(Some).map_err(read_error)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The record `key`; the index record from `index`.
+fn get_in(db: &sled::Db, index: u64, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    if key == schema::INDEX {
+        return Ok(Some(schema::encode_u64(index).to_vec()));
+    }
+    let (namespace, name) = schema::split_key(key)?;
+    match tree_if_exists(db, namespace)? {
+        Some(tree) => Ok(tree.get(name).map_err(read_error)?.map(|v| v.to_vec())),
+        None => Ok(None),
+    }
+}
+
+/// Every record under `prefix` but the index record, in key order.
+fn records(db: &sled::Db, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut found = Vec::new();
+    for tree_name in db.tree_names() {
+        if &tree_name[..] == SLED_DEFAULT_TREE {
+            continue;
+        }
+        let namespace = std::str::from_utf8(&tree_name)
+            .ok()
+            .filter(|ns| schema::validate_key(&format!("{ns}/x")).is_ok())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the database holds a tree that is no record namespace: {:?}",
+                    String::from_utf8_lossy(&tree_name)
+                ))
+            })?;
+        let head = format!("{namespace}/");
+        // The part of the prefix inside this namespace, or skip the tree.
+        let within = if let Some(rest) = prefix.strip_prefix(head.as_str()) {
+            rest
+        } else if head.starts_with(prefix) {
+            ""
+        } else {
+            continue;
+        };
+        let tree = db.open_tree(&tree_name).map_err(read_error)?;
+        for item in tree.scan_prefix(within) {
+            let (name, value) = item.map_err(read_error)?;
+            let name = std::str::from_utf8(&name).map_err(|_| {
+                StoreError::Corrupt(format!("a key in tree {namespace} is not UTF-8"))
+            })?;
+            let key = format!("{head}{name}");
+            if key != schema::INDEX {
+                found.push((key, value.to_vec()));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+/// Changes grouped by sled tree, the `meta` tree always present (the index
+/// is written with every commit): `(tree, [(name, value or delete)])`.
+type ByTree = BTreeMap<String, Vec<(String, Option<Vec<u8>>)>>;
+
+fn group_by_tree(changes: &BTreeMap<String, Option<Vec<u8>>>) -> Result<ByTree, StoreError> {
+    let mut by_tree = ByTree::new();
+    by_tree.entry(META_TREE.to_string()).or_default();
+    for (key, value) in changes {
+        let (namespace, name) = schema::split_key(key)?;
+        by_tree
+            .entry(namespace.to_string())
+            .or_default()
+            .push((name.to_string(), value.clone()));
+    }
+    Ok(by_tree)
+}
+
+/// One sled transaction: every change and the new index, or nothing.
+fn apply(db: &sled::Db, by_tree: &ByTree, new_index: u64) -> Result<(), sled::Error> {
+    let trees: Vec<sled::Tree> = by_tree
+        .keys()
+        .map(|name| db.open_tree(name))
+        .collect::<Result<_, _>>()?;
+    let meta = by_tree
+        .keys()
+        .position(|name| name == META_TREE)
+        .unwrap_or_default();
+    let result = trees
+        .as_slice()
+        .transaction(|views: &Vec<TransactionalTree>| {
+            for (view, changes) in views.iter().zip(by_tree.values()) {
+                for (name, value) in changes {
+                    match value {
+                        Some(value) => view.insert(name.as_bytes(), value.as_slice())?,
+                        None => view.remove(name.as_bytes())?,
+                    };
+                }
+            }
+            views[meta].insert(INDEX_NAME, &schema::encode_u64(new_index))?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+    match result {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Storage(e)) => Err(e),
+        // The closure never aborts.
+        Err(TransactionError::Abort(())) => Err(sled::Error::ReportableBug(
+            "a store transaction aborted without a reason".into(),
+        )),
+    }
+}

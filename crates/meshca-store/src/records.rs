@@ -1,0 +1,186 @@
+//! [`Records`]: the CA state as records, the only store API the CA engine uses.
+//!
+//! | key | content | at rest |
+//! |---|---|---|
+//! | `ca/roots` | cluster ID, the CA's modify index, the roots and their certificates | plain JSON |
+//! | `ca/config` | the CA configuration and its indexes (may hold a supplied root key or a Vault token) | sealed |
+//! | `ca/keys` | the private keys by handle | sealed |
+//! | `ca/provider` | the provider's public bookkeeping | plain JSON |
+//!
+//! Only records that can hold a secret are sealed, so the public ones stay
+//! readable to an operator inspecting a store. A CA change rewrites all
+//! four in one transaction, so they always belong to the same commit.
+
+use crate::{schema, Op, Sealer, Snapshot, Store, StoreError, Txn};
+use meshca_core::secret::SecretBytes;
+use meshca_core::state::{CaRoot, CaState, StoredConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// The public head of the CA: `ca/roots`.
+#[derive(Serialize, Deserialize)]
+struct RootsRecord {
+    cluster_id: Uuid,
+    /// The global index of the commit that wrote the CA records.
+    modify_index: u64,
+    roots: Vec<CaRoot>,
+}
+
+/// The typed CA layer over a [`Store`] and a [`Sealer`].
+pub struct Records {
+    store: Arc<dyn Store>,
+    sealer: Sealer,
+}
+
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records")
+            .field("sealer", &self.sealer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Records {
+    /// Records over `store`, sealing with `sealer`. The store must be at the
+    /// current schema: `meshca_migrations::open` builds this for callers.
+    pub fn new(store: Arc<dyn Store>, sealer: Sealer) -> Self {
+        Self { store, sealer }
+    }
+
+    /// The CA state, or `None` before the CA is initialised. A sealed record
+    /// that fails to open, a record that does not parse, or a CA with some
+    /// records missing is an error: the CA is never assembled from less than
+    /// all of it.
+    pub fn load_ca(&self) -> Result<Option<CaState>, StoreError> {
+        let found: BTreeMap<String, Vec<u8>> = self.store.scan(schema::CA)?.into_iter().collect();
+        if found.is_empty() {
+            return Ok(None);
+        }
+        if found.contains_key(schema::CA_STATE_V1) {
+            return Err(StoreError::Corrupt(format!(
+                "{} is a schema-1 record; the store was not migrated",
+                schema::CA_STATE_V1
+            )));
+        }
+        let record = |key: &str| {
+            found.get(key).ok_or_else(|| {
+                StoreError::Corrupt(format!("{key} is missing while other CA records exist"))
+            })
+        };
+        let roots: RootsRecord = parse(schema::CA_ROOTS, record(schema::CA_ROOTS)?)?;
+        let provider_state: BTreeMap<String, String> =
+            parse(schema::CA_PROVIDER, record(schema::CA_PROVIDER)?)?;
+        let config: StoredConfig = parse(
+            schema::CA_CONFIG,
+            &self
+                .sealer
+                .open(schema::CA_CONFIG, record(schema::CA_CONFIG)?)?,
+        )?;
+        let private_keys: BTreeMap<String, SecretBytes> = parse(
+            schema::CA_KEYS,
+            &self
+                .sealer
+                .open(schema::CA_KEYS, record(schema::CA_KEYS)?)?,
+        )?;
+        Ok(Some(CaState {
+            cluster_id: roots.cluster_id,
+            config,
+            roots: roots.roots,
+            provider_state,
+            private_keys,
+            modify_index: roots.modify_index,
+        }))
+    }
+
+    /// Writes `ca/roots`, `ca/config`, `ca/keys` and `ca/provider` in one
+    /// transaction, guarded by the global index being `expected` (the CA's
+    /// modify index as the caller read it; while the CA is the store's only
+    /// writer the two are equal). The records are stamped with the new
+    /// index, `expected + 1`, which is returned and becomes
+    /// `state.modify_index`. A stale `expected` is `Conflict` and writes
+    /// nothing.
+    pub fn commit_ca(&self, state: &CaState, expected: u64) -> Result<u64, StoreError> {
+        let index = expected
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("the global index is exhausted".into()))?;
+        let txn = Txn {
+            checks: vec![],
+            ops: Self::ca_ops(&self.sealer, state, index)?,
+        }
+        .check_index(expected);
+        let committed = self.store.commit(&txn)?;
+        if committed != index {
+            return Err(StoreError::Corrupt(format!(
+                "the store committed at index {committed} after a check that it was at {expected}"
+            )));
+        }
+        Ok(committed)
+    }
+
+    /// The puts that store `state` as the CA records, stamped with `index`
+    /// (the index of the commit that will carry them). For
+    /// [`Records::commit_ca`] and for migrations that write the CA within a
+    /// larger transaction.
+    pub fn ca_ops(sealer: &Sealer, state: &CaState, index: u64) -> Result<Vec<Op>, StoreError> {
+        let roots = RootsRecord {
+            cluster_id: state.cluster_id,
+            modify_index: index,
+            roots: state.roots.clone(),
+        };
+        let config = Zeroizing::new(encode(schema::CA_CONFIG, &state.config)?);
+        let keys = Zeroizing::new(encode(schema::CA_KEYS, &state.private_keys)?);
+        Ok(vec![
+            Op::Put(
+                schema::CA_CONFIG.into(),
+                sealer.seal(schema::CA_CONFIG, &config)?,
+            ),
+            Op::Put(schema::CA_KEYS.into(), sealer.seal(schema::CA_KEYS, &keys)?),
+            Op::Put(
+                schema::CA_PROVIDER.into(),
+                encode(schema::CA_PROVIDER, &state.provider_state)?,
+            ),
+            Op::Put(schema::CA_ROOTS.into(), encode(schema::CA_ROOTS, &roots)?),
+        ])
+    }
+
+    /// The global index.
+    pub fn index(&self) -> Result<u64, StoreError> {
+        self.store.index()
+    }
+
+    /// Changes with the index of each commit that writes a CA record.
+    pub fn watch_ca(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.watch(schema::CA)
+    }
+
+    /// `Ok` while the store's writes succeed; the last write error otherwise.
+    pub fn health(&self) -> Result<(), StoreError> {
+        self.store.health()
+    }
+
+    /// A consistent copy of the whole store (sealed records stay sealed).
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.store.snapshot()
+    }
+
+    /// Replaces the whole store with `snapshot`; returns the new index.
+    pub fn restore(&self, snapshot: &Snapshot) -> Result<u64, StoreError> {
+        self.store.restore(snapshot)
+    }
+
+    /// The raw store, for migrations and diagnostics.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(format!("encoding {key}: {e}")))
+}
+
+fn parse<'a, T: Deserialize<'a>>(key: &str, bytes: &'a [u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+}
