@@ -79,7 +79,9 @@ impl Server {
         Self::start_in(dir, &all)
     }
 
-    fn start_in(dir: TempDir, args: &[&str]) -> Server {
+    /// Like [`Server::start`] in a directory the test prepared (its `data`
+    /// subdirectory is the data dir, e.g. a small file system mounted there).
+    pub fn start_in(dir: TempDir, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let logs = Arc::new(Mutex::new(String::new()));
         let (child, base) = spawn_server(dir.path(), &args, &[], &logs);
