@@ -9,9 +9,10 @@ use meshca_core::csr::{validate_csr, ValidatedCsr};
 use meshca_core::leaf::leaf_validity;
 use meshca_core::x509::cert_pem;
 use meshca_core::{Serial, ServiceName, SpiffeId};
-use meshca_provider::LeafRequest;
+use meshca_provider::{LeafRequest, SignedLeaf};
 use secrecy::SecretString;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// A leaf the CA issued, in domain terms (the server renders `IssuedCert`).
@@ -36,8 +37,8 @@ impl CaEngine {
     pub async fn sign_csr(&self, csr_pem: String) -> Result<IssuedLeaf, CaError> {
         let p = self.published();
         let policy = p.policy.clone();
-        let csr = blocking(move || Ok(validate_csr(&csr_pem, &policy)?)).await?;
-        self.issue(&p, csr).await
+        self.issue(p, move || Ok((validate_csr(&csr_pem, &policy)?, None)))
+            .await
     }
 
     /// The agent leaf endpoint: a leaf for `service` with a fresh key the CA
@@ -51,50 +52,81 @@ impl CaEngine {
             service.as_str(),
         )
         .map_err(|e| CaError::Rejected(e.to_string()))?;
-        let key = LeafKey::generate_p256().await?;
-        let csr = ValidatedCsr::for_public_key(id, &key.spki_der)?;
-        let mut leaf = self.issue(&p, csr).await?;
-        leaf.private_key_pem = Some(key.private_key_pem);
+        self.issue(p, move || {
+            let key = LeafKey::generate_p256_now()?;
+            Ok((ValidatedCsr::for_public_key(id, &key.spki_der)?, Some(key)))
+        })
+        .await
+    }
+
+    /// Issues a leaf for the request `prepare` makes (CSR validation or key
+    /// generation: CPU work), signed by `p`'s signer. Everything about the
+    /// result — the key that signed, the chain, the SigningKeyID — comes
+    /// from `p`. With local keys, preparing, signing and checking are one
+    /// step off the async runtime (each hop to a blocking thread costs about
+    /// as much as a signature); remote keys are awaited afterwards.
+    async fn issue(
+        &self,
+        p: Arc<Published>,
+        prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
+    ) -> Result<IssuedLeaf, CaError> {
+        let now = self.clock.now();
+        let signer = p.clone();
+        let (request, key, signed) = blocking(move || {
+            let (csr, key) = prepare()?;
+            let request = leaf_request(&signer, csr, now)?;
+            let signed = signer.signer.sign_leaf_now(&request).transpose()?;
+            Ok((request, key, signed))
+        })
+        .await?;
+        let signed = match signed {
+            Some(signed) => signed,
+            None => provider_call(p.signer.sign_leaf(request.clone())).await?,
+        };
+        let mut leaf = self.record(&p, &request, signed);
+        leaf.private_key_pem = key.map(|k| k.private_key_pem);
         Ok(leaf)
     }
 
-    /// Signs `csr` with `p`'s signer. Everything about the result — the
-    /// key that signed, the chain, the SigningKeyID — comes from `p`.
-    pub(crate) async fn issue(
-        &self,
-        p: &Published,
-        csr: ValidatedCsr,
-    ) -> Result<IssuedLeaf, CaError> {
-        let now = self.clock.now();
-        let (not_before, not_after) =
-            leaf_validity(now, p.config.leaf_cert_ttl(), p.signer.not_after());
-        if not_after <= now {
-            return Err(CaError::Unavailable(
-                "the signing certificate has expired".into(),
-            ));
-        }
-        let spiffe_id = csr.spiffe_id().clone();
-        let request = LeafRequest {
-            csr,
-            not_before,
-            not_after,
-        };
-        let signed = provider_call(p.signer.sign_leaf(request)).await?;
+    /// The issued leaf as the API returns it, with its index, audit-logged.
+    fn record(&self, p: &Published, request: &LeafRequest, signed: SignedLeaf) -> IssuedLeaf {
         let index = self.issue_index.fetch_add(1, Ordering::Relaxed) + 1;
+        let spiffe_id = request.csr.spiffe_id().clone();
         tracing::info!(target: "audit", serial = %signed.serial, spiffe_id = %spiffe_id,
-            valid_after = %not_before, valid_before = %not_after,
+            valid_after = %request.not_before, valid_before = %request.not_after,
             signing_key_id = %p.signer.signing_key_id(), "issued certificate");
-        Ok(IssuedLeaf {
+        IssuedLeaf {
             serial: signed.serial,
             cert_pem: format!("{}{}", cert_pem(&signed.der), p.signer.chain_pem()),
             private_key_pem: None,
             spiffe_id,
-            valid_after: not_before,
-            valid_before: not_after,
+            valid_after: request.not_before,
+            valid_before: request.not_after,
             index,
             signing_key_id: p.signer.signing_key_id().to_string(),
-        })
+        }
     }
+}
+
+/// What to sign for `csr` at `now`: NotBefore one minute back, NotAfter
+/// after `LeafCertTTL` and never past the signing certificate's.
+fn leaf_request(
+    p: &Published,
+    csr: ValidatedCsr,
+    now: OffsetDateTime,
+) -> Result<LeafRequest, CaError> {
+    let (not_before, not_after) =
+        leaf_validity(now, p.config.leaf_cert_ttl(), p.signer.not_after());
+    if not_after <= now {
+        return Err(CaError::Unavailable(
+            "the signing certificate has expired".into(),
+        ));
+    }
+    Ok(LeafRequest {
+        csr,
+        not_before,
+        not_after,
+    })
 }
 
 /// Where leaf indexes start in this run: above the store index and above

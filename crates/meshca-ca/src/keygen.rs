@@ -14,15 +14,18 @@ pub struct LeafKey {
 impl LeafKey {
     /// An EC P-256 key from aws-lc-rs, generated off the async runtime.
     pub async fn generate_p256() -> Result<Self, CaError> {
-        blocking(|| {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                .map_err(CaError::internal)?;
-            Ok(Self {
-                spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
-                private_key_pem: SecretString::from(key.serialize_pem()),
-            })
+        blocking(Self::generate_p256_now).await
+    }
+
+    /// [`LeafKey::generate_p256`] on the calling thread (call it off the
+    /// async runtime).
+    pub fn generate_p256_now() -> Result<Self, CaError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(CaError::internal)?;
+        Ok(Self {
+            spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+            private_key_pem: SecretString::from(key.serialize_pem()),
         })
-        .await
     }
 }
 

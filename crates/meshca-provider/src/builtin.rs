@@ -8,7 +8,8 @@
 
 use crate::profile::{self, generate_key, load_key};
 use crate::{
-    off_runtime, CaKeys, CaMaterial, CaProvider, CaRequest, LeafRequest, ProviderError, SignedLeaf,
+    off_runtime, CaKeys, CaMaterial, CaProvider, CaRequest, LeafRequest, LocalKeys, ProviderError,
+    SignedLeaf,
 };
 use async_trait::async_trait;
 use meshca_core::x509::{cert_facts, cert_pem, decode_pem_blocks};
@@ -374,6 +375,16 @@ impl CaKeys for BuiltinKeys {
     async fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError> {
         let (keys, req) = (self.0.clone(), req.clone());
         off_runtime(move || keys.renew_intermediate(&req)).await
+    }
+
+    fn local(&self) -> Option<Arc<dyn LocalKeys>> {
+        Some(self.0.clone())
+    }
+}
+
+impl LocalKeys for Keys {
+    fn sign_leaf_now(&self, req: &LeafRequest) -> Result<SignedLeaf, ProviderError> {
+        self.sign_leaf(req)
     }
 }
 

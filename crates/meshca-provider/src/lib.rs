@@ -138,6 +138,20 @@ pub trait CaKeys: Send + Sync + 'static {
 
     /// Creates a new signing intermediate (new key, same root), staged.
     async fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
+
+    /// The same keys as [`LocalKeys`] when they sign in this process (a
+    /// capability, `None` by default): the caller then signs and checks a
+    /// leaf in one step off the async runtime instead of one per await.
+    fn local(&self) -> Option<Arc<dyn LocalKeys>> {
+        None
+    }
+}
+
+/// Keys that sign synchronously in this process (the built-in provider's).
+pub trait LocalKeys: Send + Sync + 'static {
+    /// [`CaKeys::sign_leaf`], on the calling thread: call it off the async
+    /// runtime.
+    fn sign_leaf_now(&self, req: &LeafRequest) -> Result<SignedLeaf, ProviderError>;
 }
 
 /// Runs CPU-heavy provider work (key generation, signing) off the async

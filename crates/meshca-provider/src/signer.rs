@@ -6,7 +6,7 @@
 //! value: there is no second source of truth to fall out of step with.
 
 use crate::verify::check_leaf;
-use crate::{off_runtime, CaKeys, LeafRequest, ProviderError, SignedLeaf};
+use crate::{off_runtime, CaKeys, LeafRequest, LocalKeys, ProviderError, SignedLeaf};
 use meshca_core::rotation::first_cert_der;
 use meshca_core::x509::{cert_facts, colon_hex};
 use meshca_core::Serial;
@@ -82,17 +82,38 @@ impl Signer {
     /// the signing certificate), the serial the provider reported, and the
     /// chain through the signing certificate to the root.
     pub async fn sign_leaf(&self, req: LeafRequest) -> Result<SignedLeaf, ProviderError> {
-        let signed = self.keys.sign_leaf(&req).await?;
         let check = self.check.clone();
+        if let Some(local) = self.keys.local() {
+            return off_runtime(move || check.sign_now(&*local, &req)).await;
+        }
+        let signed = self.keys.sign_leaf(&req).await?;
         off_runtime(move || {
             check.verify(&signed, &req)?;
             Ok(signed)
         })
         .await
     }
+
+    /// [`Signer::sign_leaf`] on the calling thread, for a caller that is
+    /// already off the async runtime; `None` when the keys are not local
+    /// (then await `sign_leaf`).
+    pub fn sign_leaf_now(&self, req: &LeafRequest) -> Option<Result<SignedLeaf, ProviderError>> {
+        let local = self.keys.local()?;
+        Some(self.check.sign_now(&*local, req))
+    }
 }
 
 impl ChainCheck {
+    fn sign_now(
+        &self,
+        keys: &dyn LocalKeys,
+        req: &LeafRequest,
+    ) -> Result<SignedLeaf, ProviderError> {
+        let signed = keys.sign_leaf_now(req)?;
+        self.verify(&signed, req)?;
+        Ok(signed)
+    }
+
     fn verify(&self, signed: &SignedLeaf, req: &LeafRequest) -> Result<(), ProviderError> {
         let facts = cert_facts(&signed.der).map_err(ProviderError::Internal)?;
         if Serial::from_bytes(&facts.serial).ok().as_ref() != Some(&signed.serial) {
@@ -117,5 +138,95 @@ fn with_newline(pem: &str) -> String {
         pem.to_string()
     } else {
         format!("{pem}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{leaf_request, request};
+    use crate::{BuiltinProvider, CaMaterial, CaProvider, CaRequest};
+    use async_trait::async_trait;
+    use meshca_core::KeySpec;
+
+    /// Built-in keys seen through the async path only, as a remote
+    /// provider's would be (`local()` is `None`); `lie_about_serial` is a
+    /// mock of a fault a real provider cannot be made to commit.
+    struct RemoteShaped {
+        inner: Arc<dyn CaKeys>,
+        lie_about_serial: bool,
+    }
+
+    #[async_trait]
+    impl CaKeys for RemoteShaped {
+        async fn sign_leaf(&self, req: &LeafRequest) -> Result<SignedLeaf, ProviderError> {
+            let mut signed = self.inner.sign_leaf(req).await?;
+            if self.lie_about_serial {
+                signed.serial = Serial::from_bytes(&[0x42]).unwrap();
+            }
+            Ok(signed)
+        }
+
+        async fn cross_sign_ca(
+            &self,
+            cert_pem: &str,
+            not_after: OffsetDateTime,
+            now: OffsetDateTime,
+        ) -> Result<String, ProviderError> {
+            self.inner.cross_sign_ca(cert_pem, not_after, now).await
+        }
+
+        async fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError> {
+            self.inner.renew_intermediate(req).await
+        }
+    }
+
+    async fn remote_signer(lie_about_serial: bool) -> Signer {
+        let p = BuiltinProvider::new();
+        let m = p.generate_ca(&request(KeySpec::EcP256)).await.unwrap();
+        let keys = Arc::new(RemoteShaped {
+            inner: p.open(&m).await.unwrap(),
+            lie_about_serial,
+        });
+        Signer::new(keys, &m.root_pem, std::slice::from_ref(&m.signing_pem)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn remote_keys_are_awaited_and_their_leaves_checked() {
+        let signer = remote_signer(false).await;
+        let req = leaf_request(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert!(signer.sign_leaf_now(&req).is_none(), "not local");
+        let signed = signer.sign_leaf(req).await.unwrap();
+        assert!(!cert_facts(&signed.der).unwrap().is_ca);
+    }
+
+    #[tokio::test]
+    async fn a_provider_reporting_another_serial_is_caught() {
+        let signer = remote_signer(true).await;
+        let err = signer
+            .sign_leaf(leaf_request(&rcgen::PKCS_ECDSA_P256_SHA256))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("serial"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_chain_is_the_one_given_and_the_key_id_is_the_signers() {
+        let p = BuiltinProvider::new();
+        let m = p.generate_ca(&request(KeySpec::EcP256)).await.unwrap();
+        let keys = p.open(&m).await.unwrap();
+        let chain = [
+            "-----BEGIN CERTIFICATE-----\nY3Jvc3M=\n-----END CERTIFICATE-----".to_string(),
+            m.signing_pem.clone(),
+        ];
+        let signer = Signer::new(keys, &m.root_pem, &chain).unwrap();
+        assert!(signer.chain_pem().starts_with(&chain[0]));
+        assert!(signer.chain_pem().ends_with(&m.signing_pem));
+        let signing = cert_facts(&first_cert_der(&m.signing_pem).unwrap()).unwrap();
+        assert_eq!(
+            signer.signing_key_id(),
+            colon_hex(&signing.subject_key_id.unwrap())
+        );
+        assert_eq!(signer.not_after(), signing.not_after);
     }
 }
