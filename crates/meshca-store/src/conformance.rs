@@ -4,7 +4,7 @@
 //! backend runs all of them, one test each, with
 //! [`conformance_tests!`](crate::conformance_tests):
 //!
-//! ```ignore
+//! ```text
 //! meshca_store::conformance_tests!(|| (Arc::new(MyStore::new()) as Arc<dyn Store>, guard));
 //! ```
 //!
