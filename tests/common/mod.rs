@@ -236,6 +236,21 @@ impl Server {
         self.respawn();
     }
 
+    /// [`Server::start_again`] that reports a server that refuses to start
+    /// (exits) or hangs instead of panicking. On failure no process runs.
+    pub fn try_start_again(&mut self) -> Result<(), StartFailure> {
+        assert!(
+            !self.is_running(),
+            "try_start_again: the server is still running; logs:\n{}",
+            self.logs()
+        );
+        let (child, base) = try_spawn_server(self.dir.path(), &self.args, &self.envs, &self.logs)?;
+        self.child = child;
+        self.base = base;
+        self.assert_unauthenticated_warning();
+        Ok(())
+    }
+
     /// `PUT path` that reports a transport failure (the server died, the
     /// connection dropped) as `Err` instead of panicking.
     pub fn try_put(&self, path: &str, body: impl Into<Vec<u8>>) -> Result<Resp, String> {
@@ -317,6 +332,19 @@ impl Drop for Server {
     }
 }
 
+/// Why a server did not start: it exited (refused), or it neither listened
+/// nor exited within [`START_TIMEOUT`]. `logs` is what this start wrote.
+#[derive(Debug)]
+pub enum StartFailure {
+    Exited {
+        status: std::process::ExitStatus,
+        logs: String,
+    },
+    TimedOut {
+        logs: String,
+    },
+}
+
 /// Spawns `meshca server` in `dir` and waits for its listening line; the
 /// server's stderr keeps being appended to `logs` by a reader thread.
 fn spawn_server(
@@ -325,6 +353,19 @@ fn spawn_server(
     envs: &[(String, String)],
     logs: &Arc<Mutex<String>>,
 ) -> (Child, String) {
+    try_spawn_server(dir, args, envs, logs)
+        .unwrap_or_else(|failure| panic!("meshca server did not start; args {args:?}: {failure:?}"))
+}
+
+/// [`spawn_server`] that reports a server that exits or hangs instead of
+/// listening as a [`StartFailure`].
+fn try_spawn_server(
+    dir: &Path,
+    args: &[String],
+    envs: &[(String, String)],
+    logs: &Arc<Mutex<String>>,
+) -> Result<(Child, String), StartFailure> {
+    let logged_before = logs.lock().unwrap_or_else(|p| p.into_inner()).len();
     let data_dir = dir.join("data");
     let mut cmd = Command::new(BIN);
     cmd.arg("server")
@@ -371,16 +412,22 @@ fn spawn_server(
         // closed stderr (exited) without ever listening.
     });
     match rx.recv_timeout(START_TIMEOUT) {
-        Ok(addr) => (child, format!("http://{addr}")),
+        Ok(addr) => Ok((child, format!("http://{addr}"))),
         Err(e) => {
+            let timed_out = matches!(e, mpsc::RecvTimeoutError::Timeout);
             let _ = child.kill();
-            let status = child.wait().ok();
-            // Give the reader a moment to store the last lines.
-            std::thread::sleep(Duration::from_millis(100));
-            let text = logs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            panic!(
-                "meshca server did not start ({e:?}, exit status {status:?}); args {args:?}; logs:\n{text}"
-            );
+            let status = child.wait().expect("waiting for the server");
+            // The reader stored every line before closing the channel; after
+            // a timeout, give it a moment to store the last ones.
+            if timed_out {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let text = logs.lock().unwrap_or_else(|p| p.into_inner())[logged_before..].to_string();
+            Err(if timed_out {
+                StartFailure::TimedOut { logs: text }
+            } else {
+                StartFailure::Exited { status, logs: text }
+            })
         }
     }
 }

@@ -71,6 +71,9 @@ struct Inner {
     /// The index and digest of the last acknowledged commit.
     index: u64,
     digest: Digest,
+    /// A handle that failed inside sled was leaked (see `write_changes`)
+    /// and keeps its lock on the `db` file: the next open needs a new one.
+    leaked_handle_locks_db_file: bool,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -157,6 +160,7 @@ impl SledStore {
                 db: Some(db),
                 index,
                 digest,
+                leaked_handle_locks_db_file: false,
             }),
             watchers: Watchers::new(),
             last_write_error: Mutex::new(None),
@@ -196,11 +200,18 @@ impl SledStore {
         }
     }
 
-    /// Drops nothing (the failed database is gone already) and opens the
-    /// database again from disk, vetting it against the mark like `open`.
-    /// The failed commit either reached the disk whole (the store is one
-    /// ahead of the mark) or not at all (it equals the mark).
+    /// Opens the database again from disk (the failed handle is gone
+    /// already), vetting it against the mark like `open`. The failed commit
+    /// either reached the disk whole (the store is one ahead of the mark)
+    /// or not at all (it equals the mark).
     fn reopen(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        if inner.leaked_handle_locks_db_file {
+            replace_db_file(&self.db_dir).map_err(|e| {
+                tracing::error!(detail = %e, "store reopen failed");
+                StoreError::write_failed(&e.error)
+            })?;
+            inner.leaked_handle_locks_db_file = false;
+        }
         let mark = self.mark.read()?;
         let (db, index, digest) = open_db(&self.db_dir, &self.mark).map_err(|e| match e {
             StoreError::Io(why) => StoreError::WriteFailed(why),
@@ -220,6 +231,7 @@ impl SledStore {
             db: Some(db),
             index,
             digest,
+            leaked_handle_locks_db_file: false,
         };
         Ok(())
     }
@@ -266,10 +278,24 @@ impl SledStore {
                 detail = %e.detail(),
                 "store write failed; the database is reopened from disk before the next operation"
             );
+            // The handle goes: its in-memory state may hold the failed
+            // commit, which must not be read back as if it landed.
+            if let Some(db) = inner.db.take() {
+                if matches!(e, WriteError::Sled(_)) {
+                    // After an I/O error inside sled 0.34, flushing the
+                    // database (which its Drop does) can block forever while
+                    // holding sled's process-wide lock, stopping every sled
+                    // transaction in the process. So the handle is leaked,
+                    // never flushed or dropped; its memory is lost until
+                    // the process exits. Its lock on the `db` file stays,
+                    // so `reopen` opens a copy of that file instead.
+                    std::mem::forget(db);
+                    inner.leaked_handle_locks_db_file = true;
+                } else {
+                    drop(db);
+                }
+            }
             let err = e.into_store_error();
-            // Dropping the handle closes sled; its in-memory state may hold
-            // the failed commit, which must not be read back as if it landed.
-            inner.db = None;
             *self
                 .last_write_error
                 .lock()
@@ -415,6 +441,34 @@ impl Store for SledStore {
             None => Ok(()),
         }
     }
+}
+
+/// Replaces sled's `db` file by a copy of itself: same content, new inode,
+/// which a leaked handle's lock (held on the old inode) does not cover.
+/// Atomic (a copy, fsynced, renamed over the original) and durable; a
+/// crash in between leaves the original or the complete copy. Needs free
+/// space for the copy: on a full disk it fails, and the next operation
+/// tries again.
+fn replace_db_file(db_dir: &Path) -> Result<(), PathError> {
+    let original = db_dir.join("db");
+    let copy = db_dir.join("db.reopen");
+    let at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| PathError { path, error }
+    };
+    let copied = (|| {
+        let mut from = std::fs::File::open(&original)?;
+        let mut to = fs::create_private_file(&copy, false)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.sync_all()
+    })();
+    if let Err(e) = copied {
+        // A partial copy only takes space; the original is intact.
+        let _ = std::fs::remove_file(&copy);
+        return Err(at(&copy)(e));
+    }
+    std::fs::rename(&copy, &original).map_err(at(&original))?;
+    fs::sync_parent_dir(&original).map_err(at(db_dir))
 }
 
 /// Opens sled in `db_dir` and reads the index and the digest of every record.
