@@ -139,7 +139,7 @@ fn ttl_change_applies_to_new_leaves_and_keeps_the_roots() {
         assert_eq!(facts.not_after - facts.not_before, 24 * 3600);
         assert_eq!(facts.not_before, after.unix_timestamp());
         assert_eq!(facts.not_after, before.unix_timestamp());
-        // NotBefore is backdated one minute for clock skew (SPEC §3).
+        // NotBefore is backdated one minute for clock skew.
         let skew = http_date(&issued) - after;
         assert!(
             (time::Duration::seconds(55)..=time::Duration::seconds(65)).contains(&skew),

@@ -65,7 +65,7 @@ fn fresh_data_dir_bootstraps_one_active_root() {
     assert_eq!(root["PrivateKeyBits"], json!(256));
     assert!(root["Name"].as_str().is_some_and(|n| !n.is_empty()));
 
-    // The root certificate itself (SPEC §3).
+    // The root certificate itself (the root profile).
     let facts = cert_facts(root_pem);
     let td = roots["TrustDomain"].as_str().unwrap();
     assert_eq!(facts.uris, vec![format!("spiffe://{td}")]);
@@ -111,7 +111,7 @@ fn fresh_data_dir_bootstraps_one_active_root() {
 
 /// The JSON field is Consul's `SigningKeyID` (Go's field name), not the
 /// `SigningKeyId` a blanket PascalCase rename produces: Consul clients
-/// decode it by that exact name (SPEC §2).
+/// decode it by that exact name.
 #[test]
 fn roots_json_names_signing_key_id_like_consul() {
     let server = Server::start(&[]);

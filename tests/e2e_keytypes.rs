@@ -1,7 +1,7 @@
 //! End-to-end: for every CA key type meshca supports, a fresh server issues
 //! leaves (server-generated and CSR-signed) whose chains verify with
 //! `openssl verify -x509_strict` (client and server purposes) and with
-//! pyca/cryptography, and whose certificates follow SPEC §3.
+//! pyca/cryptography, and whose certificates follow the certificate profiles.
 
 mod common;
 
@@ -11,7 +11,7 @@ use common::{
 };
 use serde_json::{json, Value};
 
-/// The leaf profile of SPEC §3, for a leaf whose only SAN is `uri`.
+/// The leaf profile, for a leaf whose only SAN is `uri`.
 fn check_leaf(facts: &CertFacts, uri: &str, ttl_hours: i64) {
     assert!(facts.subject_is_empty, "subject must be empty: {facts:?}");
     assert_eq!(facts.san_critical, Some(true), "SAN must be critical");

@@ -1,5 +1,5 @@
 //! End-to-end: a configuration change of the root key rotates the root
-//! (SPEC §5): the new root is cross-signed by the old one, both stay
+//! (cross-signing): the new root is cross-signed by the old one, both stay
 //! trusted, new leaves verify against either root alone, cached leaves are
 //! replaced, and the result survives a restart.
 

@@ -1,6 +1,6 @@
 //! End-to-end: `POST /v1/connect/ca/sign` refuses malformed and hostile CSRs
 //! with 400 (and stays up), and signs valid ones for every identity kind
-//! with the fixed leaf profile of SPEC §3.
+//! with the fixed leaf profile.
 
 mod common;
 
@@ -356,7 +356,7 @@ fn hostile_csrs_are_refused_and_the_server_stays_up() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
-/// Checks an `IssuedCert` of the sign endpoint against SPEC §3.
+/// Checks an `IssuedCert` of the sign endpoint against the leaf profile.
 fn check_signed_leaf(server: &Server, issued: &Value, uri: &str, dns: &[&str]) {
     let cert_pem = issued["CertPEM"]
         .as_str()
@@ -523,7 +523,7 @@ fn every_allowed_csr_key_type_is_signed() {
         let issued = r.json();
         let facts = cert_facts(issued["CertPEM"].as_str().unwrap());
         assert_eq!((facts.key_is_ec, facts.key_bits), (is_ec, bits), "{name}");
-        // RSA leaf keys may also encipher keys (SPEC §3); EC keys may not.
+        // RSA leaf keys may also encipher keys; EC keys may not.
         assert_eq!(facts.key_encipherment, !is_ec, "{name}: {facts:?}");
         check_signed_leaf(&server, &issued, &uri, &[]);
     }

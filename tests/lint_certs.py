@@ -2,8 +2,8 @@
 """Lints each certificate file given with pkilint's RFC 5280 linter.
 
 Findings at WARNING or above fail, except pkilint's `pkix.invalid_uri_syntax`
-for `spiffe://` URIs: pkilint does not know the scheme (SPEC section 9 says
-to filter exactly that finding). Exit status 1 lists the remaining findings.
+for `spiffe://` URIs: pkilint does not know the scheme, so exactly that
+finding is filtered. Exit status 1 lists the remaining findings.
 """
 import json
 import subprocess

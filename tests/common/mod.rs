@@ -987,7 +987,7 @@ pub fn verify_issued_chain(cert_pem: &str, roots_pem: &str, server_name: Option<
     }
 }
 
-/// `pri-<8 base36>.consul.ca.<first 8 of cluster id>.consul` (SPEC §3).
+/// `pri-<8 base36>.consul.ca.<first 8 of cluster id>.consul`.
 pub fn is_root_cn(cn: &str, cluster_id: &str) -> bool {
     let Some(rest) = cn.strip_prefix("pri-") else {
         return false;

@@ -1,5 +1,5 @@
 //! The CA configuration (`Provider` + `Config`), its validation rules and the
-//! decision whether a change needs a root rotation (SPEC §4).
+//! decision whether a change needs a root rotation.
 
 use crate::duration::GoDuration;
 use crate::keyspec::KeySpec;
@@ -343,7 +343,7 @@ impl CaConfig {
         Ok(out)
     }
 
-    /// The SPEC §4 rules that relate fields to each other.
+    /// The rules that relate fields to each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let hour = GoDuration::from_hours(1);
         if self.leaf_cert_ttl < hour || self.leaf_cert_ttl > GoDuration::from_hours(8760) {
@@ -426,7 +426,7 @@ impl CaConfig {
     }
 
     /// Whether moving from `self` to `next` changes the root key and so needs
-    /// a root rotation (SPEC §5). TTL and rate-limit changes never do.
+    /// a root rotation. TTL and rate-limit changes never do.
     pub fn requires_rotation(&self, next: &CaConfig) -> bool {
         if self.provider != next.provider || self.key_spec != next.key_spec {
             return true;

@@ -1,4 +1,4 @@
-//! Validation of certificate signing requests (SPEC §3). Every rule here has
+//! Validation of certificate signing requests. Every rule here has
 //! a passing and a failing test.
 //!
 //! The rules run in this order, and the first failure is returned:
@@ -187,7 +187,7 @@ const MAX_DNS_LABEL_LEN: usize = 63;
 const RSA_MIN_BITS: usize = 2048;
 const RSA_MAX_BITS: usize = 4096;
 
-/// Checks `pem` against every rule of SPEC §3 and returns what may be signed.
+/// Checks `pem` against every rule above and returns what may be signed.
 pub fn validate_csr(pem: &str, policy: &CsrPolicy) -> Result<ValidatedCsr, CsrError> {
     // 1. Size, before any other work.
     if pem.len() > policy.max_pem_bytes {
@@ -296,7 +296,7 @@ pub fn validate_csr(pem: &str, policy: &CsrPolicy) -> Result<ValidatedCsr, CsrEr
 ///
 /// The `pem` crate frames the block and decodes its body with the standard
 /// base64 alphabet, canonical padding required and non-zero trailing bits
-/// refused (`pem_armour_is_strict` pins that). It is laxer than SPEC §3 in
+/// refused (`pem_armour_is_strict` pins that). It is laxer than these rules in
 /// four ways, each checked here because the crate has no option for it:
 ///
 /// 1. it skips any text before the first BEGIN line and after the last block

@@ -1,5 +1,5 @@
 //! Leaf certificate rules: validity window, renewal point, and the check every
-//! freshly signed leaf passes before it leaves the CA (SPEC §3).
+//! freshly signed leaf passes before it leaves the CA.
 
 use crate::duration::GoDuration;
 use crate::spiffe::SpiffeId;
@@ -34,7 +34,7 @@ pub fn renewal_point(
     not_before + life * fraction
 }
 
-/// The lower and upper bound of the renewal fraction (SPEC §2).
+/// The lower and upper bound of the renewal fraction (60–90%, as Consul's agent).
 pub const RENEW_FRACTION: (f64, f64) = (0.6, 0.9);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

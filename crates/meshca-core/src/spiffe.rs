@@ -1,4 +1,4 @@
-//! SPIFFE identities meshca issues (SPEC §1) and their strict parser.
+//! SPIFFE identities meshca issues and their strict parser.
 //!
 //! The parser accepts exactly four shapes and nothing else:
 //!

@@ -1,5 +1,5 @@
 //! Certificate templates for the root, intermediate and leaf profiles of
-//! SPEC §3, as rcgen parameters. Providers that sign locally use these; the
+//! meshca's certificate profiles, as rcgen parameters. Providers that sign locally use these; the
 //! template is built here, never copied from a request.
 
 use crate::ProviderError;

@@ -1,5 +1,5 @@
 //! The one place where errors become HTTP responses: status, stable
-//! `X-Meshca-Error` code and Consul's public message (SPEC §2).
+//! `X-Meshca-Error` code and Consul's public message.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 pub use meshca_ca::{default_provider_factory, CaEngine};
 
-/// Largest accepted request body (SPEC §2).
+/// Largest accepted request body (1 MiB; larger is a 413).
 pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Every (method, path) the API serves. `api-docs/openapi.json` must list

@@ -1,4 +1,4 @@
-//! Command-line flags, with Consul's agent flag names (SPEC §8).
+//! Command-line flags, with Consul's agent flag names.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

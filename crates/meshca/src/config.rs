@@ -1,4 +1,4 @@
-//! The server configuration file (JSON or HCL, SPEC §8) merged with flags.
+//! The server configuration file (JSON or HCL, Consul's agent keys) merged with flags.
 //! Unknown keys stop the server with a message naming them.
 
 use crate::cli::ServerArgs;
