@@ -473,8 +473,12 @@ fn replace_db_file(db_dir: &Path) -> Result<(), PathError> {
 
 /// Opens sled in `db_dir` and reads the index and the digest of every record.
 fn open_db(db_dir: &Path, mark: &MarkFile) -> Result<(sled::Db, u64, Digest), StoreError> {
+    // No background flusher: every commit flushes and fsyncs itself before
+    // it is acknowledged, and a handle leaked after a failed write (see
+    // `write_changes`) must not keep flushing on a thread of its own.
     let db = sled::Config::new()
         .path(db_dir)
+        .flush_every_ms(None)
         .open()
         .map_err(|e| open_error(db_dir, e))?;
     let index = match tree_if_exists(&db, META_TREE)? {
