@@ -13,7 +13,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use meshca_core::x509::{cert_facts, cert_pem, decode_pem_blocks};
-use meshca_core::{CaConfig, KeySpec, ProviderKind, SecretBytes};
+use meshca_core::{CaConfig, KeySpec, SecretBytes};
 use rcgen::{Issuer, KeyPair, PublicKeyData};
 use rustls_pki_types::CertificateDer;
 use std::collections::BTreeMap;
@@ -330,10 +330,6 @@ fn generate(req: &CaRequest) -> Result<CaMaterial, ProviderError> {
 
 #[async_trait]
 impl CaProvider for BuiltinProvider {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Consul
-    }
-
     fn supports_cross_signing(&self) -> bool {
         self.cross_signing
     }

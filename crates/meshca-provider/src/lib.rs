@@ -34,7 +34,7 @@ pub mod verify;
 
 use async_trait::async_trait;
 use meshca_core::csr::ValidatedCsr;
-use meshca_core::{CaConfig, ProviderKind, Serial, TrustDomain};
+use meshca_core::{CaConfig, Serial, TrustDomain};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -100,8 +100,6 @@ pub struct SignedLeaf {
 /// CA": everything they make is returned as a value.
 #[async_trait]
 pub trait CaProvider: Send + Sync + 'static {
-    fn kind(&self) -> ProviderKind;
-
     /// Whether [`CaKeys::cross_sign_ca`] works: read before a rotation, so
     /// that a provider that cannot cross-sign fails the configuration change
     /// cleanly instead of mid-rotation.
