@@ -88,6 +88,8 @@ pub fn bootstrap(
     material: &CaMaterial,
     index: u64,
 ) -> Result<CaState, PlanError> {
+    let mut root = root_record(material, &cluster_id, index)?;
+    root.max_leaf_cert_ttl = config.leaf_cert_ttl();
     Ok(CaState {
         cluster_id,
         config: StoredConfig {
@@ -95,7 +97,7 @@ pub fn bootstrap(
             create_index: index,
             modify_index: index,
         },
-        roots: vec![root_record(material, &cluster_id, index)?],
+        roots: vec![root],
         provider_state: material.provider_state.clone(),
         private_keys: material.private_keys.clone(),
         modify_index: index,
@@ -103,9 +105,16 @@ pub fn bootstrap(
 }
 
 /// A configuration change that keeps the root key (TTLs, rate limits,
-/// rotation period).
+/// rotation period). The active root remembers the longest `LeafCertTTL`
+/// it signed under.
 pub fn update_config(state: &CaState, next: CaConfig, index: u64) -> CaState {
     let mut out = state.clone();
+    for root in out.roots.iter_mut().filter(|r| r.active) {
+        if next.leaf_cert_ttl() > root.max_leaf_cert_ttl {
+            root.max_leaf_cert_ttl = next.leaf_cert_ttl();
+            root.modify_index = index;
+        }
+    }
     out.config.config = next;
     out.config.modify_index = index;
     out.modify_index = index;
@@ -126,6 +135,7 @@ pub fn rotate(
     index: u64,
 ) -> Result<CaState, PlanError> {
     let mut root = root_record(material, &state.cluster_id, index)?;
+    root.max_leaf_cert_ttl = next.leaf_cert_ttl();
     if state.roots.iter().any(|r| r.id == root.id) {
         return Err(plan_error(
             "the new root is already in the trust bundle; supply a different root",
@@ -134,13 +144,14 @@ pub fn rotate(
     if let Some(x) = cross_signed {
         root.intermediate_certs.insert(0, x);
     }
-    let mut out = update_config(state, next, index);
+    let mut out = state.clone();
     for r in out.roots.iter_mut().filter(|r| r.active) {
         r.active = false;
         r.rotated_out_at = Some(now);
         r.modify_index = index;
     }
     out.roots.push(root);
+    let mut out = update_config(&out, next, index);
     out.private_keys = material.private_keys.clone();
     out.provider_state = material.provider_state.clone();
     Ok(out)
@@ -188,14 +199,21 @@ pub fn prune(state: &CaState, now: OffsetDateTime, index: u64) -> Option<CaState
     Some(out)
 }
 
-/// Removes inactive roots rotated out at least 2×LeafCertTTL ago (every
-/// leaf they vouched for has expired) or past their NotAfter, and expired
+/// Removes inactive roots rotated out at least 2×LeafCertTTL ago — the
+/// longest TTL in force while the root was active, so every leaf it
+/// vouched for has expired — or past their NotAfter, and expired
 /// certificates in the active root's chain other than the signing
-/// certificate itself. Returns whether anything changed.
+/// certificate itself. `leaf_ttl` (the current one) counts for roots whose
+/// longest TTL is unknown. Returns whether anything changed.
 pub fn prune_roots(roots: &mut Vec<CaRoot>, leaf_ttl: GoDuration, now: OffsetDateTime) -> bool {
-    let grace = leaf_ttl.as_time() * 2;
     let before = (roots.len(), chain_len(roots));
     roots.retain(|r| {
+        let longest = if r.max_leaf_cert_ttl.as_std().is_zero() {
+            leaf_ttl
+        } else {
+            r.max_leaf_cert_ttl
+        };
+        let grace = longest.as_time() * 2;
         r.active || (r.not_after > now && r.rotated_out_at.is_none_or(|t| t + grace > now))
     });
     for root in roots.iter_mut().filter(|r| r.active) {
@@ -247,6 +265,7 @@ pub fn root_record(m: &CaMaterial, cluster_id: &Uuid, index: u64) -> Result<CaRo
         active: true,
         rotated_out_at: None,
         key_spec: m.key_spec,
+        max_leaf_cert_ttl: GoDuration::default(),
         create_index: index,
         modify_index: index,
     })
@@ -343,6 +362,7 @@ mod tests {
             active,
             rotated_out_at,
             key_spec: KeySpec::EcP256,
+            max_leaf_cert_ttl: GoDuration::from_hours(72),
             create_index: 1,
             modify_index: 1,
         }
@@ -517,5 +537,50 @@ mod tests {
         assert_eq!(next.config, s.config, "the configuration is untouched");
         let foreign = renew(&s, &material(4), 4);
         assert!(foreign.is_err(), "a renewal must keep the active root");
+    }
+
+    fn config_with_leaf_ttl(ttl: &str) -> CaConfig {
+        let wire = serde_json::json!({"LeafCertTTL": ttl, "IntermediateCertTTL": "8760h"});
+        CaConfig::from_wire("consul", wire.as_object().unwrap(), None).unwrap()
+    }
+
+    /// Regression: pruning counted only the current LeafCertTTL, so
+    /// lowering it after a rotation dropped the old root while leaves it
+    /// vouched for (issued under the longer TTL) were still valid.
+    #[test]
+    fn lowering_the_leaf_ttl_does_not_prune_a_root_its_leaves_still_need() {
+        let s = bootstrap(
+            uuid::Uuid::nil(),
+            config_with_leaf_ttl("72h"),
+            &material(1),
+            1,
+        )
+        .unwrap();
+        let s = rotate(&s, config_with_leaf_ttl("72h"), &material(2), None, T0, 2).unwrap();
+        let s = update_config(&s, config_with_leaf_ttl("1h"), 3);
+        let retired = s.roots.iter().find(|r| !r.active).unwrap();
+        assert_eq!(retired.max_leaf_cert_ttl, GoDuration::from_hours(72));
+        assert_eq!(
+            prune(&s, T0 + Duration::hours(3), 4),
+            None,
+            "leaves of 72h still chain to it"
+        );
+        assert_eq!(prune(&s, T0 + Duration::hours(143), 4), None);
+        let pruned = prune(&s, T0 + Duration::hours(144), 4).expect("due after 2 x 72h");
+        assert!(pruned.roots.iter().all(|r| r.active));
+    }
+
+    #[test]
+    fn the_active_root_remembers_the_longest_leaf_ttl_it_signed_under() {
+        let s = bootstrap(
+            uuid::Uuid::nil(),
+            config_with_leaf_ttl("24h"),
+            &material(1),
+            1,
+        )
+        .unwrap();
+        let s = update_config(&s, config_with_leaf_ttl("96h"), 2);
+        let s = update_config(&s, config_with_leaf_ttl("2h"), 3);
+        assert_eq!(s.roots[0].max_leaf_cert_ttl, GoDuration::from_hours(96));
     }
 }

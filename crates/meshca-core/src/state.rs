@@ -4,6 +4,7 @@
 //! Consul's PascalCase JSON (`IndexedCARoots`, `CARoot`) explicitly.
 
 use crate::config::CaConfig;
+use crate::duration::GoDuration;
 use crate::keyspec::KeySpec;
 use crate::secret::SecretBytes;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,11 @@ pub struct CaRoot {
     pub rotated_out_at: Option<OffsetDateTime>,
     /// The root's key type and size (`PrivateKeyType` + `PrivateKeyBits`).
     pub key_spec: KeySpec,
+    /// The longest `LeafCertTTL` in force while this root was active: a
+    /// rotated-out root is kept until leaves that long have expired, even
+    /// if the TTL was lowered since. Zero when unknown (stores written
+    /// before it was recorded), then the current TTL counts.
+    pub max_leaf_cert_ttl: GoDuration,
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -58,6 +64,8 @@ struct StoredRoot {
     rotated_out_at: Option<OffsetDateTime>,
     private_key_type: String,
     private_key_bits: u32,
+    #[serde(default)]
+    max_leaf_cert_ttl: GoDuration,
     create_index: u64,
     modify_index: u64,
 }
@@ -68,6 +76,7 @@ impl TryFrom<StoredRoot> for CaRoot {
     fn try_from(r: StoredRoot) -> Result<Self, Self::Error> {
         Ok(Self {
             key_spec: KeySpec::from_type_and_bits(&r.private_key_type, r.private_key_bits)?,
+            max_leaf_cert_ttl: r.max_leaf_cert_ttl,
             id: r.id,
             name: r.name,
             serial_number: r.serial_number,
@@ -90,6 +99,7 @@ impl From<CaRoot> for StoredRoot {
         Self {
             private_key_type: r.key_spec.key_type().to_string(),
             private_key_bits: r.key_spec.bits(),
+            max_leaf_cert_ttl: r.max_leaf_cert_ttl,
             id: r.id,
             name: r.name,
             serial_number: r.serial_number,

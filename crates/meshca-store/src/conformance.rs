@@ -169,6 +169,7 @@ fn sample_root() -> CaRoot {
         active: true,
         rotated_out_at: None,
         key_spec: meshca_core::KeySpec::EcP256,
+        max_leaf_cert_ttl: meshca_core::GoDuration::from_hours(72),
         create_index: 1,
         modify_index: 1,
     }
