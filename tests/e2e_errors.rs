@@ -100,3 +100,55 @@ fn bodies_over_one_mib_are_413() {
     assert_eq!(r.code(), "invalid_csr", "{r:?}");
     server.assert_alive();
 }
+
+/// Regression: a Go duration with a non-ASCII character panicked the
+/// duration parser, and the connection closed without an answer.
+#[test]
+fn non_ascii_durations_are_parsed_or_refused_never_a_closed_connection() {
+    let mut server = Server::start(&[]);
+    // `1µs` (micro sign) and `1μs` (Greek mu) are valid Go durations.
+    for ok in ["1%C2%B5s", "1%CE%BCs"] {
+        let r = server.get(&format!("/v1/connect/ca/roots?wait={ok}"));
+        assert_eq!(r.status, 200, "wait={ok}: {r:?}");
+    }
+    for bad in ["1%C3%A9s", "1h%C3%A9", "%F0%9F%98%80"] {
+        let r = server.get(&format!("/v1/connect/ca/roots?index=1&wait={bad}"));
+        r.assert_error(400);
+        assert_eq!(r.body, "Invalid wait time", "wait={bad}");
+    }
+    let r = server.put_config(serde_json::json!({"LeafCertTTL": "1h\u{e9}"}));
+    r.assert_error(400);
+    assert!(r.body.contains("LeafCertTTL"), "{r:?}");
+    server.assert_alive();
+}
+
+/// Regression: a key given twice took the last value silently (one such
+/// body rotated the root), and rate limits took absurd values.
+#[test]
+fn duplicate_keys_and_absurd_numbers_are_refused_and_change_nothing() {
+    let mut server = Server::start(&[]);
+    let before = server.get("/v1/connect/ca/configuration");
+    let roots = server.roots();
+    let bodies = [
+        r#"{"Provider": "consul", "Config": {"LeafCertTTL": "24h"}, "Config": {"PrivateKeyType": "rsa"}}"#,
+        r#"{"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyType": "rsa"}}"#,
+        r#"{"Provider": "consul", "Config": {"LeafCertTTL": "24h", "leaf_cert_ttl": "48h"}}"#,
+        r#"{"Provider": "consul", "Config": {"CSRMaxPerSecond": 1e-300}}"#,
+        r#"{"Provider": "consul", "Config": {"CSRMaxPerSecond": -0.0}}"#,
+        r#"{"Provider": "consul", "Config": {"CSRMaxConcurrent": 2147483648}}"#,
+    ];
+    for body in bodies {
+        let r = server.put("/v1/connect/ca/configuration", body);
+        r.assert_error(400);
+        assert!(
+            r.body.contains("duplicate key")
+                || r.body.contains("more than once")
+                || r.body.contains("CSRMax"),
+            "{body}: {r:?}"
+        );
+    }
+    let after = server.get("/v1/connect/ca/configuration");
+    assert_eq!(after.index(), before.index());
+    assert_eq!(server.roots(), roots, "no rotation");
+    server.assert_alive();
+}

@@ -246,18 +246,28 @@ fn as_f64(field: &str, v: &Value) -> Result<f64, ConfigError> {
         _ => None,
     };
     match n {
-        Some(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        // `-0.0` compares equal to zero but is a sign error all the same.
+        Some(n) if n.is_finite() && n >= 0.0 && n.is_sign_positive() => Ok(n),
         _ => Err(ConfigError::new(field, "must be a non-negative number")),
     }
 }
 
 fn as_u32(field: &str, v: &Value) -> Result<u32, ConfigError> {
     let n = as_f64(field, v)?;
-    if n.fract() != 0.0 || n > f64::from(u32::MAX) {
-        return Err(ConfigError::new(field, "must be a non-negative integer"));
+    if n.fract() != 0.0 {
+        return Err(ConfigError::new(field, "must be a whole number"));
+    }
+    if n > f64::from(u32::MAX) {
+        return Err(ConfigError::new(field, format!("is too large ({n})")));
     }
     Ok(n as u32)
 }
+
+/// `CSRMaxPerSecond`: 0 turns the limit off; otherwise at least one request
+/// every 10 s (so `Retry-After` stays a few seconds) and at most a million.
+const CSR_RATE_RANGE: std::ops::RangeInclusive<f64> = 0.1..=1_000_000.0;
+/// `CSRMaxConcurrent`: 0 turns the limit off.
+const CSR_CONCURRENT_MAX: u32 = 100_000;
 
 fn as_bool(field: &str, v: &Value) -> Result<bool, ConfigError> {
     match v {
@@ -294,6 +304,7 @@ impl CaConfig {
         };
         let (mut key_type, mut key_bits) = ("ec".to_string(), 0u32);
         let mut vault = VaultConfig::default();
+        let mut seen = std::collections::HashSet::new();
         for (key, value) in config {
             let field = canonical_key(provider, key).ok_or_else(|| {
                 ConfigError::new(
@@ -304,6 +315,14 @@ impl CaConfig {
                     ),
                 )
             })?;
+            // `LeafCertTTL` and `leaf_cert_ttl` are one key: given both, which
+            // one was meant is a guess, and a wrong guess can rotate the root.
+            if !seen.insert(field) {
+                return Err(ConfigError::new(
+                    field,
+                    "is given more than once (in different spellings)",
+                ));
+            }
             match field {
                 "LeafCertTTL" => out.leaf_cert_ttl = as_duration(field, value)?,
                 "IntermediateCertTTL" => out.intermediate_cert_ttl = as_duration(field, value)?,
@@ -377,6 +396,7 @@ impl CaConfig {
                 ),
             ));
         }
+        self.validate_rate_limits()?;
         self.validate_rotation_period()?;
         match (&self.private_key, &self.root_cert) {
             (Some(_), None) => {
@@ -395,6 +415,30 @@ impl CaConfig {
         }
         if let Some(v) = &self.vault {
             validate_vault(v)?;
+        }
+        Ok(())
+    }
+
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let rate = self.csr_max_per_second;
+        if rate != 0.0 && !CSR_RATE_RANGE.contains(&rate) {
+            return Err(ConfigError::new(
+                "CSRMaxPerSecond",
+                format!(
+                    "must be 0 (off) or between {} and {}, got {rate}",
+                    CSR_RATE_RANGE.start(),
+                    CSR_RATE_RANGE.end()
+                ),
+            ));
+        }
+        if self.csr_max_concurrent > CSR_CONCURRENT_MAX {
+            return Err(ConfigError::new(
+                "CSRMaxConcurrent",
+                format!(
+                    "must be 0 (off) up to {CSR_CONCURRENT_MAX}, got {}",
+                    self.csr_max_concurrent
+                ),
+            ));
         }
         Ok(())
     }
@@ -712,6 +756,47 @@ mod tests {
             field_of("consul", json!({"PrivateKeyBits": "many"})),
             "PrivateKeyBits"
         );
+    }
+
+    /// Regression: `1e-300` was accepted (and then answered 429 with a
+    /// `Retry-After` of 2^64 - 1 seconds), as were `1.8e308` and `-0.0`;
+    /// 4294967296 concurrent was refused as "not a non-negative integer"
+    /// while 2147483648 passed.
+    /// Regression: two spellings of one key silently took the last.
+    #[test]
+    fn one_key_in_two_spellings_is_refused() {
+        let err = parse(
+            "consul",
+            json!({"LeafCertTTL": "24h", "leaf_cert_ttl": "48h"}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "LeafCertTTL");
+        assert!(err.message.contains("more than once"), "{err}");
+    }
+
+    #[test]
+    fn rate_limits_have_sane_ranges_and_say_so() {
+        for rate in [
+            json!(1e-300),
+            json!(1.797_693_134_862_315_7e308),
+            json!(-0.0),
+            json!(0.05),
+        ] {
+            let err = parse("consul", json!({"CSRMaxPerSecond": rate})).unwrap_err();
+            assert_eq!(err.field, "CSRMaxPerSecond", "{rate}");
+        }
+        let err = parse("consul", json!({"CSRMaxPerSecond": 1e-300})).unwrap_err();
+        assert!(err.message.contains("between 0.1 and 1000000"), "{err}");
+        for ok in [0.0, 0.1, 50.0, 1_000_000.0] {
+            let c = parse("consul", json!({"CSRMaxPerSecond": ok})).unwrap();
+            assert_eq!(c.csr_max_per_second(), ok);
+        }
+        for count in [2_147_483_648u64, 4_294_967_296, 100_001] {
+            let err = parse("consul", json!({"CSRMaxConcurrent": count})).unwrap_err();
+            assert_eq!(err.field, "CSRMaxConcurrent", "{count}");
+            assert!(!err.message.contains("non-negative"), "{err}");
+        }
+        assert!(parse("consul", json!({"CSRMaxConcurrent": 100_000})).is_ok());
     }
 
     #[test]

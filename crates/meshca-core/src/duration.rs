@@ -41,11 +41,97 @@ impl FromStr for GoDuration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let nanos = go_parse_duration::parse_duration(s.trim())
-            .map_err(|_| DurationError(s.to_string()))?;
-        let nanos = u64::try_from(nanos).map_err(|_| DurationError(s.to_string()))?;
-        Ok(Self(Duration::from_nanos(nanos)))
+        parse_nanos(s.trim())
+            .map(|nanos| Self(Duration::from_nanos(nanos)))
+            .ok_or_else(|| DurationError(s.to_string()))
     }
+}
+
+/// Go's largest duration, in nanoseconds (`2562047h47m16.854775807s`).
+const MAX_NANOS: u128 = i64::MAX as u128;
+
+/// Go's `time.ParseDuration`, restricted to durations that are not
+/// negative: an optional sign, then one or more `<number><unit>` with
+/// optional fraction, units `ns`, `us`/`µs`/`μs`, `ms`, `s`, `m`, `h`; a bare
+/// `0` is zero. `None` for anything else, including values past Go's range.
+///
+/// Written here because the `go-parse-duration` crate panics on a
+/// non-ASCII unit (`1µs`, `1és`): a request with such a `wait` closed the
+/// connection without an answer.
+fn parse_nanos(s: &str) -> Option<u64> {
+    let (negative, mut rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let (int_part, after) = split_digits(rest);
+        let (frac_part, after) = match after.strip_prefix('.') {
+            Some(r) => split_digits(r),
+            None => ("", after),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return None;
+        }
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        rest = after;
+        total = total.checked_add(term_nanos(int_part, frac_part, unit_nanos(unit)?)?)?;
+        if total > MAX_NANOS {
+            return None;
+        }
+    }
+    if negative && total != 0 {
+        return None;
+    }
+    u64::try_from(total).ok()
+}
+
+/// The leading ASCII digits of `s`, and the rest.
+fn split_digits(s: &str) -> (&str, &str) {
+    let n = s.bytes().take_while(u8::is_ascii_digit).count();
+    s.split_at(n)
+}
+
+fn unit_nanos(unit: &str) -> Option<u128> {
+    Some(match unit {
+        "ns" => 1,
+        // Go accepts the micro sign (U+00B5) and the Greek mu (U+03BC).
+        "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return None,
+    })
+}
+
+/// `<int>.<frac>` of a unit, in nanoseconds; the fraction is truncated to
+/// whole nanoseconds, as Go does. Digits past the 20th of a fraction cannot
+/// change the result.
+fn term_nanos(int_part: &str, frac_part: &str, unit: u128) -> Option<u128> {
+    let int: u128 = if int_part.is_empty() {
+        0
+    } else {
+        int_part.parse().ok()?
+    };
+    let mut nanos = int.checked_mul(unit)?;
+    let frac = &frac_part[..frac_part.len().min(20)];
+    if !frac.is_empty() {
+        let value: u128 = frac.parse().ok()?;
+        let scale = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
+        nanos = nanos.checked_add(value.checked_mul(unit)? / scale)?;
+    }
+    Some(nanos)
 }
 
 /// Prints like Go: `72h0m0s`, `1h30m0s`, `1m30s`, `500ms`, `0s`.
@@ -126,8 +212,71 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_negative_values() {
-        for bad in ["", "h", "72", "72 hours", "-1h", "1d", "abc", "1h-"] {
+        for bad in [
+            "", "h", "72", "72 hours", "-1h", "1d", "abc", "1h-", ".s", "1..5s", "1h1", "+",
+        ] {
             assert!(bad.parse::<GoDuration>().is_err(), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn every_unit_go_knows_including_both_micro_signs() {
+        let nanos = |s: &str| s.parse::<GoDuration>().unwrap().as_std().as_nanos();
+        assert_eq!(nanos("1ns"), 1);
+        assert_eq!(nanos("1us"), 1_000);
+        assert_eq!(nanos("1\u{b5}s"), 1_000);
+        assert_eq!(nanos("1\u{3bc}s"), 1_000);
+        assert_eq!(nanos("1ms"), 1_000_000);
+        assert_eq!(nanos(".5s"), 500_000_000);
+        assert_eq!(nanos("1.s"), 1_000_000_000);
+        assert_eq!(nanos("+2h"), 7_200_000_000_000);
+        assert_eq!(nanos("-0"), 0);
+        assert_eq!(nanos("1.0000000009s"), 1_000_000_000, "truncated like Go");
+    }
+
+    #[test]
+    fn the_whole_go_range_and_not_beyond() {
+        let max: GoDuration = "2562047h47m16.854775807s".parse().unwrap();
+        assert_eq!(max.as_std().as_nanos(), i64::MAX as u128);
+        assert!("2562047h".parse::<GoDuration>().is_ok());
+        for too_big in [
+            "2562048h",
+            "2562047h47m16.854775808s",
+            "99999999999999999999999999h",
+        ] {
+            assert!(too_big.parse::<GoDuration>().is_err(), "{too_big}");
+        }
+    }
+
+    /// Regression: `1µs` was fine but `1és` (and `1h\u{e9}`) panicked in the
+    /// parsing crate this replaces. No input may panic.
+    #[test]
+    fn non_ascii_and_arbitrary_text_is_an_error_never_a_panic() {
+        for bad in [
+            "1\u{e9}s",
+            "1h\u{e9}",
+            "\u{e9}",
+            "1\u{b5}",
+            "1\u{1f600}h",
+            "1h\u{0}",
+        ] {
+            assert!(bad.parse::<GoDuration>().is_err(), "{bad:?}");
+        }
+        let alphabet = [
+            '1', '0', '.', 'h', 'm', 's', 'n', 'u', '\u{b5}', '\u{3bc}', '\u{e9}', '-', '+', ' ',
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let len = (seed % 9) as usize;
+            let text: String = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let _ = text.parse::<GoDuration>();
         }
     }
 }

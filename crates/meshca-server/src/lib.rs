@@ -10,6 +10,7 @@ pub mod error;
 pub mod leafcache;
 pub mod ratelimit;
 pub mod routes;
+mod strict_json;
 pub mod wire;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -57,11 +58,50 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(explain_method_not_allowed))
+        .layer(panic_guard())
         .with_state(state)
+}
+
+/// A panic in a handler answers 500 with our error body instead of closing
+/// the connection without an answer. The panic is a bug and is logged; the
+/// payload is not sent to the client.
+fn panic_guard(
+) -> tower_http::catch_panic::CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Response> {
+    fn answer(panic: Box<dyn std::any::Any + Send>) -> Response {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, "a request handler panicked");
+        ApiError::Internal("the request could not be handled".into()).into_response()
+    }
+    tower_http::catch_panic::CatchPanicLayer::custom(answer)
 }
 
 /// axum answers a wrong method with a bare 405 and `Allow`; give it our
 /// error body and code too, keeping `Allow`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_our_error() {
+        async fn boom() -> &'static str {
+            panic!("a bug")
+        }
+        let app: Router = Router::new().route("/boom", get(boom)).layer(panic_guard());
+        let req = Request::builder()
+            .uri("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()[ERROR_HEADER], "internal");
+    }
+}
+
 async fn explain_method_not_allowed(req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let resp = next.run(req).await;

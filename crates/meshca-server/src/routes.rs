@@ -107,8 +107,9 @@ fn decode_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resu
     })?;
     // Go's decoder only fills a struct from a JSON object; serde would also
     // accept an array by position, so reject anything but an object first.
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))?;
+    // A key given twice is refused rather than silently resolved.
+    let value =
+        crate::strict_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))?;
     if !value.is_object() {
         return Err(ApiError::Decode("the body must be a JSON object".into()));
     }
