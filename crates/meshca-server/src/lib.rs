@@ -81,27 +81,6 @@ fn panic_guard(
 
 /// axum answers a wrong method with a bare 405 and `Allow`; give it our
 /// error body and code too, keeping `Allow`.
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tower::ServiceExt as _;
-
-    #[tokio::test]
-    async fn a_panicking_handler_answers_500_with_our_error() {
-        async fn boom() -> &'static str {
-            panic!("a bug")
-        }
-        let app: Router = Router::new().route("/boom", get(boom)).layer(panic_guard());
-        let req = Request::builder()
-            .uri("/boom")
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let resp = app.oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(resp.headers()[ERROR_HEADER], "internal");
-    }
-}
-
 async fn explain_method_not_allowed(req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let resp = next.run(req).await;
@@ -142,4 +121,25 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_our_error() {
+        async fn boom() -> &'static str {
+            panic!("a bug")
+        }
+        let app: Router = Router::new().route("/boom", get(boom)).layer(panic_guard());
+        let req = Request::builder()
+            .uri("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()[ERROR_HEADER], "internal");
+    }
 }
