@@ -8,6 +8,7 @@
 pub mod blocking;
 pub mod error;
 pub mod leafcache;
+pub mod listener;
 pub mod ratelimit;
 pub mod routes;
 mod strict_json;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(routes::health))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn(explain_method_not_allowed))
         .layer(panic_guard())
         .with_state(state)
@@ -81,6 +83,21 @@ fn panic_guard(
 
 /// axum answers a wrong method with a bare 405 and `Allow`; give it our
 /// error body and code too, keeping `Allow`.
+/// A body declared larger than the limit is refused before any of it is
+/// read: a client announcing 64 MiB and sending one byte gets its 413 now,
+/// not after a timeout.
+async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    next.run(req).await
+}
+
 async fn explain_method_not_allowed(req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let resp = next.run(req).await;
@@ -118,9 +135,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    listener::serve(listener, router, listener::Limits::default(), shutdown).await
 }
 
 #[cfg(test)]
