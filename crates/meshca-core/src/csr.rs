@@ -6,9 +6,11 @@
 //! 1. size: more than `max_pem_bytes` of text → [`CsrError::TooLarge`];
 //! 2. armour: exactly one `CERTIFICATE REQUEST` PEM block, only whitespace
 //!    around it, strict base64 → [`CsrError::BadPem`];
-//! 3. structure: a PKCS#10 v1 request with no trailing bytes, no duplicate
-//!    attributes or requested extensions, and every extension this module
-//!    reads decodable → [`CsrError::Malformed`];
+//! 3. structure: a PKCS#10 v1 request in strict DER (it decodes with the
+//!    `x509-cert` crate's DER rules and re-encodes to the same bytes), with
+//!    no trailing bytes, no duplicate attributes or requested extensions,
+//!    and every extension this module reads decodable →
+//!    [`CsrError::Malformed`];
 //! 4. key allow-list: EC P-256/P-384 (uncompressed point on the curve) or
 //!    RSA 2048..=4096 bits with an odd exponent ≥ 3 → [`CsrError::KeyNotAllowed`];
 //! 5. proof of possession: the request's own signature verifies under its key
@@ -198,6 +200,7 @@ pub fn validate_csr(pem: &str, policy: &CsrPolicy) -> Result<ValidatedCsr, CsrEr
     let der = decode_pem(pem)?;
 
     // 3. Structure.
+    check_strict_der(&der)?;
     let (rest, csr) = X509CertificationRequest::from_der(&der)
         .map_err(|e| CsrError::Malformed(format!("not a PKCS#10 request ({e})")))?;
     if !rest.is_empty() {
@@ -289,6 +292,56 @@ pub fn validate_csr(pem: &str, policy: &CsrPolicy) -> Result<ValidatedCsr, CsrEr
         dns_sans,
         ip_sans,
     })
+}
+
+/// x509-parser, which reads the fields, tolerates wrong tags on parts it
+/// does not interpret (the outer SEQUENCE, the signature algorithm's OID):
+/// such a request was signed although openssl and Python's `cryptography`
+/// reject it. A second, strict DER decoder decides whether the bytes are a
+/// well-formed request at all, and re-encoding must give the same bytes.
+fn check_strict_der(der: &[u8]) -> Result<(), CsrError> {
+    use x509_cert::der::{Decode as _, Encode as _};
+    let req = x509_cert::request::CertReq::from_der(der)
+        .map_err(|e| CsrError::Malformed(format!("not a DER-encoded PKCS#10 request ({e})")))?;
+    let again = req
+        .to_der()
+        .map_err(|e| CsrError::Malformed(format!("not a DER-encoded PKCS#10 request ({e})")))?;
+    if again != der {
+        return Err(CsrError::Malformed(
+            "not in canonical DER (it does not re-encode to the same bytes)".into(),
+        ));
+    }
+    check_signature_parameters(&req.algorithm)
+}
+
+/// The signature algorithm's parameters, which the signature does not
+/// cover, must be what the algorithm defines: absent for ECDSA (RFC 5758),
+/// NULL for RSA PKCS #1 v1.5 (RFC 4055), a SEQUENCE for RSASSA-PSS.
+/// Unknown algorithms are refused later, by the signature check.
+fn check_signature_parameters(
+    alg: &x509_cert::spki::AlgorithmIdentifierOwned,
+) -> Result<(), CsrError> {
+    use x509_cert::der::{Tag, Tagged as _};
+    let oid = alg.oid.to_string();
+    let tag = alg.parameters.as_ref().map(|p| p.tag());
+    let ok = match oid.as_str() {
+        // ecdsa-with-SHA256, ecdsa-with-SHA384
+        "1.2.840.10045.4.3.2" | "1.2.840.10045.4.3.3" => tag.is_none(),
+        // sha256/384/512WithRSAEncryption
+        "1.2.840.113549.1.1.11" | "1.2.840.113549.1.1.12" | "1.2.840.113549.1.1.13" => {
+            tag == Some(Tag::Null)
+        }
+        // RSASSA-PSS
+        "1.2.840.113549.1.1.10" => tag == Some(Tag::Sequence),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CsrError::Malformed(format!(
+            "the signature algorithm {oid} has parameters its definition does not allow"
+        )))
+    }
 }
 
 /// Decodes exactly one `CERTIFICATE REQUEST` PEM block with nothing but
@@ -889,7 +942,13 @@ mod tests {
             ])
         }
         fn assemble(&self, info: &[u8], sig: &[u8]) -> Vec<u8> {
-            seq(&[info, &seq(&[&oid(self.sig_alg)]), &bits(sig)])
+            // RSA PKCS #1 v1.5 identifiers carry NULL parameters; ECDSA none.
+            let alg = if self.sig_alg.starts_with("1.2.840.113549.1.1.") {
+                seq(&[&oid(self.sig_alg), &tlv(0x05, &[])])
+            } else {
+                seq(&[&oid(self.sig_alg)])
+            };
+            seq(&[info, &alg, &bits(sig)])
         }
         /// Signed with `k` (whatever key `spki` holds).
         fn signed_by(&self, k: &impl SigningKey) -> Vec<u8> {
@@ -1082,6 +1141,46 @@ mod tests {
             .expect("id");
         let v = validate_csr(&uri_csr(&agent.to_string()), &p).expect("ok");
         assert_eq!(v.spiffe_id, agent);
+    }
+
+    /// Regression: requests with a wrong tag in a part the signature does
+    /// not cover (the outer SEQUENCE as 0x10, the signature algorithm's OID
+    /// as any tag) were accepted and signed. No single-byte tag change of a
+    /// valid request may be accepted.
+    #[test]
+    fn no_byte_of_a_valid_request_can_be_retagged() {
+        for key in [p256(), rsa2048()] {
+            let good_der = der_of(&web_csr(key));
+            assert!(validate_csr(&pem_of(&good_der), &policy()).is_ok());
+            let mut accepted = Vec::new();
+            for i in 0..good_der.len() {
+                for tag in [
+                    0x10u8, 0x31, 0x30, 0x04, 0x03, 0x05, 0x06, 0x13, 0x0c, 0xa0, 0x02,
+                ] {
+                    let mut m = good_der.clone();
+                    if m[i] == tag {
+                        continue;
+                    }
+                    m[i] = tag;
+                    if validate_csr(&pem_of(&m), &policy()).is_ok() {
+                        accepted.push((i, good_der[i], tag));
+                    }
+                }
+            }
+            assert!(
+                accepted.is_empty(),
+                "accepted (offset, was, now): {accepted:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn strict_der_names_the_problem() {
+        let mut m = der_of(&web_csr(p256()));
+        m[0] = 0x10;
+        let err = validate_csr(&pem_of(&m), &policy()).unwrap_err();
+        assert!(matches!(err, CsrError::Malformed(_)), "{err:?}");
+        assert!(err.to_string().contains("DER"), "{err}");
     }
 
     #[test]
