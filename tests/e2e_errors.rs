@@ -152,3 +152,32 @@ fn duplicate_keys_and_absurd_numbers_are_refused_and_change_nothing() {
     assert_eq!(server.roots(), roots, "no rotation");
     server.assert_alive();
 }
+
+/// A body labelled as something other than JSON is a 415; curl's default
+/// label for `--data` (form-urlencoded) keeps working, as in Consul's docs.
+#[test]
+fn bodies_labelled_as_not_json_are_415() {
+    let mut server = Server::start(&[]);
+    let url = server.url("/v1/connect/ca/configuration");
+    let client = reqwest::blocking::Client::new();
+    let body = r#"{"Provider": "consul", "Config": {"LeafCertTTL": "24h"}}"#;
+    for (content_type, want) in [
+        ("application/xml", 415),
+        ("multipart/form-data; boundary=x", 415),
+        ("application/json", 200),
+        ("application/json; charset=utf-8", 200),
+        ("application/x-www-form-urlencoded", 200),
+    ] {
+        let r = client
+            .put(&url)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .expect("a response");
+        assert_eq!(r.status().as_u16(), want, "{content_type}");
+        if want == 415 {
+            assert_eq!(r.headers()["x-meshca-error"], "unsupported_media_type");
+        }
+    }
+    server.assert_alive();
+}

@@ -39,6 +39,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("Request body too large (limit is 1 MiB)")]
     PayloadTooLarge,
+    #[error("Unsupported Content-Type {0:?}: send JSON (application/json)")]
+    UnsupportedMediaType(String),
     #[error("CA is already in state \"{0}\"")]
     CaBusy(&'static str),
     #[error("Rate limit reached, try again later")]
@@ -68,6 +70,9 @@ impl ApiError {
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             CaBusy(_) => (StatusCode::CONFLICT, "ca_busy"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(axum::middleware::from_fn(refuse_non_json_bodies))
         .layer(axum::middleware::from_fn(explain_method_not_allowed))
         .layer(panic_guard())
         .with_state(state)
@@ -96,6 +97,38 @@ async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
         return ApiError::PayloadTooLarge.into_response();
     }
     next.run(req).await
+}
+
+/// A body the client labels as something other than JSON is refused (415)
+/// rather than parsed anyway. No label is fine, and so is curl's default for
+/// `--data`, `application/x-www-form-urlencoded`, which Consul's own
+/// documentation uses to send JSON.
+async fn refuse_non_json_bodies(req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    let has_body = matches!(*req.method(), Method::PUT | Method::POST);
+    let Some(value) = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .filter(|_| has_body)
+    else {
+        return next.run(req).await;
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json_like = essence == "application/json"
+        || essence.ends_with("+json")
+        || essence == "application/x-www-form-urlencoded"
+        || essence == "text/plain";
+    if json_like {
+        next.run(req).await
+    } else {
+        ApiError::UnsupportedMediaType(text.chars().take(64).collect()).into_response()
+    }
 }
 
 async fn explain_method_not_allowed(req: Request, next: Next) -> Response {
