@@ -93,7 +93,7 @@ impl CaEngine {
         let index = self.issue_index.fetch_add(1, Ordering::Relaxed) + 1;
         let spiffe_id = request.csr.spiffe_id().clone();
         tracing::info!(target: "audit", serial = %signed.serial, spiffe_id = %spiffe_id,
-            valid_after = %request.not_before, valid_before = %request.not_after,
+            valid_after = %rfc3339(request.not_before), valid_before = %rfc3339(request.not_after),
             signing_key_id = %p.signer.signing_key_id(), "issued certificate");
         IssuedLeaf {
             serial: signed.serial,
@@ -106,6 +106,12 @@ impl CaEngine {
             signing_key_id: p.signer.signing_key_id().to_string(),
         }
     }
+}
+
+/// A time as the audit trail writes it (RFC 3339, like the API).
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// What to sign for `csr` at `now`: NotBefore one minute back, NotAfter

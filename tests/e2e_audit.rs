@@ -1,0 +1,50 @@
+//! The audit trail (`audit { path }`): one JSON line per issued
+//! certificate, with the serial the API returned, the SPIFFE ID, the
+//! validity in RFC 3339, and never key material.
+
+mod common;
+
+use common::{csr_for_uri, service_uri, Server};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[test]
+fn every_issuance_is_an_audit_line_with_rfc3339_times_and_no_secrets() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("audit.log");
+    let server = Server::start_with_config(&json!({"audit": {"path": path}}), &[]);
+    let leaf = server.get_json("/v1/agent/connect/ca/leaf/web");
+    let td = server.trust_domain();
+    let signed = server
+        .sign(&csr_for_uri(&service_uri(&td, "dc1", "api")))
+        .json();
+    let serials = [&leaf["SerialNumber"], &signed["SerialNumber"]];
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect()
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(5), || lines().len() >= 2),
+        "two audit lines"
+    );
+    let text = std::fs::read_to_string(&path).expect("the audit log");
+    assert!(!text.contains("PRIVATE KEY"), "no key material: {text}");
+    for serial in serials {
+        let line = lines()
+            .into_iter()
+            .find(|l| &l["fields"]["serial"] == serial)
+            .unwrap_or_else(|| panic!("no audit line for {serial}: {text}"));
+        let fields = &line["fields"];
+        for key in ["valid_after", "valid_before"] {
+            let t = fields[key].as_str().expect(key);
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|e| panic!("{key} {t:?} is not RFC 3339: {e}"));
+        }
+        assert!(fields["spiffe_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("spiffe://")));
+    }
+}
