@@ -234,3 +234,42 @@ fn dev_mode_writes_nothing_to_disk() {
     assert_ne!(cluster_after, cluster, "--dev must not persist the CA");
     assert_eq!(server.config()["Config"]["LeafCertTTL"], json!("72h0m0s"));
 }
+
+/// Regression: a data dir whose store was sealed with a key given by
+/// `--store-key-file`, started without it, used to get a new `store.key`
+/// written into it before the start failed. Now nothing is created.
+#[test]
+fn a_store_without_its_key_is_refused_before_anything_is_created() {
+    let keys = tempfile::tempdir().expect("a temporary directory");
+    let key_file = keys.path().join("store.key");
+    let raw: Vec<u8> = (0u8..64)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    std::fs::write(&key_file, raw).expect("writing a raw store key");
+    let key_arg = key_file.to_str().expect("UTF-8 path").to_string();
+    let mut server = Server::start(&["--store-key-file", &key_arg]);
+    server.stop();
+    let data = server.data_dir();
+    let data_arg = data.to_str().expect("UTF-8 path").to_string();
+    let out = common::run_meshca(
+        &[
+            "server",
+            "--data-dir",
+            &data_arg,
+            "--client",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+        ],
+        &[],
+        server.dir(),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "started without its key");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no store key"), "{stderr}");
+    assert!(
+        !data.join("store.key").exists(),
+        "a new key was written into the data dir"
+    );
+}

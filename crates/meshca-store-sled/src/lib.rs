@@ -43,6 +43,13 @@ use tokio::sync::watch;
 /// Name of the database directory inside the data directory.
 pub const DB_DIR_NAME: &str = "store";
 
+/// Whether `data_dir` already holds a store (its database directory or its
+/// high-water mark), so that a caller never creates a new store key for
+/// data sealed under an old one.
+pub fn holds_store(data_dir: &Path) -> bool {
+    data_dir.join(DB_DIR_NAME).exists() || data_dir.join(MARK_FILE_NAME).exists()
+}
+
 /// The sled tree and key of the global index (the record `meta/index`).
 const META_TREE: &str = "meta";
 const INDEX_NAME: &str = "index";

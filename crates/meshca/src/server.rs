@@ -82,8 +82,23 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
         Some(path) => {
             StoreKey::load(path).with_context(|| format!("loading store key {}", path.display()))?
         }
-        // load_or_create_in warns when it creates the key.
-        None => StoreKey::load_or_create_in(&s.data_dir)?.0,
+        None => {
+            let default_key = s.data_dir.join(meshca_store::KEY_FILE_NAME);
+            if !default_key.exists() && meshca_store_sled::holds_store(&s.data_dir) {
+                // A new key could never open this store: refuse before
+                // creating anything.
+                anyhow::bail!(
+                    "{} holds a store but no store key ({} is missing): start with \
+                     --store-key-file pointing at the key the store was created with, or \
+                     put that key back at {}",
+                    s.data_dir.display(),
+                    default_key.display(),
+                    default_key.display()
+                );
+            }
+            // load_or_create_in warns when it creates the key.
+            StoreKey::load_or_create_in(&s.data_dir)?.0
+        }
     };
     let store = SledStore::open(&s.data_dir, &key)
         .with_context(|| format!("opening the store in {}", s.data_dir.display()))?;
