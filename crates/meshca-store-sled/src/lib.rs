@@ -480,14 +480,7 @@ fn replace_db_file(db_dir: &Path) -> Result<(), PathError> {
 
 /// Opens sled in `db_dir` and reads the index and the digest of every record.
 fn open_db(db_dir: &Path, mark: &MarkFile) -> Result<(sled::Db, u64, Digest), StoreError> {
-    // No background flusher: every commit flushes and fsyncs itself before
-    // it is acknowledged, and a handle leaked after a failed write (see
-    // `write_changes`) must not keep flushing on a thread of its own.
-    let db = sled::Config::new()
-        .path(db_dir)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| open_error(db_dir, e))?;
+    let db = open_sled(db_dir)?;
     let index = match tree_if_exists(&db, META_TREE)? {
         Some(meta) => match meta.get(INDEX_NAME).map_err(read_error)? {
             Some(raw) => schema::decode_u64(&raw)
@@ -501,6 +494,30 @@ fn open_db(db_dir: &Path, mark: &MarkFile) -> Result<(sled::Db, u64, Digest), St
         digest.add(&mark.term(&key, &value));
     }
     Ok((db, index, digest))
+}
+
+/// Opens sled, waiting a moment for its file lock. sled releases the lock
+/// of a dropped database from its background threads, a little after the
+/// drop, so reopening in the same process can find it still held; another
+/// process holding it for longer gets a message saying so.
+fn open_sled(db_dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(db_dir).open() {
+            Ok(db) => return Ok(db),
+            // sled reports the lock as ErrorKind::Other with this text.
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Io(format!(
+                        "the store at {} is in use by another process (its lock is held)",
+                        db_dir.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(open_error(db_dir, e)),
+        }
+    }
 }
 
 fn open_error(db_dir: &Path, err: sled::Error) -> StoreError {

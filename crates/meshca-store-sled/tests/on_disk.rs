@@ -356,3 +356,20 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .decode(text)
         .expect("valid base64")
 }
+
+/// A store another handle holds is refused with a message saying so
+/// (after a short wait, since a just-dropped handle releases its lock a
+/// moment later); once the holder is gone it opens.
+#[test]
+fn a_store_in_use_is_refused_and_opens_once_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = StoreKey::generate().unwrap();
+    let held = SledStore::open(dir.path(), &key).unwrap();
+    let err = SledStore::open(dir.path(), &key).unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(held);
+    SledStore::open(dir.path(), &key).expect("opens once the holder is gone");
+}
