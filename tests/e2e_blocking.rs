@@ -61,7 +61,7 @@ fn blocked_roots_query_returns_when_the_configuration_changes() {
     let server = Server::start(&[]);
     let index = server.get("/v1/connect/ca/roots").index();
     let url = server.url(&format!("/v1/connect/ca/roots?index={index}&wait=30s"));
-    let http = common::Http::new();
+    let http = server.http();
     let t = Instant::now();
     let waiter = std::thread::spawn(move || {
         let r = http.send(reqwest::Method::GET, &url, None);

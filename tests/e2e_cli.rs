@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     cert_facts, openssl, openssl_csr, openssl_verify, pem_blocks, run_meshca, service_uri, Server,
-    UNAUTHENTICATED_WARNING,
+    ACLS_DISABLED_WARNING,
 };
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
@@ -16,11 +16,16 @@ use std::time::Duration;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs a client command against `server` through `MESHCA_HTTP_ADDR`.
+/// Runs a client command against `server` through `MESHCA_HTTP_ADDR`, with
+/// the server's management token in `MESHCA_HTTP_TOKEN`.
 fn client(server: &Server, cwd: &Path, args: &[&str]) -> Output {
+    let token = server.token().unwrap_or_default();
     run_meshca(
         args,
-        &[("MESHCA_HTTP_ADDR", &server.base)],
+        &[
+            ("MESHCA_HTTP_ADDR", &server.base),
+            ("MESHCA_HTTP_TOKEN", &token),
+        ],
         cwd,
         CLIENT_TIMEOUT,
     )
@@ -330,15 +335,23 @@ fn unknown_config_keys_stop_the_server_naming_the_key() {
 }
 
 #[test]
-fn every_server_start_warns_that_requests_are_unauthenticated() {
-    for args in [&[][..], &["--dev"][..]] {
-        let mut server = Server::start(args);
-        server.restart();
-        let logs = server.logs();
-        assert_eq!(
-            logs.matches(UNAUTHENTICATED_WARNING).count(),
-            2,
-            "{args:?}: one warning per start:\n{logs}"
-        );
-    }
+fn every_start_without_acls_warns_that_every_request_is_allowed() {
+    let mut dev = Server::start(&["--dev"]);
+    dev.restart();
+    let logs = dev.logs();
+    assert_eq!(
+        logs.matches(ACLS_DISABLED_WARNING).count(),
+        2,
+        "one warning per start:\n{logs}"
+    );
+    let default = Server::start(&[]);
+    assert!(
+        !default.logs().contains(ACLS_DISABLED_WARNING),
+        "ACLs are on by default:\n{}",
+        default.logs()
+    );
+    assert!(
+        default.token().is_some(),
+        "the first start writes a bootstrap token"
+    );
 }

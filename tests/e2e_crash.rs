@@ -291,8 +291,9 @@ fn sigkill_during_rotations_never_leaves_a_mix() {
         let what = format!("run {run} (seed {seed}, kill after {delay} ms, to {target})");
         let url = server.url("/v1/connect/ca/configuration");
         let body = json!({"Provider": "consul", "Config": target.clone()}).to_string();
+        let http = server.http();
         let put = std::thread::spawn(move || {
-            common::Http::new().try_send(reqwest::Method::PUT, &url, Some(body.into_bytes()))
+            http.try_send(reqwest::Method::PUT, &url, Some(body.into_bytes()))
         });
         std::thread::sleep(Duration::from_millis(delay));
         server.crash_and_restart();

@@ -170,6 +170,7 @@ fn bodies_labelled_as_not_json_are_415() {
     ] {
         let r = client
             .put(&url)
+            .header("X-Consul-Token", server.token().unwrap_or_default())
             .header("Content-Type", content_type)
             .body(body)
             .send()

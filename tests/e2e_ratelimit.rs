@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{csr_for_uri, service_uri, Http, Resp, Server};
+use common::{csr_for_uri, service_uri, Resp, Server};
 use serde_json::json;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ fn sign_in_parallel(server: &Server, csrs: &[String]) -> Vec<Resp> {
     let threads: Vec<_> = csrs
         .iter()
         .map(|csr| {
-            let (barrier, url, http) = (barrier.clone(), url.clone(), Http::new());
+            let (barrier, url, http) = (barrier.clone(), url.clone(), server.http());
             let body = json!({ "CSR": csr }).to_string().into_bytes();
             std::thread::spawn(move || {
                 barrier.wait();

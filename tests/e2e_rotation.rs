@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     active_root, cert_facts, csr_for_uri, pem_blocks, root_by_id, roots_bundle, service_uri,
-    verify_chain_against, Http, Server,
+    verify_chain_against, Server,
 };
 use serde_json::json;
 use std::sync::{Arc, Barrier};
@@ -27,7 +27,7 @@ fn key_type_change_rotates_the_root_with_a_cross_signature() {
     let url = server.url(&format!(
         "/v1/agent/connect/ca/leaf/web?index={old_leaf_index}&wait=60s"
     ));
-    let http = Http::new();
+    let http = server.http();
     let waiter = std::thread::spawn(move || http.send(reqwest::Method::GET, &url, None));
     // Nothing observable says the query is parked; this pause only makes
     // that interleaving likely, and the assertions hold either way.
@@ -152,7 +152,7 @@ fn concurrent_rotations_are_refused_with_409() {
     let threads: Vec<_> = [4096, 3072]
         .into_iter()
         .map(|bits| {
-            let (barrier, url, http) = (barrier.clone(), url.clone(), Http::new());
+            let (barrier, url, http) = (barrier.clone(), url.clone(), server.http());
             let body = json!({"Provider": "consul", "Config": {"PrivateKeyType": "rsa", "PrivateKeyBits": bits}})
                 .to_string()
                 .into_bytes();

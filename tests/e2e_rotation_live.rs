@@ -13,7 +13,7 @@ mod common;
 
 use common::{
     active_root, cert_facts, intermediates_of, openssl_verify, openssl_verify_both, pem_blocks,
-    python_verify_all, roots_bundle, wait_until, Http, PyCase, Server,
+    python_verify_all, roots_bundle, wait_until, PyCase, Server,
 };
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -357,7 +357,7 @@ fn blocked_leaf_query_returns_a_leaf_of_the_new_root_soon_after_the_rotation() {
     let url = server.url(&format!(
         "/v1/agent/connect/ca/leaf/web?index={index}&wait=60s"
     ));
-    let http = Http::new();
+    let http = server.http();
     let waiter = std::thread::spawn(move || {
         let r = http.send(reqwest::Method::GET, &url, None);
         (r, Instant::now())

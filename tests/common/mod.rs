@@ -33,7 +33,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const LISTENING: &str = "meshca listening on http://";
 
 /// What every server start must log while ACLs are not implemented.
-pub const UNAUTHENTICATED_WARNING: &str = "every API request is unauthenticated";
+/// What a server with ACLs off logs at every start.
+pub const ACLS_DISABLED_WARNING: &str = "ACLs are disabled: every API request is allowed";
+
+/// The file the first start writes the management token to.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
 
 /// Proxy variables a developer's shell may carry: requests to 127.0.0.1 must
 /// never go through a proxy, in our client or in the `meshca` client commands.
@@ -85,7 +89,7 @@ impl Server {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let logs = Arc::new(Mutex::new(String::new()));
         let (child, base) = spawn_server(dir.path(), &args, &[], &logs);
-        let server = Server {
+        let mut server = Server {
             child,
             base,
             dir,
@@ -94,7 +98,7 @@ impl Server {
             http: Http::new(),
             envs: Vec::new(),
         };
-        server.assert_unauthenticated_warning();
+        server.use_bootstrap_token();
         server
     }
 
@@ -118,16 +122,40 @@ impl Server {
         wait_until(timeout, || self.logs().contains(needle))
     }
 
-    fn assert_unauthenticated_warning(&self) {
-        // The warning is logged before the listening line, so it is already
-        // in the buffer once `start` returns.
-        let logs = self.logs();
-        let runs = logs.matches(LISTENING).count();
-        let warnings = logs.matches(UNAUTHENTICATED_WARNING).count();
-        assert!(
-            warnings >= runs && runs > 0,
-            "every start must warn that requests are not authenticated; logs:\n{logs}"
-        );
+    /// Sends the management token the server wrote to its data dir (if it
+    /// wrote one) with every request of [`Server::get`] and friends.
+    fn use_bootstrap_token(&mut self) {
+        let path = self.data_dir().join(BOOTSTRAP_TOKEN_FILE);
+        let token = std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_string());
+        self.http = Http::with_token(token);
+    }
+
+    /// The management token the requests of this server carry, if any.
+    pub fn token(&self) -> Option<String> {
+        self.http.token.clone()
+    }
+
+    /// Makes the requests of this server carry `token` (or none).
+    pub fn set_token(&mut self, token: Option<&str>) {
+        self.http = Http::with_token(token.map(str::to_string));
+    }
+
+    /// A client that sends this server's token, for threads and loops.
+    pub fn http(&self) -> Http {
+        self.http.clone()
+    }
+
+    /// `method path` with `token` (or no token) instead of the server's.
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        Http::with_token(token.map(str::to_string)).send(method, &self.url(path), body)
     }
 
     /// Whether the process is still running.
@@ -186,7 +214,7 @@ impl Server {
         let (child, base) = spawn_server(self.dir.path(), &self.args, &self.envs, &self.logs);
         self.child = child;
         self.base = base;
-        self.assert_unauthenticated_warning();
+        self.use_bootstrap_token();
     }
 
     /// Sets (`Some`) or removes (`None`) an environment variable of the
@@ -247,7 +275,7 @@ impl Server {
         let (child, base) = try_spawn_server(self.dir.path(), &self.args, &self.envs, &self.logs)?;
         self.child = child;
         self.base = base;
-        self.assert_unauthenticated_warning();
+        self.use_bootstrap_token();
         Ok(())
     }
 
@@ -586,6 +614,8 @@ pub fn raw_request(base: &str, method: &str, path: &str, body: Vec<u8>) -> (u16,
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::blocking::Client,
+    /// Sent as `X-Consul-Token` when set.
+    token: Option<String>,
 }
 
 impl Default for Http {
@@ -602,7 +632,18 @@ impl Http {
             .timeout(Duration::from_secs(120))
             .build()
             .expect("building the HTTP client");
-        Self { client }
+        Self {
+            client,
+            token: None,
+        }
+    }
+
+    /// A client that sends `token` as `X-Consul-Token` (none with `None`).
+    pub fn with_token(token: Option<String>) -> Self {
+        Self {
+            token,
+            ..Self::new()
+        }
     }
 
     pub fn send(&self, method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> Resp {
@@ -619,6 +660,9 @@ impl Http {
         body: Option<Vec<u8>>,
     ) -> Result<Resp, String> {
         let mut req = self.client.request(method.clone(), url);
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", token);
+        }
         if let Some(body) = body {
             req = req.body(body);
         }

@@ -133,7 +133,9 @@ async fn main() -> anyhow::Result<()> {
         rate(tasks, move |i| {
             let (ca, csr) = (ca.clone(), csrs[i % csrs.len()].clone());
             async move {
-                let _ = ca.sign_csr(csr).await;
+                let _ = ca
+                    .sign_csr(csr, meshca_server::Requester::default(), |_| Ok(()))
+                    .await;
             }
         })
     };

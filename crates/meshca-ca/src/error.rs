@@ -33,6 +33,10 @@ pub enum CaError {
     ProviderStateReadOnly,
     #[error("The current CA Provider does not support cross-signing. You can try again with ForceWithoutCrossSigningSet but this may cause disruption - see documentation for more.")]
     CrossSigningUnsupported,
+    /// The requester may not have what it asked for; the text says which
+    /// permission it lacks.
+    #[error("Permission denied: {0}")]
+    Denied(String),
     /// Another writer holds the CA (Consul's wording).
     #[error("CA is already in state \"{0}\"")]
     Busy(&'static str),
@@ -53,7 +57,8 @@ impl CaError {
             | Self::InvalidCsr(_)
             | Self::Rejected(_)
             | Self::ProviderStateReadOnly
-            | Self::CrossSigningUnsupported => Reaction::FixRequest,
+            | Self::CrossSigningUnsupported
+            | Self::Denied(_) => Reaction::FixRequest,
             Self::Busy(_) => Reaction::RetryLater,
             Self::Store(_) | Self::Unavailable(_) => Reaction::Unavailable,
             Self::Internal(_) => Reaction::Bug,

@@ -32,18 +32,43 @@ pub struct IssuedLeaf {
     pub signing_key_id: String,
 }
 
+/// Who asked for a certificate, as the audit trail records it. Never a
+/// secret: a token is named by its AccessorID.
+#[derive(Debug, Clone, Default)]
+pub struct Requester {
+    /// `accessor:<AccessorID>`, `anonymous`, `acl-disabled`, …
+    pub identity: String,
+    /// The client's address, when known.
+    pub remote: Option<String>,
+}
+
 impl CaEngine {
-    /// `POST /v1/connect/ca/sign`: validates a CSR and signs it.
-    pub async fn sign_csr(&self, csr_pem: String) -> Result<IssuedLeaf, CaError> {
+    /// `POST /v1/connect/ca/sign`: validates a CSR, asks `authorize`
+    /// whether the requester may have a certificate for its SPIFFE ID (an
+    /// `Err` is the denial message), and signs it.
+    pub async fn sign_csr(
+        &self,
+        csr_pem: String,
+        requester: Requester,
+        authorize: impl FnOnce(&SpiffeId) -> Result<(), String> + Send + 'static,
+    ) -> Result<IssuedLeaf, CaError> {
         let p = self.published();
         let policy = p.policy.clone();
-        self.issue(p, move || Ok((validate_csr(&csr_pem, &policy)?, None)))
-            .await
+        self.issue(p, requester, move || {
+            let csr = validate_csr(&csr_pem, &policy)?;
+            authorize(csr.spiffe_id()).map_err(CaError::Denied)?;
+            Ok((csr, None))
+        })
+        .await
     }
 
     /// The agent leaf endpoint: a leaf for `service` with a fresh key the CA
     /// generates (EC P-256, whatever the CA's key type, as Consul does).
-    pub async fn issue_service_leaf(&self, service: &ServiceName) -> Result<IssuedLeaf, CaError> {
+    pub async fn issue_service_leaf(
+        &self,
+        service: &ServiceName,
+        requester: Requester,
+    ) -> Result<IssuedLeaf, CaError> {
         let p = self.published();
         let id = SpiffeId::service(
             &p.trust_domain,
@@ -52,7 +77,7 @@ impl CaEngine {
             service.as_str(),
         )
         .map_err(|e| CaError::Rejected(e.to_string()))?;
-        self.issue(p, move || {
+        self.issue(p, requester, move || {
             let key = LeafKey::generate_p256_now()?;
             Ok((ValidatedCsr::for_public_key(id, &key.spki_der)?, Some(key)))
         })
@@ -68,6 +93,7 @@ impl CaEngine {
     async fn issue(
         &self,
         p: Arc<Published>,
+        requester: Requester,
         prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
     ) -> Result<IssuedLeaf, CaError> {
         let now = self.clock.now();
@@ -83,16 +109,23 @@ impl CaEngine {
             Some(signed) => signed,
             None => provider_call(p.signer.sign_leaf(request.clone())).await?,
         };
-        let mut leaf = self.record(&p, &request, signed);
+        let mut leaf = self.record(&p, &request, signed, &requester);
         leaf.private_key_pem = key.map(|k| k.private_key_pem);
         Ok(leaf)
     }
 
     /// The issued leaf as the API returns it, with its index, audit-logged.
-    fn record(&self, p: &Published, request: &LeafRequest, signed: SignedLeaf) -> IssuedLeaf {
+    fn record(
+        &self,
+        p: &Published,
+        request: &LeafRequest,
+        signed: SignedLeaf,
+        requester: &Requester,
+    ) -> IssuedLeaf {
         let index = self.issue_index.fetch_add(1, Ordering::Relaxed) + 1;
         let spiffe_id = request.csr.spiffe_id().clone();
         tracing::info!(target: "audit", serial = %signed.serial, spiffe_id = %spiffe_id,
+            requester = %requester.identity, remote = requester.remote.as_deref().unwrap_or("-"),
             valid_after = %rfc3339(request.not_before), valid_before = %rfc3339(request.not_after),
             signing_key_id = %p.signer.signing_key_id(), "issued certificate");
         IssuedLeaf {

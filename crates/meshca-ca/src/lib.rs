@@ -27,7 +27,7 @@ mod rotate;
 mod writer;
 
 pub use error::{CaError, Reaction};
-pub use issue::IssuedLeaf;
+pub use issue::{IssuedLeaf, Requester};
 pub use published::Published;
 pub use reconfigure::ConfigChange;
 

@@ -75,7 +75,7 @@ fn ders(pem: &str) -> Vec<Vec<u8>> {
 }
 
 async fn leaf(ca: &CaEngine) -> IssuedLeaf {
-    ca.issue_service_leaf(&"web".parse().unwrap())
+    ca.issue_service_leaf(&"web".parse().unwrap(), meshca_ca::Requester::default())
         .await
         .unwrap()
 }
@@ -384,7 +384,7 @@ async fn an_expired_ca_recovers_by_rotating_without_a_dead_cross_signature() {
     let ca = env.start_with(short, default_provider_factory()).await;
     env.clock.advance(Duration::hours(4));
     let err = ca
-        .issue_service_leaf(&"web".parse().unwrap())
+        .issue_service_leaf(&"web".parse().unwrap(), meshca_ca::Requester::default())
         .await
         .unwrap_err();
     assert_eq!(err.reaction(), Reaction::Unavailable, "{err}");

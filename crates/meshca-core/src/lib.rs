@@ -9,6 +9,7 @@
 //! never calls `SystemTime::now()` (the only clock read lives in
 //! [`clock::SystemClock`]).
 
+pub mod acl;
 pub mod clock;
 pub mod config;
 pub mod csr;

@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use meshca_acl::AclError;
 use meshca_ca::CaError;
 use meshca_core::config::ConfigError;
 use meshca_core::csr::CsrError;
@@ -31,8 +32,19 @@ pub enum ApiError {
     ProviderStateReadOnly,
     #[error("The current CA Provider does not support cross-signing. You can try again with ForceWithoutCrossSigningSet but this may cause disruption - see documentation for more.")]
     CrossSigningUnsupported,
-    #[error("Permission denied")]
-    PermissionDenied,
+    /// Consul's wording: `Permission denied: token with AccessorID '…'
+    /// lacks permission 'service:write' on "web"`.
+    #[error("Permission denied: {0}")]
+    PermissionDenied(String),
+    /// An ACL endpoint while ACLs are off (Consul's 401).
+    #[error("ACL support disabled")]
+    AclDisabled,
+    /// A token secret that matches no token.
+    #[error("ACL not found")]
+    AclNotFound,
+    /// A token or policy asked for by ID or name that does not exist.
+    #[error("ACL not found: {0}")]
+    AclObjectNotFound(String),
     #[error("Not found: {0}")]
     NotFound(String),
     #[error("Method {0} not allowed")]
@@ -66,7 +78,10 @@ impl ApiError {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ProviderStateReadOnly => (StatusCode::BAD_REQUEST, "provider_state_read_only"),
             CrossSigningUnsupported => (StatusCode::BAD_REQUEST, "cross_signing_unsupported"),
-            PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
+            AclNotFound => (StatusCode::FORBIDDEN, "acl_not_found"),
+            AclDisabled => (StatusCode::UNAUTHORIZED, "acl_disabled"),
+            AclObjectNotFound(_) => (StatusCode::NOT_FOUND, "acl_object_not_found"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -91,10 +106,25 @@ impl From<CaError> for ApiError {
             CaError::Rejected(m) => Self::BadRequest(m),
             CaError::ProviderStateReadOnly => Self::ProviderStateReadOnly,
             CaError::CrossSigningUnsupported => Self::CrossSigningUnsupported,
+            CaError::Denied(m) => Self::PermissionDenied(m),
             CaError::Busy(state) => Self::CaBusy(state),
             CaError::Store(e) => Self::Unavailable(e.to_string()),
             CaError::Unavailable(m) => Self::Unavailable(m),
             CaError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+/// The ACL system's errors. Exhaustive on purpose, like the engine's.
+impl From<AclError> for ApiError {
+    fn from(e: AclError) -> Self {
+        match e {
+            AclError::TokenNotFound => Self::AclNotFound,
+            AclError::NotFound(what) => Self::AclObjectNotFound(what),
+            e @ AclError::BootstrapDone(_) => Self::PermissionDenied(e.to_string()),
+            AclError::Invalid(m) => Self::BadRequest(m),
+            e @ AclError::Corrupt(_) => Self::Internal(e.to_string()),
+            AclError::Store(e) => Self::Unavailable(e.to_string()),
         }
     }
 }

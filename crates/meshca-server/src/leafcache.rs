@@ -10,7 +10,7 @@
 
 use crate::error::ApiError;
 use crate::ratelimit::CsrLimiter;
-use meshca_ca::{CaEngine, IssuedLeaf};
+use meshca_ca::{CaEngine, IssuedLeaf, Requester};
 use meshca_core::leaf::{renewal_point, RENEW_FRACTION};
 use meshca_core::ServiceName;
 use moka::future::Cache;
@@ -66,7 +66,10 @@ impl Default for LeafCacheLimits {
 }
 
 pub struct LeafCache {
-    cache: Cache<ServiceName, Arc<CachedLeaf>>,
+    /// Keyed by service and by who asked (one entry per token, as Consul
+    /// caches): a leaf and its private key are never handed to another
+    /// token than the one it was issued for.
+    cache: Cache<(ServiceName, String), Arc<CachedLeaf>>,
 }
 
 impl Default for LeafCache {
@@ -90,7 +93,7 @@ impl LeafCache {
         let floor = (limits.max_bytes / limits.max_entries.max(1)).max(1);
         let cache = Cache::builder()
             .max_capacity(limits.max_bytes)
-            .weigher(move |_: &ServiceName, leaf: &Arc<CachedLeaf>| {
+            .weigher(move |_: &(ServiceName, String), leaf: &Arc<CachedLeaf>| {
                 u32::try_from(leaf.bytes().max(floor)).unwrap_or(u32::MAX)
             })
             .time_to_idle(limits.idle)
@@ -112,10 +115,11 @@ impl LeafCache {
         ca: &Arc<CaEngine>,
         limiter: &CsrLimiter,
         service: &ServiceName,
+        requester: &Requester,
     ) -> Result<Arc<CachedLeaf>, ApiError> {
         let result = self
             .cache
-            .entry(service.clone())
+            .entry((service.clone(), requester.identity.clone()))
             .and_try_compute_with(|cached| async move {
                 if let Some(entry) = cached {
                     if !is_due(ca, entry.value()) {
@@ -123,7 +127,7 @@ impl LeafCache {
                     }
                 }
                 let _permit = limiter.acquire()?;
-                let issued = ca.issue_service_leaf(service).await?;
+                let issued = ca.issue_service_leaf(service, requester.clone()).await?;
                 let fraction = rand::thread_rng().gen_range(RENEW_FRACTION.0..=RENEW_FRACTION.1);
                 Ok::<_, ApiError>(Op::Put(Arc::new(CachedLeaf {
                     renew_at: renewal_point(issued.valid_after, issued.valid_before, fraction),
@@ -149,13 +153,14 @@ impl LeafCache {
         ca: &Arc<CaEngine>,
         limiter: &CsrLimiter,
         service: &ServiceName,
+        requester: &Requester,
         index: u64,
         wait: Duration,
     ) -> Result<Arc<CachedLeaf>, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = ca.subscribe();
         loop {
-            let leaf = self.current(ca, limiter, service).await?;
+            let leaf = self.current(ca, limiter, service, requester).await?;
             // A newer leaf, or an index this server never gave out (from
             // before a restart): answer at once.
             if leaf.issued.index != index {
@@ -171,7 +176,7 @@ impl LeafCache {
                 _ = changes.changed() => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return self.current(ca, limiter, service).await;
+                return self.current(ca, limiter, service, requester).await;
             }
             if ca.published().signer.signing_key_id() != leaf.signed_by() {
                 // The signer changed (rotation or renewal): every proxy wakes
@@ -240,7 +245,10 @@ mod tests {
         let cache = LeafCache::new(limits);
         for i in 0..60 {
             let service: ServiceName = format!("svc-{i}").parse().unwrap();
-            let leaf = cache.current(&ca, &limiter, &service).await.unwrap();
+            let leaf = cache
+                .current(&ca, &limiter, &service, &Requester::default())
+                .await
+                .unwrap();
             assert_eq!(
                 leaf.issued.spiffe_id.to_string().rsplit('/').next(),
                 Some(service.as_str())
@@ -257,7 +265,12 @@ mod tests {
         let ca = engine().await;
         let cache = LeafCache::default();
         let leaf = cache
-            .current(&ca, &CsrLimiter::new(0.0, 0), &"web".parse().unwrap())
+            .current(
+                &ca,
+                &CsrLimiter::new(0.0, 0),
+                &"web".parse().unwrap(),
+                &Requester::default(),
+            )
             .await
             .unwrap();
         let key = leaf.issued.private_key_pem.as_ref().unwrap();
@@ -265,7 +278,12 @@ mod tests {
         let shown = format!("{leaf:?}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         let again = cache
-            .current(&ca, &CsrLimiter::new(0.0, 0), &"web".parse().unwrap())
+            .current(
+                &ca,
+                &CsrLimiter::new(0.0, 0),
+                &"web".parse().unwrap(),
+                &Requester::default(),
+            )
             .await
             .unwrap();
         assert_eq!(

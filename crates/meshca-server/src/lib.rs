@@ -5,6 +5,8 @@
 //! shutdown; handlers live in [`routes`]; every error becomes a response in
 //! [`error`] only.
 
+pub mod acl_routes;
+pub mod auth;
 pub mod blocking;
 pub mod error;
 pub mod leafcache;
@@ -17,14 +19,14 @@ pub mod wire;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use error::{ApiError, ERROR_HEADER};
 use routes::AppState;
 use std::future::Future;
 use tokio::net::TcpListener;
 
-pub use meshca_ca::{default_provider_factory, CaEngine};
+pub use meshca_ca::{default_provider_factory, CaEngine, Requester};
 
 /// Largest accepted request body (1 MiB; larger is a 413).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -41,6 +43,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/agent/connect/ca/leaf/{service}"),
     ("GET", "/v1/status/leader"),
     ("GET", "/v1/health"),
+    ("PUT", "/v1/acl/bootstrap"),
+    ("PUT", "/v1/acl/token"),
+    ("GET", "/v1/acl/token/self"),
+    ("GET", "/v1/acl/token/{accessor_id}"),
+    ("DELETE", "/v1/acl/token/{accessor_id}"),
+    ("GET", "/v1/acl/tokens"),
+    ("PUT", "/v1/acl/policy"),
+    ("GET", "/v1/acl/policy/{id}"),
+    ("PUT", "/v1/acl/policy/{id}"),
+    ("DELETE", "/v1/acl/policy/{id}"),
+    ("GET", "/v1/acl/policy/name/{name}"),
+    ("GET", "/v1/acl/policies"),
 ];
 
 /// The API router.
@@ -56,6 +70,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/connect/ca/leaf/{service}", get(routes::leaf))
         .route("/v1/status/leader", get(routes::leader))
         .route("/v1/health", get(routes::health))
+        .route("/v1/acl/bootstrap", put(acl_routes::bootstrap))
+        .route("/v1/acl/token", put(acl_routes::create_token))
+        .route("/v1/acl/token/self", get(acl_routes::token_self))
+        .route(
+            "/v1/acl/token/{accessor_id}",
+            get(acl_routes::read_token).delete(acl_routes::delete_token),
+        )
+        .route("/v1/acl/tokens", get(acl_routes::list_tokens))
+        .route("/v1/acl/policy", put(acl_routes::create_policy))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl_routes::read_policy)
+                .put(acl_routes::update_policy)
+                .delete(acl_routes::delete_policy),
+        )
+        .route(
+            "/v1/acl/policy/name/{name}",
+            get(acl_routes::read_policy_by_name),
+        )
+        .route("/v1/acl/policies", get(acl_routes::list_policies))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))

@@ -113,11 +113,15 @@ pub async fn serve(
             tracing::debug!(client = %peer, "connection limit reached; closing");
             continue;
         };
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new)),
-        );
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |req: hyper::Request<Incoming>| {
+                // The client's address, for the audit trail.
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

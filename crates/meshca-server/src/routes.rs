@@ -1,6 +1,7 @@
 //! HTTP handlers of the Connect CA API. Each handler parses its input into
 //! domain types, calls the CA engine, and renders Consul's wire format.
 
+use crate::auth::{Caller, Remote};
 use crate::blocking::{wait_for_index, BlockingQuery};
 use crate::error::ApiError;
 use crate::leafcache::LeafCache;
@@ -14,7 +15,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use meshca_acl::Acl;
 use meshca_ca::{CaEngine, Published};
+use meshca_core::acl::{permission_to_sign, Access, Permission};
 use meshca_core::ServiceName;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -24,6 +27,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub ca: Arc<CaEngine>,
+    /// The ACL system; `None` when ACLs are off (everything is allowed).
+    pub acl: Option<Arc<Acl>>,
     pub limiter: Arc<CsrLimiter>,
     pub leaves: Arc<LeafCache>,
     roots_json: Arc<ArcSwapOption<RenderedRoots>>,
@@ -41,10 +46,17 @@ impl AppState {
         let limiter = CsrLimiter::new(cfg.csr_max_per_second(), cfg.csr_max_concurrent());
         Self {
             ca,
+            acl: None,
             limiter: Arc::new(limiter),
             leaves: Arc::new(LeafCache::default()),
             roots_json: Arc::new(ArcSwapOption::empty()),
         }
+    }
+
+    /// The same state with ACLs enforced by `acl`.
+    pub fn with_acl(mut self, acl: Arc<Acl>) -> Self {
+        self.acl = Some(acl);
+        self
     }
 
     /// `IndexedCARoots` of `p` as JSON, rendered the first time it is asked
@@ -85,7 +97,7 @@ fn json_body(bytes: impl Into<axum::body::Body>) -> Response {
     resp
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Response, ApiError> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Response, ApiError> {
     let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(json_body(body))
 }
@@ -97,7 +109,9 @@ fn parse_query(raw: Option<String>) -> Result<HashMap<String, String>, ApiError>
 
 /// Decodes a JSON body, mapping an over-long body to 413 and anything else
 /// to Consul's `Request decode failed: …`.
-fn decode_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(crate) fn decode_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
@@ -155,7 +169,11 @@ pub async fn roots(
 }
 
 /// `GET /v1/connect/ca/configuration`.
-pub async fn get_configuration(State(app): State<AppState>) -> Result<Response, ApiError> {
+pub async fn get_configuration(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(&Permission::operator(Access::Read))?;
     let cfg = CaConfiguration::from(&*app.ca.published());
     let index = cfg.modify_index;
     Ok(with_index(to_json(&cfg)?, index))
@@ -164,8 +182,10 @@ pub async fn get_configuration(State(app): State<AppState>) -> Result<Response, 
 /// `PUT /v1/connect/ca/configuration`.
 pub async fn put_configuration(
     State(app): State<AppState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(&Permission::operator(Access::Write))?;
     let upd: CaConfigurationUpdate = decode_body(body)?;
     app.ca.change_config(upd.into()).await?;
     let p = app.ca.published();
@@ -175,34 +195,55 @@ pub async fn put_configuration(
 }
 
 /// `POST|PUT /v1/connect/ca/sign`: sign a proxy's CSR; its key stays with it.
+/// Which permission it takes depends on the SPIFFE ID in the CSR, so it is
+/// checked after the CSR is validated and before it is signed; a caller
+/// with no permission at all is turned away before any of that work.
 pub async fn sign(
     State(app): State<AppState>,
+    caller: Caller,
+    remote: Remote,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.refuse_if_anonymous("sign certificates")?;
     let req: SignRequest = decode_body(body)?;
     let _permit = app.limiter.acquire()?;
-    let leaf = app.ca.sign_csr(req.csr).await?;
+    let requester = caller.requester(remote);
+    let leaf = app
+        .ca
+        .sign_csr(req.csr, requester, move |id| {
+            caller.check(&permission_to_sign(id))
+        })
+        .await?;
     Ok(with_index(to_json(&IssuedCert::from(&leaf))?, leaf.index))
 }
 
 /// `GET /v1/agent/connect/ca/leaf/<service>`.
 pub async fn leaf(
     State(app): State<AppState>,
+    caller: Caller,
+    remote: Remote,
     Path(service): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let service: ServiceName = service
         .parse()
         .map_err(|e: meshca_core::spiffe::SpiffeError| ApiError::BadRequest(e.to_string()))?;
+    caller.require(&Permission::service(Access::Write, service.as_str()))?;
+    let requester = caller.requester(remote);
     let bq = BlockingQuery::parse(&parse_query(raw)?)?;
     let leaf = match bq.index {
-        None => app.leaves.current(&app.ca, &app.limiter, &service).await?,
+        None => {
+            app.leaves
+                .current(&app.ca, &app.limiter, &service, &requester)
+                .await?
+        }
         Some(index) => {
             app.leaves
                 .wait_for_newer(
                     &app.ca,
                     &app.limiter,
                     &service,
+                    &requester,
                     index,
                     bq.wait_with_jitter(),
                 )

@@ -96,28 +96,39 @@ impl Records {
     }
 
     /// Writes `ca/roots`, `ca/config`, `ca/keys` and `ca/provider` in one
-    /// transaction, guarded by the global index being `expected` (the CA's
-    /// modify index as the caller read it; while the CA is the store's only
-    /// writer the two are equal). The records are stamped with the new
-    /// index, `expected + 1`, which is returned and becomes
-    /// `state.modify_index`. A stale `expected` is `Conflict` and writes
-    /// nothing.
+    /// transaction, guarded by the CA being at `expected`: the CA's modify
+    /// index as the caller read it (for a new CA, the global index it read
+    /// while no CA existed). The records are stamped with `expected + 1`,
+    /// which is returned and becomes `state.modify_index`. The guard is on
+    /// the CA's own head record, not on the global index, so ACL writes in
+    /// between (they move the global index) do not conflict with a CA
+    /// change; CA indexes still only grow. A CA that changed since (or was
+    /// created meanwhile) is `Conflict` and writes nothing.
     pub fn commit_ca(&self, state: &CaState, expected: u64) -> Result<u64, StoreError> {
         let index = expected
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("the global index is exhausted".into()))?;
+        let head = self.store.get(schema::CA_ROOTS)?;
+        let conflict = |actual| StoreError::Conflict { expected, actual };
+        match &head {
+            Some(bytes) => {
+                let stored: RootsRecord = parse(schema::CA_ROOTS, bytes)?;
+                if stored.modify_index != expected {
+                    return Err(conflict(stored.modify_index));
+                }
+            }
+            // A new CA: nothing may have been committed since the caller
+            // read the index it stamps from.
+            None if self.store.index()? > expected => return Err(conflict(self.store.index()?)),
+            None => {}
+        }
         let txn = Txn {
             checks: vec![],
             ops: Self::ca_ops(&self.sealer, state, index)?,
         }
-        .check_index(expected);
-        let committed = self.store.commit(&txn)?;
-        if committed != index {
-            return Err(StoreError::Corrupt(format!(
-                "the store committed at index {committed} after a check that it was at {expected}"
-            )));
-        }
-        Ok(committed)
+        .check(schema::CA_ROOTS, head.as_deref());
+        self.store.commit(&txn)?;
+        Ok(index)
     }
 
     /// The puts that store `state` as the CA records, stamped with `index`

@@ -33,6 +33,16 @@ pub const CA_KEYS: &str = "ca/keys";
 /// The provider's public bookkeeping (which key handle signs now): plain JSON.
 pub const CA_PROVIDER: &str = "ca/provider";
 
+/// Every ACL record starts with this. ACL records hold no secret (a token's
+/// secret is stored as its SHA-256 only), so they are plain JSON.
+pub const ACL: &str = "acl/";
+/// `acl/token/<AccessorID>`: one token.
+pub const ACL_TOKEN: &str = "acl/token/";
+/// `acl/policy/<ID>`: one policy.
+pub const ACL_POLICY: &str = "acl/policy/";
+/// Present once the ACL system was bootstrapped (holds the index it was at).
+pub const ACL_BOOTSTRAP: &str = "acl/bootstrap";
+
 /// Every record of the current CA layout, in key order.
 pub const CA_RECORDS: [&str; 4] = [CA_CONFIG, CA_KEYS, CA_PROVIDER, CA_ROOTS];
 

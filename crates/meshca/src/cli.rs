@@ -48,6 +48,11 @@ pub enum Command {
     },
     /// Fetch a leaf certificate for a service and write it to files.
     Leaf(LeafArgs),
+    /// ACL commands: bootstrap, tokens and policies.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
     /// TLS helpers.
     Tls {
         #[command(subcommand)]
@@ -148,4 +153,86 @@ pub struct LeafArgs {
     /// Directory to write <service>.pem, <service>-key.pem and ca.pem into.
     #[arg(long = "out-dir", default_value = ".")]
     pub out_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Create the first management token (once; when the server did not
+    /// create one itself) and print it.
+    Bootstrap(AclFormat),
+    /// Token commands.
+    Token {
+        #[command(subcommand)]
+        command: AclTokenCommand,
+    },
+    /// Policy commands.
+    Policy {
+        #[command(subcommand)]
+        command: AclPolicyCommand,
+    },
+}
+
+/// Output format of the ACL commands.
+#[derive(Debug, Clone, Args)]
+pub struct AclFormat {
+    /// `pretty` (Consul's text layout) or `json`.
+    #[arg(long, default_value = "pretty", value_parser = ["pretty", "json"])]
+    pub format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclTokenCommand {
+    /// Create a token.
+    Create {
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Policy to link, by name; repeatable.
+        #[arg(long = "policy-name")]
+        policy_name: Vec<String>,
+        /// Policy to link, by ID; repeatable.
+        #[arg(long = "policy-id")]
+        policy_id: Vec<String>,
+        /// Service the token may act as (write on it and its sidecar); repeatable.
+        #[arg(long = "service-identity")]
+        service_identity: Vec<String>,
+        #[command(flatten)]
+        format: AclFormat,
+    },
+    /// List tokens (SecretIDs are not shown: only their hashes are kept).
+    List(AclFormat),
+    /// Read one token.
+    Read {
+        #[arg(long = "id")]
+        id: String,
+        #[command(flatten)]
+        format: AclFormat,
+    },
+    /// Delete one token.
+    Delete {
+        #[arg(long = "id")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclPolicyCommand {
+    /// Create a policy.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Rules in Consul's JSON or HCL form; `@FILE` reads them from a file.
+        #[arg(long, default_value = "")]
+        rules: String,
+        #[command(flatten)]
+        format: AclFormat,
+    },
+    /// List policies.
+    List(AclFormat),
+    /// Delete a policy.
+    Delete {
+        #[arg(long = "id")]
+        id: String,
+    },
 }

@@ -7,19 +7,29 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
 
-fn request(http: &HttpArgs, method: reqwest::Method, path: &str) -> anyhow::Result<RequestBuilder> {
+pub(crate) fn request(
+    http: &HttpArgs,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<RequestBuilder> {
     let client = Client::builder()
         .build()
         .context("building the HTTP client")?;
     let url = format!("{}{path}", http.addr.trim_end_matches('/'));
     let mut req = client.request(method, url);
-    if let Some(token) = &http.token {
+    // Consul's variable works too when meshca's is unset.
+    let token = http
+        .token
+        .clone()
+        .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    if let Some(token) = token {
         req = req.header("X-Consul-Token", token);
     }
     Ok(req)
 }
 
-fn send(req: RequestBuilder) -> anyhow::Result<Response> {
+pub(crate) fn send(req: RequestBuilder) -> anyhow::Result<Response> {
     let resp = req.send().context("contacting the meshca server")?;
     if !resp.status().is_success() {
         let status = resp.status();
@@ -37,7 +47,7 @@ fn get_json(http: &HttpArgs, path: &str) -> anyhow::Result<Value> {
     Ok(send(request(http, reqwest::Method::GET, path)?)?.json()?)
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

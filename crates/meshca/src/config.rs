@@ -27,15 +27,35 @@ pub struct FileConfig {
     pub log_level: Option<String>,
 }
 
-/// Consul's `acl` block. Only `enabled` is acted on (true is refused); the
-/// other keys are accepted so existing agent files load.
+/// Consul's `acl` block, plus meshca's `auto_bootstrap`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct Acl {
     pub enabled: Option<bool>,
+    /// Only `deny` (the default) is supported.
     pub default_policy: Option<String>,
-    pub tokens: Option<Value>,
+    pub tokens: Option<AclTokens>,
+    /// Whether the first start creates a management token and writes it to
+    /// `<data-dir>/bootstrap-token` (default true). With false, the
+    /// operator bootstraps with `meshca acl bootstrap`.
+    pub auto_bootstrap: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclTokens {
+    /// A management token's SecretID (a UUID) created at start when absent.
+    pub initial_management: Option<String>,
+    /// The token a secondary datacenter presents to the primary.
+    pub replication: Option<String>,
+}
+
+/// The effective ACL settings.
+#[derive(Debug, Clone)]
+pub struct AclSettings {
+    pub enabled: bool,
+    pub initial_management: Option<secrecy::SecretString>,
+    pub auto_bootstrap: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +96,7 @@ pub struct Settings {
     pub store_key_file: Option<PathBuf>,
     pub initial_ca: CaConfig,
     pub audit_path: Option<PathBuf>,
+    pub acl: AclSettings,
     pub log_json: bool,
     pub log_level: String,
 }
@@ -116,12 +137,37 @@ pub fn load(args: &ServerArgs) -> anyhow::Result<Settings> {
     settings(args, file)
 }
 
-/// Settings for features this version does not have stop the server: running
-/// without the access control or TLS an operator asked for would be worse.
-fn refuse_unbuilt(file: &FileConfig) -> anyhow::Result<()> {
-    if file.acl.as_ref().is_some_and(|a| a.enabled == Some(true)) {
-        bail!("acl.enabled = true: ACLs are not implemented in this version of meshca; refusing to start without them");
+/// The `acl` block: on by default (off with `--dev` unless the file turns
+/// it on), default deny. Settings meshca cannot honour stop the server.
+fn acl_settings(dev: bool, acl: Option<Acl>) -> anyhow::Result<AclSettings> {
+    let acl = acl.unwrap_or_default();
+    match acl.default_policy.as_deref() {
+        None | Some("deny") => {}
+        Some(other) => bail!(
+            "acl.default_policy = {other:?}: meshca's ACLs are default-deny; to run an open \
+             server use --dev or acl.enabled = false"
+        ),
     }
+    let tokens = acl.tokens.unwrap_or_default();
+    if tokens.replication.is_some() {
+        bail!("acl.tokens.replication: secondary datacenters are not supported yet");
+    }
+    let initial_management = match tokens.initial_management {
+        Some(t) if uuid::Uuid::parse_str(&t).is_err() => {
+            bail!("acl.tokens.initial_management must be a UUID")
+        }
+        t => t.map(secrecy::SecretString::from),
+    };
+    Ok(AclSettings {
+        enabled: acl.enabled.unwrap_or(!dev),
+        initial_management,
+        auto_bootstrap: acl.auto_bootstrap.unwrap_or(true),
+    })
+}
+
+/// Settings for features this version does not have stop the server: running
+/// without the TLS an operator asked for would be worse.
+fn refuse_unbuilt(file: &FileConfig) -> anyhow::Result<()> {
     if file.tls.is_some() {
         bail!("tls: TLS on the HTTP API is not implemented in this version of meshca; refusing to start without it");
     }
@@ -174,6 +220,7 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
             .or(file.encrypt_store.and_then(|e| e.key_file)),
         initial_ca,
         audit_path: file.audit.and_then(|a| a.path),
+        acl: acl_settings(args.dev, file.acl)?,
         log_json: file.log_json.unwrap_or(false),
         log_level: file.log_level.unwrap_or_else(|| "info".into()),
     })
@@ -237,12 +284,44 @@ mod tests {
     }
 
     #[test]
+    fn acls_are_on_by_default_and_unsupported_settings_refuse_to_start() {
+        let s = load(&ServerArgs::default()).unwrap();
+        assert!(s.acl.enabled && s.acl.auto_bootstrap);
+        let dev = load(&ServerArgs {
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!dev.acl.enabled);
+        assert!(
+            !load_text("a.hcl", "acl { enabled = false }")
+                .unwrap()
+                .acl
+                .enabled
+        );
+        let token = "5b0c5f36-1a44-4d5e-9d64-1b0b7b1c9a11";
+        let s = load_text(
+            "a.hcl",
+            &format!("acl {{\n tokens {{ initial_management = \"{token}\" }}\n}}"),
+        )
+        .unwrap();
+        assert!(s.acl.initial_management.is_some());
+        for (text, needle) in [
+            (r#"{"acl":{"default_policy":"allow"}}"#, "default_policy"),
+            (r#"{"acl":{"tokens":{"replication":"x"}}}"#, "replication"),
+            (
+                r#"{"acl":{"tokens":{"initial_management":"short"}}}"#,
+                "UUID",
+            ),
+            (r#"{"acl":{"tokens":{"agent":"x"}}}"#, "agent"),
+        ] {
+            let err = load_text("a.json", text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn unbuilt_security_features_refuse_to_start() {
-        let err = load_text("a.hcl", "acl { enabled = true }")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("acl.enabled"), "{err}");
-        assert!(load_text("a.hcl", "acl { enabled = false }").is_ok());
         let err = load_text("a.json", r#"{"tls":{"defaults":{"verify_incoming":true}}}"#)
             .unwrap_err()
             .to_string();

@@ -1,6 +1,7 @@
 //! The `meshca` command: parses flags and dispatches to the server or to a
 //! client command. All behaviour lives in the modules it calls.
 
+mod acl_cli;
 mod cli;
 mod client;
 mod config;
@@ -15,6 +16,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Server(args) => server::run(args),
         cli::Command::Connect { command } => client::connect(&cli.http, command),
         cli::Command::Leaf(args) => client::leaf(&cli.http, args),
+        cli::Command::Acl { command } => acl_cli::run(&cli.http, command),
         cli::Command::Tls { command } => tls::run(command),
     };
     match result {

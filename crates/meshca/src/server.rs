@@ -4,11 +4,13 @@
 use crate::cli::ServerArgs;
 use crate::config::{self, Settings};
 use anyhow::Context;
+use meshca_acl::Acl;
 use meshca_core::{Clock, SystemClock};
 use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaEngine};
 use meshca_store::{MemoryStore, Records, StoreKey};
 use meshca_store_sled::SledStore;
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +111,7 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
 
 async fn serve(s: Settings) -> anyhow::Result<()> {
     let store = open_store(&s)?;
+    let acl_store = store.clone();
     let ca = CaEngine::start(
         store,
         Arc::new(SystemClock),
@@ -118,7 +121,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
-    tracing::warn!("ACLs are not implemented in this version: every API request is unauthenticated; bind to a trusted address only");
+    let acl = open_acl(&s, &acl_store)?;
     let listener = tokio::net::TcpListener::bind((s.bind.as_str(), s.http_port))
         .await
         .with_context(|| format!("binding {}:{}", s.bind, s.http_port))?;
@@ -126,9 +129,73 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let p = ca.published();
     tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
     ca.spawn_maintenance(MAINTENANCE_PERIOD);
-    let router = meshca_server::router(AppState::new(ca));
+    let mut state = AppState::new(ca);
+    if let Some(acl) = acl {
+        state = state.with_acl(acl);
+    }
+    let router = meshca_server::router(state);
     meshca_server::serve(listener, router, shutdown_signal()).await?;
     tracing::info!("meshca stopped");
+    Ok(())
+}
+
+/// Name of the file the first start writes the management token to.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
+
+/// The ACL system, or `None` when ACLs are off. On the first start (unless
+/// a token comes from the configuration or auto-bootstrap is off) a
+/// management token is created and its SecretID written to
+/// `<data-dir>/bootstrap-token`, mode 0600. The file is written before the
+/// token is committed: a crash in between leaves no token that nobody
+/// knows, and the next start writes a new one.
+fn open_acl(s: &Settings, store: &Records) -> anyhow::Result<Option<Arc<Acl>>> {
+    if !s.acl.enabled {
+        tracing::warn!(
+            "ACLs are disabled: every API request is allowed; bind to a trusted address only"
+        );
+        return Ok(None);
+    }
+    let acl = Acl::open(store.store().clone(), Arc::new(SystemClock))
+        .context("loading the ACL records")?;
+    if let Some(secret) = &s.acl.initial_management {
+        if acl.ensure_initial_management(secret)? {
+            tracing::info!("ACL initial management token from the configuration created");
+        }
+    } else if s.acl.auto_bootstrap && !s.dev && acl.bootstrapped_at().is_none() {
+        let secret = SecretString::from(uuid::Uuid::new_v4().to_string());
+        let path = s.data_dir.join(BOOTSTRAP_TOKEN_FILE);
+        write_private(&path, secret.expose_secret())?;
+        let token = acl.bootstrap(Some(secret))?;
+        tracing::warn!(accessor = %token.record.accessor_id, path = %path.display(),
+            "ACLs bootstrapped: the management token's SecretID is in {}; keep it secret",
+            path.display());
+    } else if acl.bootstrapped_at().is_none() {
+        tracing::warn!("ACLs are not bootstrapped yet: run `meshca acl bootstrap` to get the first management token");
+    }
+    tracing::info!("ACLs enabled (default deny)");
+    Ok(Some(Arc::new(acl)))
+}
+
+/// Writes `contents` to `path` (mode 0600) through a temporary file and a
+/// rename, synced, so the file is either whole or absent.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 

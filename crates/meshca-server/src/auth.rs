@@ -1,0 +1,207 @@
+//! Who is asking: the request's ACL token (from `X-Consul-Token`,
+//! `Authorization: Bearer` or `?token=`, in that order, as Consul reads
+//! them) resolved to an [`Authorizer`], and the permission check every
+//! guarded handler makes before it does anything.
+
+use crate::error::ApiError;
+use crate::routes::AppState;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use meshca_acl::ResolvedToken;
+use meshca_ca::Requester;
+use meshca_core::acl::{Authorizer, Permission};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The identity a request acts with.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// ACLs are off (`--dev`, or `acl { enabled = false }`): everything is
+    /// allowed.
+    Unrestricted,
+    /// No token: only what needs no permission (roots, health).
+    Anonymous,
+    Token(Arc<ResolvedToken>),
+}
+
+impl Caller {
+    /// `Ok` when the caller holds `wanted`; otherwise Consul's 403.
+    pub fn require(&self, wanted: &Permission) -> Result<(), ApiError> {
+        self.check(wanted).map_err(ApiError::PermissionDenied)
+    }
+
+    /// An anonymous caller holds no permission at all: refuse it before
+    /// doing any work for it.
+    pub fn refuse_if_anonymous(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Anonymous => Err(ApiError::PermissionDenied(format!(
+                "anonymous token lacks permission to {what}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Caller::require`] with the denial as text (after "Permission
+    /// denied: "), for checks made inside the engine.
+    pub fn check(&self, wanted: &Permission) -> Result<(), String> {
+        let (allowed, who) = match self {
+            Caller::Unrestricted => return Ok(()),
+            Caller::Anonymous => (false, "anonymous token".to_string()),
+            Caller::Token(t) => (
+                t.authorizer.allows(wanted),
+                format!("token with AccessorID '{}'", t.accessor_id),
+            ),
+        };
+        if allowed {
+            return Ok(());
+        }
+        let on = wanted
+            .name
+            .as_ref()
+            .map(|n| format!(" on {n:?}"))
+            .unwrap_or_default();
+        Err(format!(
+            "{who} lacks permission '{}:{}'{on}",
+            wanted.resource, wanted.access
+        ))
+    }
+
+    /// The caller and its address, as the audit trail records them.
+    pub fn requester(&self, remote: Remote) -> Requester {
+        Requester {
+            identity: self.audit_name(),
+            remote: remote.0.map(|a| a.to_string()),
+        }
+    }
+
+    /// The caller as the audit trail names it: never a secret.
+    pub fn audit_name(&self) -> String {
+        match self {
+            Caller::Unrestricted => "acl-disabled".into(),
+            Caller::Anonymous => "anonymous".into(),
+            Caller::Token(t) => format!("accessor:{}", t.accessor_id),
+        }
+    }
+
+    /// What a cached agent leaf is shared by: one entry per token, as
+    /// Consul caches per service and token.
+    pub fn cache_key(&self) -> String {
+        self.audit_name()
+    }
+
+    /// The token's authorizer, for checks that depend on the request body.
+    pub fn authorizer(&self) -> Option<&Authorizer> {
+        match self {
+            Caller::Token(t) => Some(&t.authorizer),
+            _ => None,
+        }
+    }
+}
+
+/// The client's address, when the listener recorded it.
+#[derive(Debug, Clone, Copy)]
+pub struct Remote(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Remote {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Remote(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// The token a request carries, if any. An empty value counts as none.
+fn token_of(parts: &Parts) -> Option<String> {
+    let header = |name: &str| {
+        // A value that is not ASCII is still a token (one that matches
+        // nothing), not the absence of one.
+        parts
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(t) = header("x-consul-token") {
+        return Some(t);
+    }
+    if let Some(auth) = header("authorization") {
+        if let Some(t) = auth.strip_prefix("Bearer ").map(str::trim) {
+            if !t.is_empty() {
+                return Some(t.to_string());
+            }
+        }
+    }
+    let query = parts.uri.query()?;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find(|(k, v)| k == "token" && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Some(acl) = &app.acl else {
+            return Ok(Caller::Unrestricted);
+        };
+        match token_of(parts) {
+            None => Ok(Caller::Anonymous),
+            Some(secret) => Ok(Caller::Token(acl.resolve(&secret)?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+
+    fn parts(req: Request<()>) -> Parts {
+        req.into_parts().0
+    }
+
+    #[test]
+    fn tokens_are_read_from_the_header_then_bearer_then_the_query() {
+        let all = Request::get("/x?token=q")
+            .header("x-consul-token", "h")
+            .header("authorization", "Bearer b")
+            .body(())
+            .unwrap();
+        assert_eq!(token_of(&parts(all)).as_deref(), Some("h"));
+        let bearer = Request::get("/x?token=q")
+            .header("authorization", "Bearer b")
+            .body(())
+            .unwrap();
+        assert_eq!(token_of(&parts(bearer)).as_deref(), Some("b"));
+        let query = Request::get("/x?a=1&token=q%2Dr").body(()).unwrap();
+        assert_eq!(token_of(&parts(query)).as_deref(), Some("q-r"));
+        let none = Request::get("/x?token=")
+            .header("x-consul-token", "")
+            .header("authorization", "Basic abc")
+            .body(())
+            .unwrap();
+        assert_eq!(token_of(&parts(none)), None);
+    }
+
+    #[test]
+    fn denials_name_the_token_and_the_permission_but_no_secret() {
+        use meshca_core::acl::Access;
+        let err = Caller::Anonymous
+            .require(&Permission::service(Access::Write, "web"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Permission denied: anonymous token lacks permission 'service:write' on \"web\""
+        );
+        assert!(Caller::Unrestricted
+            .require(&Permission::operator(Access::Write))
+            .is_ok());
+    }
+}
