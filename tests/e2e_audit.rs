@@ -46,5 +46,58 @@ fn every_issuance_is_an_audit_line_with_rfc3339_times_and_no_secrets() {
         assert!(fields["spiffe_id"]
             .as_str()
             .is_some_and(|id| id.starts_with("spiffe://")));
+        // Who asked, by AccessorID, and from where.
+        let requester = fields["requester"].as_str().unwrap_or_default();
+        assert!(requester.starts_with("accessor:"), "{line}");
+        assert!(
+            fields["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("127.0.0.1:")),
+            "{line}"
+        );
     }
+    let token = server.token().expect("the bootstrap token");
+    assert!(
+        !text.contains(&token),
+        "the token's secret is in the audit log"
+    );
+}
+
+#[test]
+fn ca_and_acl_changes_are_audit_lines_naming_who_made_them() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("audit.log");
+    let server = Server::start_with_config(&json!({"audit": {"path": path}}), &[]);
+    let r = server.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}));
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = server.put("/v1/acl/token", json!({"Description": "x"}).to_string());
+    assert_eq!(t.status, 200, "{t:?}");
+    let secret = t.json()["SecretID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || read()
+            .contains("ACL token created")),
+        "{}",
+        read()
+    );
+    let lines: Vec<Value> = read()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let change = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "CA configuration changed")
+        .unwrap_or_else(|| panic!("no CA change line: {lines:?}"));
+    assert_eq!(change["fields"]["rotated"], true, "{change}");
+    assert!(change["fields"]["requester"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("accessor:")));
+    assert!(
+        !read().contains(&secret),
+        "a token secret is in the audit log"
+    );
+    assert!(!read().contains(&server.token().unwrap_or_default()));
 }

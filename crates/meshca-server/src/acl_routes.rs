@@ -208,7 +208,7 @@ pub async fn create_token(
         secret_id: req.secret_id.map(SecretString::from),
         accessor_id: req.accessor_id,
     })?;
-    tracing::info!(target: "audit", by = %caller.audit_name(),
+    tracing::info!(target: "audit", requester = %caller.audit_name(),
         accessor = %token.record.accessor_id, "ACL token created");
     created(acl, token)
 }
@@ -244,7 +244,7 @@ pub async fn delete_token(
     let acl = acl_of(&app)?;
     let id = parse_id(&id, "AccessorID")?;
     acl.delete_token(id)?;
-    tracing::info!(target: "audit", by = %caller.audit_name(), accessor = %id, "ACL token deleted");
+    tracing::info!(target: "audit", requester = %caller.audit_name(), accessor = %id, "ACL token deleted");
     to_json(&true)
 }
 
@@ -294,7 +294,7 @@ async fn write_policy(
             rules: req.rules,
         },
     )?;
-    tracing::info!(target: "audit", by = %caller.audit_name(), policy = %policy.id,
+    tracing::info!(target: "audit", requester = %caller.audit_name(), policy = %policy.id,
         name = %policy.name, "ACL policy written");
     to_json(&PolicyOut::from(policy))
 }
@@ -349,7 +349,7 @@ pub async fn delete_policy(
     let acl = acl_of(&app)?;
     let id = parse_id(&id, "Policy ID")?;
     acl.delete_policy(id)?;
-    tracing::info!(target: "audit", by = %caller.audit_name(), policy = %id, "ACL policy deleted");
+    tracing::info!(target: "audit", requester = %caller.audit_name(), policy = %id, "ACL policy deleted");
     to_json(&true)
 }
 

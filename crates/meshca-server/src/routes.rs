@@ -183,12 +183,21 @@ pub async fn get_configuration(
 pub async fn put_configuration(
     State(app): State<AppState>,
     caller: Caller,
+    remote: Remote,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(&Permission::operator(Access::Write))?;
     let upd: CaConfigurationUpdate = decode_body(body)?;
+    let before = app.ca.published();
     app.ca.change_config(upd.into()).await?;
     let p = app.ca.published();
+    if !Arc::ptr_eq(&before, &p) {
+        let requester = caller.requester(remote);
+        tracing::info!(target: "audit", requester = %requester.identity,
+            remote = requester.remote.as_deref().unwrap_or("-"), provider = ?p.config.provider(),
+            active_root = %p.active_root_id, rotated = before.active_root_id != p.active_root_id,
+            index = p.index, "CA configuration changed");
+    }
     app.limiter
         .configure(p.config.csr_max_per_second(), p.config.csr_max_concurrent());
     Ok(with_index(StatusCode::OK.into_response(), p.index))
