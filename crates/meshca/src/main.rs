@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod config;
+mod keygen;
 mod server;
 mod tls;
 
@@ -16,6 +17,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Connect { command } => client::connect(&cli.http, command),
         cli::Command::Leaf(args) => client::leaf(&cli.http, args),
         cli::Command::Tls { command } => tls::run(command),
+        cli::Command::Keygen(args) => keygen::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
