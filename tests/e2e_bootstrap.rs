@@ -246,6 +246,12 @@ fn a_store_without_its_key_is_refused_before_anything_is_created() {
         .map(|i| i.wrapping_mul(37).wrapping_add(11))
         .collect();
     std::fs::write(&key_file, raw).expect("writing a raw store key");
+    // Owner-only, as a key file must be (others' access is refused).
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod 600");
     let key_arg = key_file.to_str().expect("UTF-8 path").to_string();
     let mut server = Server::start(&["--store-key-file", &key_arg]);
     server.stop();

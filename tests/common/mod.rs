@@ -279,6 +279,13 @@ impl Server {
         Ok(())
     }
 
+    /// [`Server::try_start_again`] with other server arguments (the same
+    /// data dir); later restarts keep them.
+    pub fn try_start_again_with(&mut self, args: &[&str]) -> Result<(), StartFailure> {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self.try_start_again()
+    }
+
     /// `PUT path` that reports a transport failure (the server died, the
     /// connection dropped) as `Err` instead of panicking.
     pub fn try_put(&self, path: &str, body: impl Into<Vec<u8>>) -> Result<Resp, String> {

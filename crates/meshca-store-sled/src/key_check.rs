@@ -8,7 +8,7 @@
 //! under it). The authoritative check remains the data key record, which
 //! the migrations open after the database is.
 
-use meshca_store::{fs, KeyCheck, StoreError, StoreKey};
+use meshca_store::{fs, KeyCheck, StoreError, StoreKey, StoreKeyId};
 use std::path::Path;
 
 /// File name of the key check, inside the database directory.
@@ -30,6 +30,19 @@ pub(crate) fn verify(db_dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
     check.verify(key, &db_dir.display().to_string())
 }
 
+/// The ID of the key the check file in `db_dir` names, if there is one.
+pub(crate) fn read_id(db_dir: &Path) -> Result<Option<StoreKeyId>, StoreError> {
+    let path = db_dir.join(KEY_CHECK_FILE_NAME);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::Io(format!("reading {}: {e}", path.display()))),
+    };
+    let check: KeyCheck = serde_json::from_slice(&raw)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    check.store_key_id().map(Some)
+}
+
 /// Writes the check file for `key` in `db_dir` unless it exists
 /// (atomically, mode 0600).
 pub(crate) fn ensure(db_dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
@@ -37,6 +50,13 @@ pub(crate) fn ensure(db_dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
     if path.exists() {
         return Ok(());
     }
+    replace(db_dir, key)
+}
+
+/// Writes the check file for `key` in `db_dir`, replacing any (atomically,
+/// mode 0600): after the store key changed.
+pub(crate) fn replace(db_dir: &Path, key: &StoreKey) -> Result<(), StoreError> {
+    let path = db_dir.join(KEY_CHECK_FILE_NAME);
     let json = serde_json::to_vec_pretty(&KeyCheck::new(key)?)
         .map_err(|e| StoreError::Corrupt(format!("encoding the key check: {e}")))?;
     fs::write_file_atomically(&path, &json)

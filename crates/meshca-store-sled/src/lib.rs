@@ -59,7 +59,7 @@ const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
 /// A [`Store`] in a sled database, in a data directory.
 pub struct SledStore {
     db_dir: PathBuf,
-    mark: MarkFile,
+    mark_path: PathBuf,
     /// Commits take it for writing, reads for reading: a scan or snapshot
     /// never sees half a commit, and only one commit runs at a time.
     inner: RwLock<Inner>,
@@ -75,6 +75,9 @@ pub struct SledStore {
 struct Inner {
     /// `None` after a failed write: the next operation reopens from disk.
     db: Option<sled::Db>,
+    /// The mark file and the store key that authenticates it; replaced
+    /// when the store key changes ([`SledStore::rekey`]).
+    mark: MarkFile,
     /// The index and digest of the last acknowledged commit.
     index: u64,
     digest: Digest,
@@ -130,10 +133,60 @@ impl SledStore {
     /// than its mark (`RolledBack`) or different from it at the same index
     /// (`Corrupt`). Directories are created 0700, files made 0600.
     pub fn open(data_dir: &Path, key: &StoreKey) -> Result<Self, StoreError> {
+        Self::open_with_keys(data_dir, key, None, &[key])
+    }
+
+    /// Opens the store while its store key changes from `old_key` to `key`:
+    /// the store may still be under `old_key`, or, after a change cut
+    /// short by a crash, partly under `key` already. Refuses, before sled
+    /// opens, a store whose key check names neither key. The caller
+    /// re-seals the data keys, then calls [`SledStore::rekey`].
+    pub fn open_rekeying(
+        data_dir: &Path,
+        key: &StoreKey,
+        old_key: &StoreKey,
+    ) -> Result<Self, StoreError> {
+        let db_dir = data_dir.join(DB_DIR_NAME);
+        match key_check::read_id(&db_dir)? {
+            Some(id) if &id == old_key.id() => {
+                Self::open_with_keys(data_dir, old_key, None, &[key, old_key])
+            }
+            Some(id) if &id != key.id() => Err(StoreError::WrongKey(format!(
+                "{} is sealed with store key {id}, which is neither the new store key ({}) nor \
+                 the old one ({}); give the key the store is sealed with as the old key",
+                db_dir.display(),
+                key.id(),
+                old_key.id()
+            ))),
+            // The key check names the new key (the change got that far), or
+            // there is none: the mark may still be under the old key.
+            _ => Self::open_with_keys(data_dir, key, Some(old_key), &[key, old_key]),
+        }
+    }
+
+    /// [`SledStore::open`] with `key` for the key check and the mark, the
+    /// mark also read under `mark_fallback` (then rewritten under `key`),
+    /// and the data keys sealed under any of `data_keys_by`.
+    fn open_with_keys(
+        data_dir: &Path,
+        key: &StoreKey,
+        mark_fallback: Option<&StoreKey>,
+        data_keys_by: &[&StoreKey],
+    ) -> Result<Self, StoreError> {
         let db_dir = data_dir.join(DB_DIR_NAME);
         key_check::verify(&db_dir, key)?;
         let mark_file = MarkFile::new(data_dir, key);
-        let mark = mark_file.read()?;
+        let (mark, fallback) = match (mark_file.read(), mark_fallback) {
+            (Ok(mark), _) => (mark, None),
+            (Err(e), Some(other)) => {
+                let other = MarkFile::new(data_dir, other);
+                match other.read() {
+                    Ok(mark) => (mark, Some(other)),
+                    Err(_) => return Err(e),
+                }
+            }
+            (Err(e), None) => return Err(e),
+        };
         if let Some(mark) = &mark {
             if mark.index > 0 && !db_dir.join("db").exists() {
                 return Err(StoreError::RolledBack {
@@ -148,10 +201,20 @@ impl SledStore {
         // Without its key check file (lost, or a store from before it), the
         // data key record is the first thing that can tell a wrong key; it
         // must, before this open writes a key check or a mark for that key.
-        if let Some(record) = get_in(&db, index, schema::DATA_KEY)? {
-            Sealer::from_record(&record, key)?;
-        }
-        let rewrite = mark::vet(mark.as_ref(), index, digest, mark_file.path())?;
+        verify_data_keys(&db, index, data_keys_by)?;
+        let rewrite = match &fallback {
+            // The mark is under the old key: vet against the digest under
+            // that key, then move the mark to the new one.
+            Some(old) => {
+                let mut old_digest = Digest::default();
+                for (k, v) in records(&db, "")? {
+                    old_digest.add(&old.term(&k, &v));
+                }
+                mark::vet(mark.as_ref(), index, old_digest, mark_file.path())?;
+                true
+            }
+            None => mark::vet(mark.as_ref(), index, digest, mark_file.path())?,
+        };
         key_check::ensure(&db_dir, key)?;
         db.flush().map_err(|e| open_error(&db_dir, e))?;
         durability::sync_tree(&db_dir).map_err(|e| StoreError::Io(format!("syncing {e}")))?;
@@ -162,9 +225,10 @@ impl SledStore {
         }
         Ok(Self {
             db_dir,
-            mark: mark_file,
+            mark_path: mark_file.path().to_path_buf(),
             inner: RwLock::new(Inner {
                 db: Some(db),
+                mark: mark_file,
                 index,
                 digest,
                 leaked_handle_locks_db_file: false,
@@ -176,6 +240,33 @@ impl SledStore {
         })
     }
 
+    /// Moves this backend's own files to the store key `key`, after the
+    /// data keys were re-sealed under it: the key check first, then the
+    /// high-water mark (its digest recomputed under the new key). Each is
+    /// replaced atomically; after a crash in between,
+    /// [`SledStore::open_rekeying`] with both keys finishes the change.
+    pub fn rekey(&self, key: &StoreKey) -> Result<(), StoreError> {
+        let mut inner = self.write_ready()?;
+        let db = inner
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is not open".into()))?;
+        let data_dir = self.db_dir.parent().unwrap_or(Path::new("."));
+        let mark_file = MarkFile::new(data_dir, key);
+        let mut digest = Digest::default();
+        for (k, v) in records(db, "")? {
+            digest.add(&mark_file.term(&k, &v));
+        }
+        key_check::replace(&self.db_dir, key)?;
+        let index = inner.index;
+        mark_file
+            .write(&Mark { index, digest })
+            .map_err(|e| StoreError::Io(format!("writing {}: {e}", mark_file.path().display())))?;
+        inner.mark = mark_file;
+        inner.digest = digest;
+        Ok(())
+    }
+
     /// The database directory (`<data dir>/store`).
     pub fn db_dir(&self) -> &Path {
         &self.db_dir
@@ -183,7 +274,7 @@ impl SledStore {
 
     /// The high-water mark file (`<data dir>/store.mark`).
     pub fn mark_path(&self) -> &Path {
-        self.mark.path()
+        &self.mark_path
     }
 
     /// The state for a write, reopening the database first if a write failed.
@@ -219,13 +310,14 @@ impl SledStore {
             })?;
             inner.leaked_handle_locks_db_file = false;
         }
-        let mark = self.mark.read()?;
-        let (db, index, digest) = open_db(&self.db_dir, &self.mark).map_err(|e| match e {
+        let mark = inner.mark.read()?;
+        let (db, index, digest) = open_db(&self.db_dir, &inner.mark).map_err(|e| match e {
             StoreError::Io(why) => StoreError::WriteFailed(why),
             other => other,
         })?;
-        if mark::vet(mark.as_ref(), index, digest, self.mark.path())? {
-            self.mark
+        if mark::vet(mark.as_ref(), index, digest, inner.mark.path())? {
+            inner
+                .mark
                 .write(&Mark { index, digest })
                 .map_err(|e| StoreError::write_failed(&e))?;
         }
@@ -234,12 +326,10 @@ impl SledStore {
             previous = inner.index,
             "store reopened from disk after a failed write"
         );
-        *inner = Inner {
-            db: Some(db),
-            index,
-            digest,
-            leaked_handle_locks_db_file: false,
-        };
+        inner.db = Some(db);
+        inner.index = index;
+        inner.digest = digest;
+        inner.leaked_handle_locks_db_file = false;
         Ok(())
     }
 
@@ -259,10 +349,10 @@ impl SledStore {
         let mut digest = inner.digest;
         for (key, value) in &changes {
             if let Some(old) = get_in(db, inner.index, key)? {
-                digest.sub(&self.mark.term(key, &old));
+                digest.sub(&inner.mark.term(key, &old));
             }
             if let Some(new) = value {
-                digest.add(&self.mark.term(key, new));
+                digest.add(&inner.mark.term(key, new));
             }
         }
         let by_tree = group_by_tree(&changes)?;
@@ -272,7 +362,8 @@ impl SledStore {
             .and_then(|()| db.flush().map(drop).map_err(WriteError::Sled))
             .and_then(|()| durability::sync_tree(&self.db_dir).map_err(WriteError::Path))
             .and_then(|()| {
-                self.mark
+                inner
+                    .mark
                     .write(&Mark {
                         index: new_index,
                         digest,
@@ -476,6 +567,41 @@ fn replace_db_file(db_dir: &Path) -> Result<(), PathError> {
     }
     std::fs::rename(&copy, &original).map_err(at(&original))?;
     fs::sync_parent_dir(&original).map_err(at(db_dir))
+}
+
+/// Refuses store keys that do not open the data keys: the registry (which
+/// names the store key that sealed it) or the one data key of schemas 1
+/// and 2, sealed under any of `keys`.
+fn verify_data_keys(db: &sled::Db, index: u64, keys: &[&StoreKey]) -> Result<(), StoreError> {
+    if let Some(record) = get_in(db, index, schema::DATA_KEYS)? {
+        let sealed_by = Sealer::registry_store_key_id(&record)?;
+        return match keys.iter().find(|k| k.id() == &sealed_by) {
+            Some(key) => Sealer::from_registry(&record, key).map(drop),
+            None => Err(StoreError::WrongKey(format!(
+                "the data is sealed with store key {sealed_by}, but the key given is {}; start \
+                 with the store key this data directory was created with",
+                keys.iter()
+                    .map(|k| k.id().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ))),
+        };
+    }
+    if let Some(record) = get_in(db, index, schema::DATA_KEY)? {
+        let mut first_error = None;
+        for key in keys {
+            match Sealer::from_record(&record, key) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Opens sled in `db_dir` and reads the index and the digest of every record.

@@ -231,6 +231,13 @@ fn writing_a_key_never_overwrites() {
     assert_eq!(StoreKey::load(&path).unwrap().id(), first.id());
 }
 
+/// Writes a key file as an operator would: mode 0600 (others may not read it).
+fn write_private(path: &Path, content: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 #[test]
 fn key_files_load_as_binary_or_base64() {
     let tmp = tempfile::tempdir().unwrap();
@@ -238,38 +245,55 @@ fn key_files_load_as_binary_or_base64() {
     let raw = base64_decode(&key.to_base64());
 
     let binary = tmp.path().join("binary.key");
-    std::fs::write(&binary, &raw).unwrap();
+    write_private(&binary, &raw);
     assert_eq!(
         StoreKey::load(&binary).unwrap().to_base64(),
         key.to_base64()
     );
 
     let text = tmp.path().join("text.key");
-    std::fs::write(&text, format!("  {}\n", key.to_base64().as_str())).unwrap();
+    write_private(&text, format!("  {}\n", key.to_base64().as_str()));
     assert_eq!(StoreKey::load(&text).unwrap().id(), key.id());
 }
 
 #[test]
-fn key_files_with_short_aes_keys_are_rejected_clearly() {
+fn key_files_with_aes_128_and_192_keys_seal_a_store_and_other_sizes_are_named() {
     use base64::Engine as _;
     let tmp = tempfile::tempdir().unwrap();
-    let aes128 = [5u8; 48];
-    let binary = tmp.path().join("binary.key");
-    std::fs::write(&binary, aes128).unwrap();
-    // Base64 of 48 bytes is 64 characters: it must not be taken for a raw key.
-    let text = tmp.path().join("text.key");
-    std::fs::write(
-        &text,
-        base64::engine::general_purpose::STANDARD.encode(aes128),
-    )
-    .unwrap();
-    for path in [binary, text] {
-        let err = StoreKey::load(&path).unwrap_err();
-        assert!(matches!(err, StoreError::InvalidKey(_)), "{err:?}");
-        let msg = err.to_string();
-        assert!(msg.contains("AES-128") && msg.contains("AES-256"), "{msg}");
-        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    for (len, bits) in [(48usize, 128usize), (56, 192)] {
+        let raw: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let binary = tmp.path().join(format!("binary-{bits}.key"));
+        write_private(&binary, &raw);
+        // Base64 of 48 bytes is 64 characters: it must not be taken for a raw key.
+        let text = tmp.path().join(format!("text-{bits}.key"));
+        write_private(
+            &text,
+            base64::engine::general_purpose::STANDARD.encode(&raw),
+        );
+        for path in [&binary, &text] {
+            let key = StoreKey::load(path).unwrap();
+            assert_eq!(key.bits(), bits, "{}", path.display());
+        }
+        let key = StoreKey::load(&binary).unwrap();
+        let data = tmp.path().join(format!("data-{bits}"));
+        let state = sample_state(MARKER);
+        {
+            let records = open_records(&data, &key);
+            bootstrap(&records, &state);
+        }
+        let reopened = open_records(&data, &key);
+        assert_eq!(
+            reopened.load_ca().unwrap().unwrap().private_keys,
+            state.private_keys
+        );
     }
+    let odd = tmp.path().join("odd.key");
+    write_private(&odd, [5u8; 40]);
+    let err = StoreKey::load(&odd).unwrap_err();
+    assert!(matches!(err, StoreError::InvalidKey(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("16-, 24- or 32-byte"), "{msg}");
+    assert!(msg.contains(&odd.display().to_string()), "{msg}");
 }
 
 #[test]

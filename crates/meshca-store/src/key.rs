@@ -1,9 +1,12 @@
 //! The store key: the operator-held secret that seals the store's data keys.
 //!
-//! The file format: 32 bytes of key ID followed by the key, either raw (a
-//! binary file) or base64 of the same bytes (what `meshca keygen` prints).
-//! The format allows 16/24/32-byte keys; meshca seals with AES-256-GCM, so it
-//! accepts only 32-byte keys and says so for the shorter ones.
+//! The file format (CockroachDB's): 32 bytes of key ID followed by a 16-,
+//! 24- or 32-byte AES key, either raw (a binary file, what `meshca keygen
+//! --out` writes) or base64 of the same bytes (what `meshca keygen` prints).
+//! The store key seals only the data key registry, with AES-GCM of its own
+//! size; the data keys that seal records are always AES-256-GCM. A key file
+//! that group or others can read is refused, as ssh refuses such a private
+//! key.
 
 use crate::StoreError;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -15,8 +18,10 @@ use zeroize::Zeroizing;
 
 /// Length of a store key ID.
 pub const KEY_ID_LEN: usize = 32;
-/// Length of the AES-256 key this build accepts.
+/// Length of the key `meshca keygen` makes (AES-256) and of every data key.
 pub const KEY_LEN: usize = 32;
+/// The AES key lengths a store key file may hold: AES-128, -192 and -256.
+pub const KEY_LENS: [usize; 3] = [16, 24, 32];
 /// File name of the key created in a data dir when none is configured.
 pub const KEY_FILE_NAME: &str = "store.key";
 
@@ -62,17 +67,19 @@ impl fmt::Debug for StoreKeyId {
     }
 }
 
-/// A store key: a public ID and a 256-bit AES key, zeroed on drop.
+/// A store key: a public ID and a 128-, 192- or 256-bit AES key, zeroed on
+/// drop.
 #[derive(Clone)]
 pub struct StoreKey {
     id: StoreKeyId,
-    key: Zeroizing<[u8; KEY_LEN]>,
+    key: Zeroizing<Vec<u8>>,
 }
 
 impl fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreKey")
             .field("id", &self.id)
+            .field("bits", &(self.key.len() * 8))
             .field("key", &"[redacted]")
             .finish()
     }
@@ -91,9 +98,14 @@ impl StoreKey {
         &self.id
     }
 
-    /// The AES-256 key, for sealing data keys.
-    pub(crate) fn key_bytes(&self) -> &[u8; KEY_LEN] {
+    /// The AES key (16, 24 or 32 bytes), for sealing the data key registry.
+    pub(crate) fn key_bytes(&self) -> &[u8] {
         &self.key
+    }
+
+    /// The AES key size in bits: 128, 192 or 256.
+    pub fn bits(&self) -> usize {
+        self.key.len() * 8
     }
 
     /// An HMAC-SHA256 key for `purpose`, derived from this key with HKDF
@@ -113,28 +125,32 @@ impl StoreKey {
         }
     }
 
-    /// Parses the raw form: key ID then key. Rejects 16/24-byte keys by name.
+    /// Parses the raw form: key ID then a 16-, 24- or 32-byte key.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
-        if bytes.len() != KEY_ID_LEN + KEY_LEN {
+        let key_len = bytes.len().saturating_sub(KEY_ID_LEN);
+        if bytes.len() <= KEY_ID_LEN || !KEY_LENS.contains(&key_len) {
             return Err(StoreError::InvalidKey(length_message(bytes.len())));
         }
         let (id, key) = bytes.split_at(KEY_ID_LEN);
         let mut id_arr = [0u8; KEY_ID_LEN];
         id_arr.copy_from_slice(id);
-        let mut key_arr = Zeroizing::new([0u8; KEY_LEN]);
-        key_arr.copy_from_slice(key);
         Ok(Self {
             id: StoreKeyId(id_arr),
-            key: key_arr,
+            key: Zeroizing::new(key.to_vec()),
         })
+    }
+
+    /// The raw form (key ID then key), zeroed on drop.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut raw = Zeroizing::new(Vec::with_capacity(KEY_ID_LEN + self.key.len()));
+        raw.extend_from_slice(self.id.as_bytes());
+        raw.extend_from_slice(&self.key[..]);
+        raw
     }
 
     /// The base64 form (what `meshca keygen` prints), zeroed on drop.
     pub fn to_base64(&self) -> Zeroizing<String> {
-        let mut raw = Zeroizing::new(Vec::with_capacity(KEY_ID_LEN + KEY_LEN));
-        raw.extend_from_slice(self.id.as_bytes());
-        raw.extend_from_slice(&self.key[..]);
-        Zeroizing::new(B64.encode(&raw[..]))
+        Zeroizing::new(B64.encode(&self.to_bytes()[..]))
     }
 
     /// Parses the base64 form; surrounding whitespace is ignored.
@@ -147,10 +163,13 @@ impl StoreKey {
     }
 
     /// Reads a key file in either format: base64 text, or else raw bytes.
+    /// Refuses a file that group or others may read (or write), naming
+    /// its mode, before reading it.
     ///
     /// Raw random bytes are practically never valid base64, so trying base64
     /// first cannot misread a binary key file.
     pub fn load(path: &Path) -> Result<Self, StoreError> {
+        check_private(path)?;
         let content = std::fs::read(path)
             .map(Zeroizing::new)
             .map_err(|e| io_error("reading store key", path, &e))?;
@@ -168,7 +187,17 @@ impl StoreKey {
     /// Refuses to overwrite an existing file: that would orphan a store.
     pub fn write_new(path: &Path) -> Result<Self, StoreError> {
         let key = Self::generate()?;
-        key.write_to_new_file(path)?;
+        let mut line = Zeroizing::new(key.to_base64().to_string());
+        line.push('\n');
+        write_new_file(path, line.as_bytes())?;
+        Ok(key)
+    }
+
+    /// Generates a key and writes it in the binary layout (key ID then
+    /// key) to a new file with mode 0600, refusing to overwrite one.
+    pub fn write_new_raw(path: &Path) -> Result<Self, StoreError> {
+        let key = Self::generate()?;
+        write_new_file(path, &key.to_bytes())?;
         Ok(key)
     }
 
@@ -190,18 +219,42 @@ impl StoreKey {
         );
         Ok((key, true))
     }
+}
 
-    /// Writes the base64 form to a file that must not exist yet, then syncs
-    /// the file and its directory so the key is not lost before the data it seals.
-    fn write_to_new_file(&self, path: &Path) -> Result<(), StoreError> {
-        let mut file = create_private_file(path)?;
-        let mut line = Zeroizing::new(self.to_base64().to_string());
-        line.push('\n');
-        file.write_all(line.as_bytes())
-            .and_then(|()| file.sync_all())
-            .and_then(|()| crate::fs::sync_parent_dir(path))
-            .map_err(|e| io_error("writing store key", path, &e))
+/// Writes `content` to a file that must not exist yet, then syncs the file
+/// and its directory so the key is not lost before the data it seals.
+fn write_new_file(path: &Path, content: &[u8]) -> Result<(), StoreError> {
+    let mut file = create_private_file(path)?;
+    file.write_all(content)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| crate::fs::sync_parent_dir(path))
+        .map_err(|e| io_error("writing store key", path, &e))
+}
+
+/// Refuses a key file whose mode lets group or others read or write it,
+/// as ssh does for a private key: such a key may already be copied.
+#[cfg(unix)]
+fn check_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| io_error("reading store key", path, &e))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(StoreError::InvalidKey(format!(
+            "permissions {mode:04o} for {} are too open: a store key file must be \
+             accessible by its owner only (chmod 600 {})",
+            path.display(),
+            path.display()
+        )));
     }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// Opens `path` for writing with mode 0600, failing if it already exists.
@@ -218,19 +271,12 @@ fn create_private_file(path: &Path) -> Result<std::fs::File, StoreError> {
     })
 }
 
-/// Explains a key of the wrong length, naming the AES sizes the format allows.
+/// Explains a key of the wrong length, naming the sizes that work.
 fn length_message(len: usize) -> String {
-    match len.checked_sub(KEY_ID_LEN) {
-        Some(16) | Some(24) => format!(
-            "a {}-byte (AES-{}) key; meshca needs a 32-byte AES-256 key",
-            len - KEY_ID_LEN,
-            (len - KEY_ID_LEN) * 8
-        ),
-        _ => format!(
-            "{len} bytes; expected {} (a 32-byte key ID then a 32-byte AES-256 key), raw or base64",
-            KEY_ID_LEN + KEY_LEN
-        ),
-    }
+    format!(
+        "{len} bytes; expected a 32-byte key ID then a 16-, 24- or 32-byte AES key \
+         (48, 56 or 64 bytes), raw or base64"
+    )
 }
 
 /// Adds the file name to a key-format error, so the operator knows which file.
@@ -268,15 +314,65 @@ mod tests {
     }
 
     #[test]
-    fn short_aes_keys_are_rejected_by_name() {
-        for key_len in [16, 24] {
-            let err = StoreKey::from_bytes(&vec![1; KEY_ID_LEN + key_len]).unwrap_err();
-            let msg = err.to_string();
-            assert!(msg.contains(&format!("AES-{}", key_len * 8)), "{msg}");
-            assert!(msg.contains("AES-256"), "{msg}");
+    fn aes_128_192_and_256_keys_are_accepted_and_other_sizes_named() {
+        for key_len in KEY_LENS {
+            let key = StoreKey::from_bytes(&vec![1; KEY_ID_LEN + key_len]).unwrap();
+            assert_eq!(key.bits(), key_len * 8);
+            assert_eq!(&key.to_bytes()[..], &vec![1; KEY_ID_LEN + key_len][..]);
         }
-        let err = StoreKey::from_bytes(&[1; 10]).unwrap_err();
-        assert!(matches!(err, StoreError::InvalidKey(_)));
+        for len in [
+            0,
+            10,
+            KEY_ID_LEN,
+            KEY_ID_LEN + 8,
+            KEY_ID_LEN + 31,
+            KEY_ID_LEN + 33,
+        ] {
+            let err = StoreKey::from_bytes(&vec![1; len]).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, StoreError::InvalidKey(_)), "{len}");
+            assert!(msg.contains("16-, 24- or 32-byte"), "{msg}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_readable_by_others_is_refused_naming_its_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("k");
+        let key = StoreKey::write_new_raw(&path).unwrap();
+        assert_eq!(StoreKey::load(&path).unwrap().id(), key.id());
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let msg = StoreKey::load(&path).unwrap_err().to_string();
+            assert!(
+                msg.contains(&format!(
+                    "permissions {mode:04o} for {} are too open",
+                    path.display()
+                )),
+                "{msg}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(StoreKey::load(&path).unwrap().id(), key.id());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keygen_files_are_raw_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("k");
+        let key = StoreKey::write_new_raw(&path).unwrap();
+        let raw = std::fs::read(&path).unwrap();
+        assert_eq!(raw.len(), KEY_ID_LEN + KEY_LEN);
+        assert_eq!(&raw[..], &key.to_bytes()[..]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = StoreKey::write_new_raw(&path).unwrap_err().to_string();
+        assert!(err.contains("refusing to overwrite"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), raw, "the file is unchanged");
     }
 
     #[test]

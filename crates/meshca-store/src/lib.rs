@@ -34,7 +34,7 @@ pub mod seal;
 mod sealer;
 mod watch;
 
-pub use key::{StoreKey, StoreKeyId, KEY_FILE_NAME, KEY_ID_LEN, KEY_LEN};
+pub use key::{StoreKey, StoreKeyId, KEY_FILE_NAME, KEY_ID_LEN, KEY_LEN, KEY_LENS};
 pub use memory::MemoryStore;
 pub use records::Records;
 pub use seal::KeyCheck;

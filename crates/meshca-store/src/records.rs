@@ -10,13 +10,19 @@
 //! Only records that can hold a secret are sealed, so the public ones stay
 //! readable to an operator inspecting a store. A CA change rewrites all
 //! four in one transaction, so they always belong to the same commit.
+//!
+//! With a rotation period, a commit that seals while the newest data key is
+//! that old first adds a new data key: the data key registry
+//! (`meta/data_keys`) and the records sealed with the new key are written
+//! in the same transaction, so a crash leaves both or neither.
 
-use crate::{schema, Op, Sealer, Snapshot, Store, StoreError, Txn};
+use crate::{schema, Op, Sealer, Snapshot, Store, StoreError, StoreKey, Txn};
 use meshca_core::secret::SecretBytes;
 use meshca_core::state::{CaRoot, CaState, StoredConfig};
+use meshca_core::Clock;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -32,22 +38,65 @@ struct RootsRecord {
 /// The typed CA layer over a [`Store`] and a [`Sealer`].
 pub struct Records {
     store: Arc<dyn Store>,
-    sealer: Sealer,
+    /// Replaced only after a commit that added a data key succeeded.
+    sealer: RwLock<Arc<Sealer>>,
+    rotation: Option<Rotation>,
+}
+
+/// What a [`Records`] needs to add data keys: the store key that seals the
+/// registry, the period, and the clock.
+struct Rotation {
+    store_key: StoreKey,
+    period: time::Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Records {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Records")
-            .field("sealer", &self.sealer)
+            .field("sealer", &self.sealer())
+            .field("rotation_period", &self.rotation.as_ref().map(|r| r.period))
             .finish_non_exhaustive()
     }
 }
 
 impl Records {
-    /// Records over `store`, sealing with `sealer`. The store must be at the
-    /// current schema: `meshca_migrations::open` builds this for callers.
+    /// Records over `store`, sealing with `sealer`, never adding data keys.
+    /// The store must be at the current schema: `meshca_migrations::open`
+    /// builds this for callers.
     pub fn new(store: Arc<dyn Store>, sealer: Sealer) -> Self {
-        Self { store, sealer }
+        Self {
+            store,
+            sealer: RwLock::new(Arc::new(sealer)),
+            rotation: None,
+        }
+    }
+
+    /// Records that add a data key at the first commit that seals once the
+    /// newest is `period` old (by `clock`); `store_key` seals the registry.
+    pub fn with_rotation(
+        store: Arc<dyn Store>,
+        sealer: Sealer,
+        store_key: StoreKey,
+        period: time::Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            rotation: Some(Rotation {
+                store_key,
+                period,
+                clock,
+            }),
+            ..Self::new(store, sealer)
+        }
+    }
+
+    /// The data keys in use now.
+    pub fn sealer(&self) -> Arc<Sealer> {
+        self.sealer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The CA state, or `None` before the CA is initialised. A sealed record
@@ -55,7 +104,13 @@ impl Records {
     /// records missing is an error: the CA is never assembled from less than
     /// all of it.
     pub fn load_ca(&self) -> Result<Option<CaState>, StoreError> {
-        let found: BTreeMap<String, Vec<u8>> = self.store.scan(schema::CA)?.into_iter().collect();
+        Self::load_ca_from(&*self.store, &self.sealer())
+    }
+
+    /// [`Records::load_ca`] from any store and sealer, for migrations and
+    /// data key changes that rewrite the CA records.
+    pub fn load_ca_from(store: &dyn Store, sealer: &Sealer) -> Result<Option<CaState>, StoreError> {
+        let found: BTreeMap<String, Vec<u8>> = store.scan(schema::CA)?.into_iter().collect();
         if found.is_empty() {
             return Ok(None);
         }
@@ -75,15 +130,11 @@ impl Records {
             parse(schema::CA_PROVIDER, record(schema::CA_PROVIDER)?)?;
         let config: StoredConfig = parse(
             schema::CA_CONFIG,
-            &self
-                .sealer
-                .open(schema::CA_CONFIG, record(schema::CA_CONFIG)?)?,
+            &sealer.open(schema::CA_CONFIG, record(schema::CA_CONFIG)?)?,
         )?;
         let private_keys: BTreeMap<String, SecretBytes> = parse(
             schema::CA_KEYS,
-            &self
-                .sealer
-                .open(schema::CA_KEYS, record(schema::CA_KEYS)?)?,
+            &sealer.open(schema::CA_KEYS, record(schema::CA_KEYS)?)?,
         )?;
         Ok(Some(CaState {
             cluster_id: roots.cluster_id,
@@ -103,7 +154,9 @@ impl Records {
     /// the CA's own head record, not on the global index, so ACL writes in
     /// between (they move the global index) do not conflict with a CA
     /// change; CA indexes still only grow. A CA that changed since (or was
-    /// created meanwhile) is `Conflict` and writes nothing.
+    /// created meanwhile) is `Conflict` and writes nothing. When a data key
+    /// is due, the new registry is part of the same transaction, guarded by
+    /// the registry it replaces.
     pub fn commit_ca(&self, state: &CaState, expected: u64) -> Result<u64, StoreError> {
         let index = expected
             .checked_add(1)
@@ -122,13 +175,47 @@ impl Records {
             None if self.store.index()? > expected => return Err(conflict(self.store.index()?)),
             None => {}
         }
-        let txn = Txn {
-            checks: vec![],
-            ops: Self::ca_ops(&self.sealer, state, index)?,
+        let (sealer, registry) = self.sealer_for_next_seal()?;
+        let mut ops = Self::ca_ops(&sealer, state, index)?;
+        let rotated = registry.is_some();
+        let mut checks = vec![];
+        if rotated {
+            let current = self.store.get(schema::DATA_KEYS)?;
+            checks.push(crate::Check {
+                key: schema::DATA_KEYS.into(),
+                expected: current,
+            });
         }
-        .check(schema::CA_ROOTS, head.as_deref());
+        ops.extend(registry);
+        let txn = Txn { checks, ops }.check(schema::CA_ROOTS, head.as_deref());
         self.store.commit(&txn)?;
+        if rotated {
+            tracing::info!(
+                data_key_id = %sealer.data_key_id(),
+                "new data key: the previous one reached the data key rotation period"
+            );
+            *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = sealer;
+        }
         Ok(index)
+    }
+
+    /// The sealer for a commit about to seal, and the registry put when it
+    /// holds a new data key (the newest was due for rotation).
+    fn sealer_for_next_seal(&self) -> Result<(Arc<Sealer>, Option<Op>), StoreError> {
+        let sealer = self.sealer();
+        let Some(rotation) = &self.rotation else {
+            return Ok((sealer, None));
+        };
+        let now = rotation.clock.now();
+        if !sealer.rotation_due(now, rotation.period) {
+            return Ok((sealer, None));
+        }
+        let next = sealer.with_new_key(now)?;
+        let registry = Op::Put(
+            schema::DATA_KEYS.into(),
+            next.to_registry(&rotation.store_key)?,
+        );
+        Ok((Arc::new(next), Some(registry)))
     }
 
     /// The puts that store `state` as the CA records, stamped with `index`
@@ -178,8 +265,25 @@ impl Records {
     }
 
     /// Replaces the whole store with `snapshot`; returns the new index.
+    /// The snapshot's data key registry must open under this store key
+    /// (when these records know it) and then replaces the data keys in use.
     pub fn restore(&self, snapshot: &Snapshot) -> Result<u64, StoreError> {
-        self.store.restore(snapshot)
+        let registry = snapshot
+            .records
+            .iter()
+            .find(|(k, _)| k == schema::DATA_KEYS)
+            .map(|(_, v)| v);
+        let restored = match (&self.rotation, registry) {
+            (Some(rotation), Some(record)) => {
+                Some(Sealer::from_registry(record, &rotation.store_key)?)
+            }
+            _ => None,
+        };
+        let index = self.store.restore(snapshot)?;
+        if let Some(sealer) = restored {
+            *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sealer);
+        }
+        Ok(index)
     }
 
     /// The raw store, for migrations and diagnostics.

@@ -15,8 +15,12 @@ pub const SCHEMA_VERSION: &str = "meta/schema_version";
 /// The global index, a big-endian u64, maintained by the backend: it can be
 /// read and checked, never written.
 pub const INDEX: &str = "meta/index";
-/// The active data key, sealed under the store key (JSON).
+/// Schemas 1 and 2: the one data key, sealed under the store key (JSON).
+/// Replaced by [`DATA_KEYS`] in migration 3.
 pub const DATA_KEY: &str = "meta/data_key";
+/// The data key registry: every data key, oldest first, sealed together
+/// under the store key (JSON with a key check and one sealed blob).
+pub const DATA_KEYS: &str = "meta/data_keys";
 
 /// Every CA record starts with this.
 pub const CA: &str = "ca/";

@@ -12,7 +12,10 @@
 
 use crate::key::{StoreKey, StoreKeyId, KEY_LEN};
 use crate::StoreError;
-use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::{
+    Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_192_GCM, AES_256_GCM,
+    NONCE_LEN,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -21,50 +24,70 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-/// First byte of every sealed blob: the layout `[format][nonce][ciphertext+tag]`.
-/// A future algorithm gets a new number instead of a guess.
+/// First byte of every sealed blob: the layout `[format][nonce][ciphertext+tag]`
+/// with the algorithm the format names. A future algorithm gets a new number
+/// instead of a guess. Data keys are AES-256; a store key may be any of the
+/// three sizes, and seals the data key registry with its own.
 const FORMAT_AES_256_GCM: u8 = 1;
+const FORMAT_AES_128_GCM: u8 = 2;
+const FORMAT_AES_192_GCM: u8 = 3;
+
+/// The AES-GCM variant for a key of `len` bytes, and its format byte.
+fn algorithm(len: usize) -> Option<(&'static Algorithm, u8)> {
+    match len {
+        16 => Some((&AES_128_GCM, FORMAT_AES_128_GCM)),
+        24 => Some((&AES_192_GCM, FORMAT_AES_192_GCM)),
+        32 => Some((&AES_256_GCM, FORMAT_AES_256_GCM)),
+        _ => None,
+    }
+}
 
 /// Why a sealed blob did not open. The caller decides what that means:
 /// a wrong store key, or corrupt data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OpenFailed;
 
-/// Encrypts `plaintext` under `key`, binding `aad`.
-pub(crate) fn seal(
-    key: &[u8; KEY_LEN],
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Result<Vec<u8>, StoreError> {
-    let failed = |_| StoreError::Io("AES-256-GCM sealing failed".into());
-    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(failed)?;
+/// Encrypts `plaintext` under `key` (16, 24 or 32 bytes: AES-128/192/256-GCM),
+/// binding `aad`, with a fresh random 96-bit nonce.
+pub(crate) fn seal(key: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let failed = |_| StoreError::Io("AES-GCM sealing failed".into());
+    let (alg, format) = algorithm(key.len())
+        .ok_or_else(|| StoreError::InvalidKey(format!("{}-byte AES key", key.len())))?;
+    let key = LessSafeKey::new(UnboundKey::new(alg, key).map_err(failed)?);
+    let mut nonce = [0u8; NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(failed)?;
     // Room for the tag up front: growing the buffer would leave a freed,
     // unzeroed copy of the plaintext behind.
-    let mut in_out = Zeroizing::new(Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len()));
+    let mut in_out = Zeroizing::new(Vec::with_capacity(plaintext.len() + alg.tag_len()));
     in_out.extend_from_slice(plaintext);
-    let nonce = key
-        .seal_in_place_append_tag(Aad::from(aad), &mut *in_out)
-        .map_err(failed)?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut *in_out,
+    )
+    .map_err(failed)?;
     let mut sealed = Vec::with_capacity(1 + NONCE_LEN + in_out.len());
-    sealed.push(FORMAT_AES_256_GCM);
-    sealed.extend_from_slice(nonce.as_ref());
+    sealed.push(format);
+    sealed.extend_from_slice(&nonce);
     sealed.extend_from_slice(&in_out);
     Ok(sealed)
 }
 
-/// Decrypts and authenticates a blob from [`seal`] made with the same `aad`.
+/// Decrypts and authenticates a blob from [`seal`] made with the same `aad`
+/// and a key of the same size.
 pub(crate) fn open(
-    key: &[u8; KEY_LEN],
+    key: &[u8],
     aad: &[u8],
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, OpenFailed> {
     let (&format, rest) = sealed.split_first().ok_or(OpenFailed)?;
-    if format != FORMAT_AES_256_GCM || rest.len() < NONCE_LEN {
+    let (alg, expected) = algorithm(key.len()).ok_or(OpenFailed)?;
+    if format != expected || rest.len() < NONCE_LEN {
         return Err(OpenFailed);
     }
     let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenFailed)?;
-    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| OpenFailed)?;
+    let key = LessSafeKey::new(UnboundKey::new(alg, key).map_err(|_| OpenFailed)?);
     let mut in_out = Zeroizing::new(ciphertext.to_vec());
     let len = key
         .open_in_place(nonce, Aad::from(aad), &mut in_out[..])
@@ -78,6 +101,7 @@ pub(crate) fn open(
 ///
 /// It has an ID (recorded in every blob it seals, so that after a rotation
 /// the right key is picked) and a creation time (to decide when to rotate).
+#[derive(Clone)]
 pub(crate) struct DataKey {
     pub(crate) id: Uuid,
     pub(crate) created_at: OffsetDateTime,
@@ -183,7 +207,7 @@ impl DataKey {
         name: &str,
         plaintext: &[u8],
     ) -> Result<SealedRecord, StoreError> {
-        let sealed = seal(&self.key, &record_aad(name, self.id), plaintext)?;
+        let sealed = seal(&self.key[..], &record_aad(name, self.id), plaintext)?;
         Ok(SealedRecord {
             data_key_id: self.id,
             sealed: B64.encode(sealed),
@@ -205,9 +229,118 @@ impl DataKey {
         let sealed = B64
             .decode(&record.sealed)
             .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))?;
-        open(&self.key, &record_aad(name, self.id), &sealed)
+        open(&self.key[..], &record_aad(name, self.id), &sealed)
             .map_err(|_| StoreError::Corrupt(format!("{name} failed authentication")))
     }
+}
+
+/// The data key registry as stored (`meta/data_keys`): every data key, all
+/// sealed together under the store key as one blob, so that the set (which
+/// keys, in which order, created when) cannot be altered piecemeal and
+/// changing the store key re-seals one record.
+///
+/// `check` is a [`KeyCheck`] of the store key, sealed apart from the keys:
+/// a key with the right ID but other bytes fails the check (a wrong key
+/// file), while a key that passes the check but does not open `sealed`
+/// means the registry itself was altered or damaged.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RegistryRecord {
+    version: u32,
+    check: KeyCheck,
+    /// Base64 of the sealed entries (see [`encode_entries`]).
+    sealed: String,
+}
+
+const REGISTRY_VERSION: u32 = 1;
+const REGISTRY_AAD: &[u8] = b"meshca/meta/data_keys";
+/// One entry: 16 bytes of ID, 8 bytes of Unix seconds and 4 of nanoseconds
+/// (big-endian), then the 32-byte key.
+const ENTRY_LEN: usize = 16 + 8 + 4 + KEY_LEN;
+
+impl RegistryRecord {
+    /// The registry of `keys` (oldest first), sealed under `store_key`.
+    pub(crate) fn seal(keys: &[DataKey], store_key: &StoreKey) -> Result<Self, StoreError> {
+        let plain = encode_entries(keys);
+        Ok(Self {
+            version: REGISTRY_VERSION,
+            check: KeyCheck::new(store_key)?,
+            sealed: B64.encode(seal(store_key.key_bytes(), REGISTRY_AAD, &plain)?),
+        })
+    }
+
+    /// The ID of the store key that sealed this registry, read without a key.
+    pub(crate) fn store_key_id(&self) -> Result<StoreKeyId, StoreError> {
+        self.check.store_key_id()
+    }
+
+    /// The data keys, oldest first. A store key other than the one that
+    /// sealed the registry is `WrongKey` (naming both IDs); the right key
+    /// with a registry that does not open is `Corrupt`.
+    pub(crate) fn open(&self, store_key: &StoreKey) -> Result<Vec<DataKey>, StoreError> {
+        if self.version != REGISTRY_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "the data key registry has unknown version {}",
+                self.version
+            )));
+        }
+        self.check.verify(store_key, "the data key registry")?;
+        let sealed = B64
+            .decode(&self.sealed)
+            .map_err(|e| StoreError::Corrupt(format!("the data key registry: {e}")))?;
+        let plain = open(store_key.key_bytes(), REGISTRY_AAD, &sealed).map_err(|_| {
+            StoreError::Corrupt(
+                "the data key registry (meta/data_keys) failed authentication under the right \
+                 store key: it was altered or damaged; restore the data directory from a \
+                 snapshot or backup"
+                    .into(),
+            )
+        })?;
+        decode_entries(&plain)
+    }
+}
+
+/// The registry's plaintext: fixed-size entries, so that the buffer never
+/// grows (a grown buffer would leave an unzeroed copy of keys behind).
+fn encode_entries(keys: &[DataKey]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(keys.len() * ENTRY_LEN));
+    for key in keys {
+        out.extend_from_slice(key.id.as_bytes());
+        out.extend_from_slice(&key.created_at.unix_timestamp().to_be_bytes());
+        out.extend_from_slice(&key.created_at.nanosecond().to_be_bytes());
+        out.extend_from_slice(&key.key[..]);
+    }
+    out
+}
+
+fn decode_entries(plain: &[u8]) -> Result<Vec<DataKey>, StoreError> {
+    let corrupt = |why: &str| StoreError::Corrupt(format!("the data key registry: {why}"));
+    if plain.is_empty() || !plain.len().is_multiple_of(ENTRY_LEN) {
+        return Err(corrupt("its length is not a whole number of data keys"));
+    }
+    let mut keys: Vec<DataKey> = Vec::with_capacity(plain.len() / ENTRY_LEN);
+    for entry in plain.chunks_exact(ENTRY_LEN) {
+        let (id, rest) = entry.split_at(16);
+        let (secs, rest) = rest.split_at(8);
+        let (nanos, key_bytes) = rest.split_at(4);
+        let id = Uuid::from_slice(id).map_err(|_| corrupt("an invalid ID"))?;
+        let secs = i64::from_be_bytes(secs.try_into().map_err(|_| corrupt("a short entry"))?);
+        let nanos = u32::from_be_bytes(nanos.try_into().map_err(|_| corrupt("a short entry"))?);
+        let created_at = OffsetDateTime::from_unix_timestamp(secs)
+            .ok()
+            .and_then(|t| t.replace_nanosecond(nanos).ok())
+            .ok_or_else(|| corrupt("an invalid creation time"))?;
+        if keys.iter().any(|k| k.id == id) {
+            return Err(corrupt(&format!("data key {id} appears twice")));
+        }
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key.copy_from_slice(key_bytes);
+        keys.push(DataKey {
+            id,
+            created_at,
+            key,
+        });
+    }
+    Ok(keys)
 }
 
 /// A verifier of a store key, kept by a backend beside its database: the
@@ -231,6 +364,12 @@ impl KeyCheck {
             store_key_id: key.id().to_hex(),
             sealed: B64.encode(seal(key.key_bytes(), CHECK_AAD, CHECK_TEXT)?),
         })
+    }
+
+    /// The ID of the key this verifier was made with.
+    pub fn store_key_id(&self) -> Result<StoreKeyId, StoreError> {
+        StoreKeyId::from_hex(&self.store_key_id)
+            .ok_or_else(|| StoreError::Corrupt("invalid store key ID in a key check".into()))
     }
 
     /// `Ok` if `key` is the key this verifier was made with; `WrongKey`
@@ -289,6 +428,19 @@ mod tests {
         assert_eq!(&open(&key, b"ca/state", &sealed).unwrap()[..], b"secret");
         assert_eq!(open(&key, b"ca/other", &sealed), Err(OpenFailed));
         assert_eq!(open(&[8u8; KEY_LEN], b"ca/state", &sealed), Err(OpenFailed));
+    }
+
+    #[test]
+    fn every_store_key_size_seals_and_opens_only_with_its_own_format() {
+        for len in [16usize, 24, 32] {
+            let key = vec![9u8; len];
+            let sealed = seal(&key, b"a", b"registry").unwrap();
+            assert_eq!(&open(&key, b"a", &sealed).unwrap()[..], b"registry");
+            for other in [16usize, 24, 32].into_iter().filter(|&o| o != len) {
+                assert_eq!(open(&vec![9u8; other], b"a", &sealed), Err(OpenFailed));
+            }
+        }
+        assert!(seal(&[1u8; 20], b"a", b"x").is_err());
     }
 
     #[test]

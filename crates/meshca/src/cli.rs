@@ -58,6 +58,16 @@ pub enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
+    /// Make a new store key: print it as base64, or write it to a file.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Write the key to this new file (mode 0600; 32-byte key ID then the
+    /// 32-byte key) instead of printing it. Never overwrites.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,9 +129,14 @@ pub struct ServerArgs {
     /// HTTP port (default 8500; 0 picks a free port).
     #[arg(long = "http-port")]
     pub http_port: Option<u16>,
-    /// Store key file (32-byte key ID + 32-byte key, or base64 of them).
+    /// Store key file (32-byte key ID + 16/24/32-byte AES key, or base64 of
+    /// them; `meshca keygen` makes one). Mode 0600 or stricter.
     #[arg(long = "store-key-file")]
     pub store_key_file: Option<PathBuf>,
+    /// The previous store key file, while changing store keys: the store is
+    /// re-sealed from it to --store-key-file.
+    #[arg(long = "old-store-key-file")]
+    pub old_store_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -79,10 +79,15 @@ pub struct Connect {
     pub ca_config: Option<Map<String, Value>>,
 }
 
+/// meshca's `encrypt_store` block: the store key, the previous store key
+/// while changing it, and how often a new data key is made.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptStore {
     pub key_file: Option<PathBuf>,
+    pub old_key_file: Option<PathBuf>,
+    /// A Go duration (`168h`); default 7 days.
+    pub data_key_rotation_period: Option<String>,
 }
 
 /// The effective server settings.
@@ -94,6 +99,9 @@ pub struct Settings {
     pub bind: String,
     pub http_port: u16,
     pub store_key_file: Option<PathBuf>,
+    /// The previous store key, to re-seal the store under `store_key_file`.
+    pub old_store_key_file: Option<PathBuf>,
+    pub data_key_rotation_period: time::Duration,
     pub initial_ca: CaConfig,
     pub audit_path: Option<PathBuf>,
     pub acl: AclSettings,
@@ -197,6 +205,27 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
             bail!("primary_datacenter {primary:?} differs from datacenter {datacenter:?}: secondary datacenters are not supported yet");
         }
     }
+    let encrypt = file.encrypt_store.unwrap_or_default();
+    let store_key_file = args.store_key_file.clone().or(encrypt.key_file);
+    let old_store_key_file = args.old_store_key_file.clone().or(encrypt.old_key_file);
+    let data_key_rotation_period = match &encrypt.data_key_rotation_period {
+        Some(text) => parse_rotation_period(text)?,
+        None => meshca_migrations::DEFAULT_DATA_KEY_ROTATION_PERIOD,
+    };
+    if old_store_key_file.is_some() && store_key_file.is_none() {
+        bail!(
+            "encrypt_store.old_key_file (--old-store-key-file) needs the new store key in \
+             encrypt_store.key_file (--store-key-file): the old key is only read to re-seal the \
+             store under the new one"
+        );
+    }
+    if args.dev && (store_key_file.is_some() || old_store_key_file.is_some()) {
+        bail!(
+            "--dev keeps the store in memory under a throw-away key: a store key file \
+             (encrypt_store.key_file, old_key_file, --store-key-file, --old-store-key-file) \
+             cannot apply"
+        );
+    }
     Ok(Settings {
         dev: args.dev,
         data_dir: args
@@ -214,16 +243,30 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
             .http_port
             .or(file.ports.and_then(|p| p.http))
             .unwrap_or(8500),
-        store_key_file: args
-            .store_key_file
-            .clone()
-            .or(file.encrypt_store.and_then(|e| e.key_file)),
+        store_key_file,
+        old_store_key_file,
+        data_key_rotation_period,
         initial_ca,
         audit_path: file.audit.and_then(|a| a.path),
         acl: acl_settings(args.dev, file.acl)?,
         log_json: file.log_json.unwrap_or(false),
         log_level: file.log_level.unwrap_or_else(|| "info".into()),
     })
+}
+
+/// `encrypt_store.data_key_rotation_period`: a Go duration of at least a
+/// minute (a new data key per commit would only grow the registry).
+fn parse_rotation_period(text: &str) -> anyhow::Result<time::Duration> {
+    let period: meshca_core::GoDuration = text.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid encrypt_store.data_key_rotation_period {text:?}: expected a Go duration \
+             such as \"168h\""
+        )
+    })?;
+    if period.as_std() < std::time::Duration::from_secs(60) {
+        bail!("invalid encrypt_store.data_key_rotation_period {text:?}: it must be at least 1m");
+    }
+    Ok(period.as_time())
 }
 
 #[cfg(test)]
@@ -345,5 +388,50 @@ mod tests {
             (s.datacenter.as_str(), s.bind.as_str()),
             ("west", "127.0.0.2")
         );
+    }
+
+    #[test]
+    fn encrypt_store_keys_are_read_and_checked() {
+        let s = load_text(
+            "a.hcl",
+            "encrypt_store {\n  key_file = \"/k/new\"\n  old_key_file = \"/k/old\"\n  data_key_rotation_period = \"36h\"\n}\n",
+        )
+        .unwrap();
+        assert_eq!(s.store_key_file, Some(PathBuf::from("/k/new")));
+        assert_eq!(s.old_store_key_file, Some(PathBuf::from("/k/old")));
+        assert_eq!(s.data_key_rotation_period, time::Duration::hours(36));
+        let s = load(&ServerArgs::default()).unwrap();
+        assert_eq!(s.data_key_rotation_period, time::Duration::days(7));
+
+        for (text, needle) in [
+            (
+                r#"{"encrypt_store":{"data_key_rotation_period":"7d"}}"#,
+                "data_key_rotation_period \"7d\"",
+            ),
+            (
+                r#"{"encrypt_store":{"data_key_rotation_period":"30s"}}"#,
+                "at least 1m",
+            ),
+            (
+                r#"{"encrypt_store":{"old_key_file":"/k/old"}}"#,
+                "needs the new store key",
+            ),
+            (r#"{"encrypt_store":{"keyfile":"/k"}}"#, "keyfile"),
+        ] {
+            let err = load_text("a.json", text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_store_key_with_dev_is_refused() {
+        let err = load(&ServerArgs {
+            dev: true,
+            store_key_file: Some("/k".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--dev"), "{err}");
     }
 }

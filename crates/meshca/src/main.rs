@@ -5,6 +5,7 @@ mod acl_cli;
 mod cli;
 mod client;
 mod config;
+mod keygen;
 mod server;
 mod tls;
 
@@ -18,6 +19,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Leaf(args) => client::leaf(&cli.http, args),
         cli::Command::Acl { command } => acl_cli::run(&cli.http, command),
         cli::Command::Tls { command } => tls::run(command),
+        cli::Command::Keygen(args) => keygen::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use crate::config::{self, Settings};
 use anyhow::Context;
 use meshca_acl::Acl;
 use meshca_core::{Clock, SystemClock};
+use meshca_migrations::{KeyChange, OpenOptions};
 use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaEngine};
 use meshca_store::{MemoryStore, Records, StoreKey};
@@ -69,17 +70,22 @@ fn init_logging(s: &Settings) -> anyhow::Result<()> {
 }
 
 /// Opens the store: the sled backend in the data dir (or, with `--dev`, an
-/// in-memory store under a random key), vetted, migrated and unsealed.
+/// in-memory store under a random key), vetted, migrated and unsealed; the
+/// data key rotates when due, and with an old store key the store moves to
+/// the new one.
 fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
-    let now = SystemClock.now();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if s.dev {
         tracing::warn!("dev mode: the store is in memory and everything is lost on exit");
-        let records =
-            meshca_migrations::open(Arc::new(MemoryStore::new()), &StoreKey::generate()?, now)?;
+        let options = OpenOptions {
+            key: StoreKey::generate()?,
+            old_key: None,
+            data_key_rotation_period: s.data_key_rotation_period,
+            clock,
+        };
+        let (records, _) = meshca_migrations::open_with(Arc::new(MemoryStore::new()), &options)?;
         return Ok(Arc::new(records));
     }
-    meshca_store::fs::create_private_dir_all(&s.data_dir)
-        .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
     let key = match &s.store_key_file {
         Some(path) => {
             StoreKey::load(path).with_context(|| format!("loading store key {}", path.display()))?
@@ -98,14 +104,95 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
                     default_key.display()
                 );
             }
+            meshca_store::fs::create_private_dir_all(&s.data_dir)
+                .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
             // load_or_create_in warns when it creates the key.
             StoreKey::load_or_create_in(&s.data_dir)?.0
         }
     };
-    let store = SledStore::open(&s.data_dir, &key)
-        .with_context(|| format!("opening the store in {}", s.data_dir.display()))?;
-    let records = meshca_migrations::open(Arc::new(store), &key, now)
-        .with_context(|| format!("opening the store in {}", s.data_dir.display()))?;
+    let old_key = match &s.old_store_key_file {
+        Some(path) => Some(
+            StoreKey::load(path)
+                .with_context(|| format!("loading old store key {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let opening =
+        match (&s.store_key_file, &s.old_store_key_file) {
+            (Some(new), Some(old)) => format!(
+            "opening the store in {} with store key file {} (key {}) and old store key file {} \
+             (key {})",
+            s.data_dir.display(),
+            new.display(),
+            key.id(),
+            old.display(),
+            old_key.as_ref().map(|k| k.id().to_string()).unwrap_or_default()
+        ),
+            (Some(new), None) => format!(
+                "opening the store in {} with store key file {} (key {})",
+                s.data_dir.display(),
+                new.display(),
+                key.id()
+            ),
+            _ => format!("opening the store in {}", s.data_dir.display()),
+        };
+    let opening = || opening.clone();
+    let store = match &old_key {
+        Some(old) => {
+            if old.id() == key.id() {
+                anyhow::bail!(
+                    "--old-store-key-file and --store-key-file hold the same store key ({}): \
+                     there is nothing to re-seal",
+                    key.id()
+                );
+            }
+            if !meshca_store_sled::holds_store(&s.data_dir) {
+                anyhow::bail!(
+                    "--old-store-key-file is given, but {} holds no store to re-seal from it: \
+                     start with --store-key-file alone",
+                    s.data_dir.display()
+                );
+            }
+            SledStore::open_rekeying(&s.data_dir, &key, old)
+        }
+        None => {
+            meshca_store::fs::create_private_dir_all(&s.data_dir)
+                .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
+            SledStore::open(&s.data_dir, &key)
+        }
+    }
+    .with_context(opening)?;
+    let store = Arc::new(store);
+    let options = OpenOptions {
+        key: key.clone(),
+        old_key,
+        data_key_rotation_period: s.data_key_rotation_period,
+        clock,
+    };
+    let (records, change) =
+        meshca_migrations::open_with(store.clone(), &options).with_context(opening)?;
+    if options.old_key.is_some() {
+        // The data keys are under the new store key now; the backend's own
+        // files (key check, high-water mark) follow.
+        store.rekey(&key).with_context(opening)?;
+    }
+    match change {
+        KeyChange::StoreKeyChanged { from, to } => tracing::warn!(
+            %from,
+            %to,
+            "the store is re-sealed under the new store key, with a new data key; the old store \
+             key is no longer needed: start with --store-key-file alone from now on"
+        ),
+        KeyChange::DataKeyRotated => tracing::info!(
+            data_key_id = %records.sealer().data_key_id(),
+            "new data key: the previous one reached the data key rotation period"
+        ),
+        KeyChange::None if options.old_key.is_some() => tracing::warn!(
+            "the store is already sealed under the new store key; the old store key is not \
+             needed: start with --store-key-file alone from now on"
+        ),
+        KeyChange::None => {}
+    }
     Ok(Arc::new(records))
 }
 
