@@ -84,6 +84,33 @@ impl CaEngine {
         .await
     }
 
+    /// A TLS certificate for this server's own HTTPS listener (`auto_tls`):
+    /// a fresh EC P-256 key, the server SPIFFE ID
+    /// (`spiffe://<td>/agent/server/dc/<dc>`, as Consul's servers carry)
+    /// plus the host names and addresses clients reach it at. It is signed
+    /// and checked like every leaf (SVID profile, chain to the root) and
+    /// audit-logged; its lifetime is `LeafCertTTL`.
+    pub async fn issue_server_tls(
+        &self,
+        dns_names: Vec<String>,
+        ips: Vec<std::net::IpAddr>,
+    ) -> Result<IssuedLeaf, CaError> {
+        let p = self.published();
+        let id = SpiffeId::server(&p.trust_domain, &self.datacenter)
+            .map_err(|e| CaError::Rejected(e.to_string()))?;
+        let requester = Requester {
+            identity: "auto-tls".into(),
+            remote: None,
+        };
+        self.issue(p, requester, move || {
+            let key = LeafKey::generate_p256_now()?;
+            let csr =
+                ValidatedCsr::for_public_key(id, &key.spki_der)?.with_names(&dns_names, &ips)?;
+            Ok((csr, Some(key)))
+        })
+        .await
+    }
+
     /// Issues a leaf for the request `prepare` makes (CSR validation or key
     /// generation: CPU work), signed by `p`'s signer. Everything about the
     /// result — the key that signed, the chain, the SigningKeyID — comes

@@ -186,6 +186,21 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// What a client certificate that is a mesh leaf for `service` may do
+    /// (`verify_and_map`): write on exactly that service — renew its own
+    /// leaf or have its own CSR signed — and nothing else; no reads, and
+    /// never operator access.
+    pub fn mesh_leaf(service: &str) -> Self {
+        let mut rules = Rules::default();
+        rules
+            .service
+            .exact
+            .insert(service.to_string(), Access::Write);
+        rules
+    }
+}
+
 fn plain_access(resource: &str, v: &Value) -> Result<Access, RulesError> {
     v.as_str().and_then(Access::parse).ok_or_else(|| {
         RulesError(format!(
@@ -478,6 +493,22 @@ mod tests {
         assert!(!mesh.allows(&permission_to_sign(&id("/agent/server/dc/dc1"))));
         let op = auth(&[r#"{"operator":"write"}"#]);
         assert!(op.allows(&permission_to_sign(&id("/agent/server/dc/dc1"))));
+    }
+
+    #[test]
+    fn a_mesh_leaf_may_write_its_service_and_nothing_else() {
+        let m = Authorizer::new([&Rules::mesh_leaf("web")]);
+        assert!(m.allows(&Permission::service(Write, "web")));
+        for p in [
+            Permission::service(Write, "web-sidecar-proxy"),
+            Permission::service(Read, "db"),
+            Permission::operator(Read),
+            Permission::mesh(Write),
+            Permission::acl(Read),
+            Permission::node(Write, "web"),
+        ] {
+            assert!(!m.allows(&p), "{p}");
+        }
     }
 
     #[test]

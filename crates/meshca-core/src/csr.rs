@@ -116,6 +116,20 @@ impl ValidatedCsr {
         })
     }
 
+    /// The same request with DNS and IP SANs added (a server certificate
+    /// the CA issues for itself names the host names and addresses it is
+    /// reached at). Host names follow the rules `validate_csr` applies.
+    pub fn with_names(mut self, dns: &[String], ips: &[IpAddr]) -> Result<Self, CsrError> {
+        for name in dns {
+            if !is_valid_dns_name(name) {
+                return Err(CsrError::BadDnsName(quote(name)));
+            }
+        }
+        self.dns_sans.extend(dns.iter().cloned());
+        self.ip_sans.extend(ips.iter().copied());
+        Ok(self)
+    }
+
     pub fn spiffe_id(&self) -> &SpiffeId {
         &self.spiffe_id
     }
@@ -1113,6 +1127,21 @@ mod tests {
             junk,
             Err(CsrError::Malformed(_)) | Err(CsrError::KeyNotAllowed(_))
         ));
+    }
+
+    #[test]
+    fn names_added_to_a_generated_key_follow_the_csr_rules() {
+        let id: SpiffeId = web().parse().expect("id");
+        let base = || ValidatedCsr::for_public_key(id.clone(), &p256().subject_public_key_info());
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let v = base()
+            .expect("key")
+            .with_names(&["server.dc1.consul".into(), "localhost".into()], &[ip])
+            .expect("valid names");
+        assert_eq!(v.dns_sans(), ["server.dc1.consul", "localhost"]);
+        assert_eq!(v.ip_sans(), [ip]);
+        let bad = base().expect("key").with_names(&["a..b".into()], &[]);
+        assert!(matches!(bad, Err(CsrError::BadDnsName(_))), "{bad:?}");
     }
 
     #[test]

@@ -253,6 +253,133 @@ pub fn agent_ca(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Which certificate `meshca tls cert create` makes (Consul's
+/// `--server`, `--client`, `--cli`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentCertKind {
+    Server,
+    Client,
+    Cli,
+}
+
+impl AgentCertKind {
+    /// The word in Consul's file names (`dc1-server-consul-0.pem`).
+    pub fn file_word(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Cli => "cli",
+        }
+    }
+}
+
+/// Options of `meshca tls cert create` (Consul's flags).
+#[derive(Debug, Clone)]
+pub struct AgentCertOptions {
+    pub kind: AgentCertKind,
+    pub datacenter: String,
+    pub domain: String,
+    /// Server only: adds `<node>.server.<dc>.<domain>`.
+    pub node: Option<String>,
+    pub additional_dns_names: Vec<String>,
+    pub additional_ips: Vec<std::net::IpAddr>,
+    pub days: u32,
+}
+
+impl AgentCertOptions {
+    /// The certificate's common name and first DNS name.
+    pub fn name(&self) -> String {
+        let (dc, domain) = (&self.datacenter, &self.domain);
+        match self.kind {
+            AgentCertKind::Server => format!("server.{dc}.{domain}"),
+            AgentCertKind::Client => format!("client.{dc}.{domain}"),
+            AgentCertKind::Cli => format!("cli.client.{dc}.{domain}"),
+        }
+    }
+}
+
+/// An agent TLS certificate as `consul tls cert create` makes it, signed by
+/// the agent CA (`ca_cert_pem`, `ca_key_pem`): a fresh EC P-256 key, CN and
+/// first DNS SAN the kind's name (`server.<dc>.<domain>`), then
+/// `<node>.server.<dc>.<domain>` (server with a node), `localhost` and the
+/// additional names; IP SANs 127.0.0.1 (server and client) and the
+/// additional addresses; serverAuth+clientAuth (the CLI's: clientAuth).
+/// Returns the certificate and the private key as PEM.
+pub fn agent_cert(
+    opts: &AgentCertOptions,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    now: OffsetDateTime,
+) -> Result<(String, String), ProviderError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)
+        .map_err(|e| ProviderError::InvalidInput(format!("the CA key: {e}")))?;
+    let ca_der = meshca_core::x509::decode_pem_blocks(ca_cert_pem, "CERTIFICATE")
+        .map_err(|e| ProviderError::InvalidInput(format!("the CA certificate: {e}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ProviderError::InvalidInput("no certificate in the CA file".into()))?;
+    {
+        use x509_parser::prelude::FromDer;
+        let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&ca_der)
+            .map_err(|e| ProviderError::InvalidInput(format!("the CA certificate: {e}")))?;
+        if ca.public_key().raw != ca_key.subject_public_key_info().as_slice() {
+            return Err(ProviderError::InvalidInput(
+                "the CA key does not belong to the CA certificate".into(),
+            ));
+        }
+        if !ca.is_ca() {
+            return Err(ProviderError::InvalidInput(
+                "the CA certificate is not a CA (basicConstraints CA:false)".into(),
+            ));
+        }
+    }
+    let issuer = rcgen::Issuer::from_ca_cert_der(&ca_der.as_slice().into(), ca_key)
+        .map_err(|e| ProviderError::InvalidInput(format!("the CA certificate: {e}")))?;
+    let key = generate_key(KeySpec::EcP256)?;
+    let name = opts.name();
+    let mut dns = vec![name.clone()];
+    if let (AgentCertKind::Server, Some(node)) = (opts.kind, &opts.node) {
+        dns.push(format!("{node}.server.{}.{}", opts.datacenter, opts.domain));
+    }
+    dns.push("localhost".into());
+    dns.extend(opts.additional_dns_names.iter().cloned());
+    let mut ips = Vec::new();
+    if opts.kind != AgentCertKind::Cli {
+        ips.push(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    ips.extend(opts.additional_ips.iter().copied());
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    let mut sans = Vec::new();
+    for d in dns {
+        sans.push(SanType::DnsName(ia5(&d).map_err(|_| {
+            ProviderError::InvalidInput(format!("{d:?} is not a DNS name"))
+        })?));
+    }
+    sans.extend(ips.into_iter().map(SanType::IpAddress));
+    p.subject_alt_names = sans;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = match opts.kind {
+        AgentCertKind::Cli => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        _ => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
+    p.not_before = now - meshca_core::leaf::BACKDATE;
+    p.not_after = now + time::Duration::days(i64::from(opts.days));
+    p.serial_number = Some(SerialNumber::from_slice(leaf_serial()?.as_bytes()));
+    p.use_authority_key_identifier_extension = true;
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&key.subject_public_key_info()));
+    let cert = p
+        .signed_by(&key, &issuer)
+        .map_err(ProviderError::internal)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,11 +5,13 @@
 
 use crate::error::ApiError;
 use crate::routes::AppState;
+use crate::tls::MeshIdentity;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use meshca_acl::ResolvedToken;
 use meshca_ca::Requester;
-use meshca_core::acl::{Authorizer, Permission};
+use meshca_core::acl::{Authorizer, Permission, Rules};
+use meshca_core::ServiceName;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,6 +24,10 @@ pub enum Caller {
     /// No token: only what needs no permission (roots, health).
     Anonymous,
     Token(Arc<ResolvedToken>),
+    /// No token, but a client certificate that is a valid mesh leaf for
+    /// this service (`verify_and_map`): it may renew that service's leaf
+    /// and have that service's CSRs signed, nothing else.
+    Mesh(ServiceName, Arc<Authorizer>),
 }
 
 impl Caller {
@@ -50,6 +56,10 @@ impl Caller {
             Caller::Token(t) => (
                 t.authorizer.allows(wanted),
                 format!("token with AccessorID '{}'", t.accessor_id),
+            ),
+            Caller::Mesh(service, authorizer) => (
+                authorizer.allows(wanted),
+                format!("client certificate of service {:?}", service.as_str()),
             ),
         };
         if allowed {
@@ -80,6 +90,7 @@ impl Caller {
             Caller::Unrestricted => "acl-disabled".into(),
             Caller::Anonymous => "anonymous".into(),
             Caller::Token(t) => format!("accessor:{}", t.accessor_id),
+            Caller::Mesh(service, _) => format!("mesh-certificate:{}", service.as_str()),
         }
     }
 
@@ -93,6 +104,7 @@ impl Caller {
     pub fn authorizer(&self) -> Option<&Authorizer> {
         match self {
             Caller::Token(t) => Some(&t.authorizer),
+            Caller::Mesh(_, a) => Some(a),
             _ => None,
         }
     }
@@ -151,9 +163,17 @@ impl FromRequestParts<AppState> for Caller {
         let Some(acl) = &app.acl else {
             return Ok(Caller::Unrestricted);
         };
-        match token_of(parts) {
+        if let Some(secret) = token_of(parts) {
+            return Ok(Caller::Token(acl.resolve(&secret)?));
+        }
+        // Only the listener inserts this, and only for a certificate that
+        // chained to the Connect CA's current roots.
+        match parts.extensions.get::<MeshIdentity>() {
+            Some(m) => Ok(Caller::Mesh(
+                m.service.clone(),
+                Arc::new(Authorizer::new([&Rules::mesh_leaf(m.service.as_str())])),
+            )),
             None => Ok(Caller::Anonymous),
-            Some(secret) => Ok(Caller::Token(acl.resolve(&secret)?)),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod ratelimit;
 pub mod routes;
 mod strict_json;
+pub mod tls;
 pub mod wire;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -203,6 +204,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener::serve(listener, router, listener::Limits::default(), shutdown).await
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` completes, then
+/// drains (the same limits as [`serve`], plus the handshake timeout).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: std::sync::Arc<tls::TlsServer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener::serve_tls(listener, router, listener::Limits::default(), tls, shutdown).await
 }
 
 #[cfg(test)]

@@ -4,16 +4,26 @@
 //! [`Limits::body_timeout`], and the number of open connections is capped
 //! in all and per client address. A connection over a cap is closed at once;
 //! everyone else keeps being served.
+//!
+//! The HTTPS listener is this same loop: the TLS handshake runs in the
+//! connection's task, holding its connection slot, and must finish within
+//! the handshake timeout ([`crate::tls::TlsServer::handshake_timeout`]) or
+//! the connection is closed; the request limits then apply as on HTTP.
+//! Every request carries `ConnectInfo<SocketAddr>`, and on HTTPS what the
+//! handshake established about the client ([`crate::tls::TlsPeer`]).
 
+use crate::tls::{TlsPeer, TlsServer};
+use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -89,6 +99,28 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`] over TLS: each connection first completes the handshake
+/// `tls` runs (within its timeout), then is served as on HTTP.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: Limits,
+    tls: Arc<TlsServer>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, router, limits, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: Limits,
+    tls: Option<Arc<TlsServer>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         limits.body_timeout,
     ));
@@ -113,24 +145,24 @@ pub async fn serve(
             tracing::debug!(client = %peer, "connection limit reached; closing");
             continue;
         };
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |req: hyper::Request<Incoming>| {
-                // The client's address, for the audit trail.
-                let mut req = req.map(axum::body::Body::new);
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                req
-            },
-        ));
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = conn.await;
+            match tls {
+                None => {
+                    serve_connection(stream, peer, TlsPeer::default(), router, limits, watcher)
+                        .await
+                }
+                Some(tls) => {
+                    // A client that never finishes the handshake is closed
+                    // after the handshake timeout, releasing its slot.
+                    if let Some((stream, who)) = tls.handshake(stream, peer).await {
+                        serve_connection(stream, peer, who, router, limits, watcher).await;
+                    }
+                }
+            }
         });
     }
     drop(listener);
@@ -142,4 +174,30 @@ pub async fn serve(
         tracing::warn!("connections still open after {drain:?}; stopping anyway");
     }
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one accepted (and, on HTTPS, handshaken) connection.
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    who: TlsPeer,
+    router: axum::Router,
+    limits: Limits,
+    watcher: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        TowerToHyperService::new(router.map_request(move |req: hyper::Request<Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            who.insert_into(req.extensions_mut());
+            req
+        }));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    let _ = conn.await;
 }

@@ -35,6 +35,18 @@ pub struct HttpArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// CA certificate(s) to verify an https:// server with, instead of the
+    /// system's roots [env: MESHCA_CACERT, then CONSUL_CACERT].
+    #[arg(long = "ca-file", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for servers that verify clients
+    /// [env: MESHCA_CLIENT_CERT, then CONSUL_CLIENT_CERT].
+    #[arg(long = "client-cert", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's key
+    /// [env: MESHCA_CLIENT_KEY, then CONSUL_CLIENT_KEY].
+    #[arg(long = "client-key", global = true)]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +89,57 @@ pub enum TlsCommand {
         #[command(subcommand)]
         command: TlsCaCommand,
     },
+    /// Certificate commands.
+    Cert {
+        #[command(subcommand)]
+        command: TlsCertCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCertCommand {
+    /// Create a server, client or CLI certificate signed by the agent CA:
+    /// writes <dc>-<kind>-<domain>-<N>.pem and <dc>-<kind>-<domain>-<N>-key.pem
+    /// in the current directory, N being the first free number.
+    Create(TlsCertCreateArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["server", "client", "cli"])))]
+pub struct TlsCertCreateArgs {
+    /// A server certificate (server.<dc>.<domain>, localhost, 127.0.0.1).
+    #[arg(long)]
+    pub server: bool,
+    /// A client certificate (client.<dc>.<domain>, localhost, 127.0.0.1).
+    #[arg(long)]
+    pub client: bool,
+    /// A certificate for the CLI (cli.client.<dc>.<domain>, localhost).
+    #[arg(long)]
+    pub cli: bool,
+    /// Datacenter.
+    #[arg(long, default_value = "dc1")]
+    pub dc: String,
+    /// Domain.
+    #[arg(long, default_value = "consul")]
+    pub domain: String,
+    /// Node name (server only): adds <node>.server.<dc>.<domain>.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A further DNS name (repeatable).
+    #[arg(long = "additional-dnsname")]
+    pub additional_dnsname: Vec<String>,
+    /// A further IP address (repeatable).
+    #[arg(long = "additional-ipaddress")]
+    pub additional_ipaddress: Vec<std::net::IpAddr>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// The CA certificate (default <domain>-agent-ca.pem).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// The CA's private key (default <domain>-agent-ca-key.pem).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,9 +189,12 @@ pub struct ServerArgs {
     /// Address the HTTP API binds to (default 127.0.0.1).
     #[arg(long)]
     pub client: Option<String>,
-    /// HTTP port (default 8500; 0 picks a free port).
-    #[arg(long = "http-port")]
-    pub http_port: Option<u16>,
+    /// HTTP port (default 8500; 0 picks a free port; -1 turns HTTP off).
+    #[arg(long = "http-port", allow_negative_numbers = true)]
+    pub http_port: Option<i64>,
+    /// HTTPS port (off by default; needs a tls block; 0 picks a free port).
+    #[arg(long = "https-port", allow_negative_numbers = true)]
+    pub https_port: Option<i64>,
     /// Store key file (32-byte key ID + 16/24/32-byte AES key, or base64 of
     /// them; `meshca keygen` makes one). Mode 0600 or stricter.
     #[arg(long = "store-key-file")]

@@ -5,16 +5,73 @@ use anyhow::{bail, Context};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::Value;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A path from the flag, else from meshca's variable, else from Consul's.
+fn tls_path(flag: &Option<PathBuf>, ours: &str, consuls: &str) -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    flag.clone().or_else(|| var(ours)).or_else(|| var(consuls))
+}
+
+fn read(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// The HTTP client, with the CA and client certificate the flags or the
+/// environment name (for `https://` addresses).
+fn client(http: &HttpArgs) -> anyhow::Result<Client> {
+    let mut builder = Client::builder();
+    if let Some(ca) = tls_path(&http.ca_file, "MESHCA_CACERT", "CONSUL_CACERT") {
+        let certs = reqwest::Certificate::from_pem_bundle(&read("the CA file", &ca)?)
+            .with_context(|| format!("{} holds no PEM certificates", ca.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", ca.display());
+        // Only the given CA: the system's roots must not vouch for meshca.
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let cert = tls_path(
+        &http.client_cert,
+        "MESHCA_CLIENT_CERT",
+        "CONSUL_CLIENT_CERT",
+    );
+    let key = tls_path(&http.client_key, "MESHCA_CLIENT_KEY", "CONSUL_CLIENT_KEY");
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read("the client certificate", &cert)?;
+            pem.push(b'\n');
+            pem.extend(read("the client key", &key)?);
+            let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!(
+                    "{} and {} are not a PEM certificate and key",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        (Some(_), None) => {
+            bail!("a client certificate needs its key: set MESHCA_CLIENT_KEY or --client-key")
+        }
+        (None, Some(_)) => {
+            bail!("a client key needs its certificate: set MESHCA_CLIENT_CERT or --client-cert")
+        }
+        (None, None) => {}
+    }
+    builder.build().context("building the HTTP client")
+}
 
 pub(crate) fn request(
     http: &HttpArgs,
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<RequestBuilder> {
-    let client = Client::builder()
-        .build()
-        .context("building the HTTP client")?;
+    let client = client(http)?;
     let url = format!("{}{path}", http.addr.trim_end_matches('/'));
     let mut req = client.request(method, url);
     // Consul's variable works too when meshca's is unset.

@@ -4,6 +4,7 @@
 use crate::cli::ServerArgs;
 use anyhow::{bail, Context};
 use meshca_core::CaConfig;
+use meshca_server::tls::{self as tls, MinVersion, ServerIdentity, TlsOptions};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,10 @@ pub struct FileConfig {
     pub connect: Option<Connect>,
     pub encrypt_store: Option<EncryptStore>,
     pub acl: Option<Acl>,
-    /// Recognised so that a TLS block is refused with a clear reason
-    /// instead of as an unknown key (TLS on the API is not built yet).
-    pub tls: Option<Value>,
+    pub tls: Option<Tls>,
+    /// Consul's DNS domain (default `consul`): names the `auto_tls`
+    /// certificate (`server.<datacenter>.<domain>`).
+    pub domain: Option<String>,
     pub audit: Option<Audit>,
     pub log_json: Option<bool>,
     pub log_level: Option<String>,
@@ -65,10 +67,92 @@ pub struct Audit {
     pub path: Option<PathBuf>,
 }
 
+/// Consul's `ports`: `-1` turns a listener off. HTTP is on (8500) unless
+/// set to -1; HTTPS is off unless set (Consul's defaults).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ports {
-    pub http: Option<u16>,
+    pub http: Option<i64>,
+    pub https: Option<i64>,
+}
+
+/// Consul's `tls` block. `defaults` holds the settings; `https`, when
+/// present, overrides them key by key (it is the only interface meshca
+/// has). meshca's own keys: `auto_tls` here, and NATS's
+/// `curve_preferences`, `timeout` and `verify_and_map` in either block.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub defaults: Option<TlsInterface>,
+    pub https: Option<TlsInterface>,
+    pub auto_tls: Option<bool>,
+    /// Consul's other interfaces, recognised to be refused with a reason.
+    pub internal_rpc: Option<Value>,
+    pub grpc: Option<Value>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsInterface {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub verify_incoming: Option<bool>,
+    pub verify_and_map: Option<bool>,
+    pub tls_min_version: Option<String>,
+    /// A comma-separated string (Consul) or a list.
+    pub tls_cipher_suites: Option<Names>,
+    pub curve_preferences: Option<Names>,
+    /// Handshake timeout: seconds (NATS, fractions allowed) or a Go
+    /// duration string.
+    pub timeout: Option<Value>,
+    /// Consul keys that cannot apply to meshca, refused by name.
+    pub ca_path: Option<Value>,
+    pub verify_outgoing: Option<Value>,
+    pub verify_server_hostname: Option<Value>,
+    pub use_auto_cert: Option<Value>,
+}
+
+/// A list of names, as a list or as one comma-separated string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Names {
+    List(Vec<String>),
+    Joined(String),
+}
+
+impl Names {
+    fn names(&self) -> Vec<String> {
+        match self {
+            Names::List(v) => v.iter().map(|s| s.trim().to_string()).collect(),
+            Names::Joined(s) => s
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        }
+    }
+}
+
+impl TlsInterface {
+    /// `self` with every key `over` sets replaced.
+    fn overridden_by(self, over: TlsInterface) -> TlsInterface {
+        TlsInterface {
+            ca_file: over.ca_file.or(self.ca_file),
+            cert_file: over.cert_file.or(self.cert_file),
+            key_file: over.key_file.or(self.key_file),
+            verify_incoming: over.verify_incoming.or(self.verify_incoming),
+            verify_and_map: over.verify_and_map.or(self.verify_and_map),
+            tls_min_version: over.tls_min_version.or(self.tls_min_version),
+            tls_cipher_suites: over.tls_cipher_suites.or(self.tls_cipher_suites),
+            curve_preferences: over.curve_preferences.or(self.curve_preferences),
+            timeout: over.timeout.or(self.timeout),
+            ca_path: over.ca_path.or(self.ca_path),
+            verify_outgoing: over.verify_outgoing.or(self.verify_outgoing),
+            verify_server_hostname: over.verify_server_hostname.or(self.verify_server_hostname),
+            use_auto_cert: over.use_auto_cert.or(self.use_auto_cert),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,7 +181,13 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub datacenter: String,
     pub bind: String,
-    pub http_port: u16,
+    /// `None`: the HTTP listener is off (`ports.http = -1`).
+    pub http_port: Option<u16>,
+    /// `Some` exactly when `tls` is.
+    pub https_port: Option<u16>,
+    pub tls: Option<TlsOptions>,
+    /// Things the operator should know, logged once logging is set up.
+    pub warnings: Vec<String>,
     pub store_key_file: Option<PathBuf>,
     /// The previous store key, to re-seal the store under `store_key_file`.
     pub old_store_key_file: Option<PathBuf>,
@@ -173,17 +263,210 @@ fn acl_settings(dev: bool, acl: Option<Acl>) -> anyhow::Result<AclSettings> {
     })
 }
 
-/// Settings for features this version does not have stop the server: running
-/// without the TLS an operator asked for would be worse.
-fn refuse_unbuilt(file: &FileConfig) -> anyhow::Result<()> {
-    if file.tls.is_some() {
-        bail!("tls: TLS on the HTTP API is not implemented in this version of meshca; refusing to start without it");
+/// A port setting: `None` when unset, `Some(None)` when turned off (-1).
+fn port(name: &str, value: Option<i64>) -> anyhow::Result<Option<Option<u16>>> {
+    match value {
+        None => Ok(None),
+        Some(-1) => Ok(Some(None)),
+        Some(n) => u16::try_from(n).map(|p| Some(Some(p))).map_err(|_| {
+            anyhow::anyhow!("{name} must be -1 (off) or a port from 0 to 65535, got {n}")
+        }),
+    }
+}
+
+/// A DNS domain as Consul's `domain` takes it (no trailing dot).
+fn check_domain(domain: &str) -> anyhow::Result<()> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if !ok {
+        bail!("domain {domain:?} is not a DNS domain");
     }
     Ok(())
 }
 
+fn read(key: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("tls {key}: reading {}", path.display()))
+}
+
+/// The handshake timeout: seconds as a number (NATS) or a Go duration.
+fn handshake_timeout(v: &Value) -> anyhow::Result<std::time::Duration> {
+    let d = match v {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(|f| std::time::Duration::try_from_secs_f64(f).ok()),
+        Value::String(s) => s
+            .parse::<meshca_core::duration::GoDuration>()
+            .ok()
+            .map(|d| d.as_std()),
+        _ => None,
+    };
+    match d {
+        Some(d) if !d.is_zero() && d <= std::time::Duration::from_secs(60) => Ok(d),
+        _ => bail!("tls timeout must be a handshake timeout between 0 and 60 seconds (e.g. 5, 0.5 or \"5s\"), got {v}"),
+    }
+}
+
+/// Names the `auto_tls` certificate carries.
+pub struct AutoNames<'a> {
+    pub datacenter: &'a str,
+    pub domain: &'a str,
+    pub bind: &'a str,
+}
+
+/// The `tls` block as listener options; every key that cannot apply is
+/// refused by name.
+fn tls_options(
+    t: Tls,
+    names: AutoNames<'_>,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<TlsOptions> {
+    if t.internal_rpc.is_some() {
+        bail!("tls.internal_rpc: meshca has no RPC interface; the HTTP API's TLS is set in tls.defaults or tls.https");
+    }
+    if t.grpc.is_some() {
+        bail!("tls.grpc: meshca has no gRPC interface; the HTTP API's TLS is set in tls.defaults or tls.https");
+    }
+    let d = t
+        .defaults
+        .unwrap_or_default()
+        .overridden_by(t.https.unwrap_or_default());
+    if d.ca_path.is_some() {
+        bail!("tls ca_path is not supported: put the CA certificates in one ca_file");
+    }
+    for (key, set) in [
+        ("verify_outgoing", d.verify_outgoing.is_some()),
+        ("verify_server_hostname", d.verify_server_hostname.is_some()),
+        ("use_auto_cert", d.use_auto_cert.is_some()),
+    ] {
+        if set {
+            bail!("tls {key} cannot apply: meshca makes no outgoing TLS connections and serves only its HTTP API");
+        }
+    }
+    let auto = t.auto_tls.unwrap_or(false);
+    let identity = match (auto, &d.cert_file, &d.key_file) {
+        (true, None, None) => {
+            let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+            if let Ok(ip) = names.bind.parse::<std::net::IpAddr>() {
+                if !ip.is_unspecified() && !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+            ServerIdentity::Auto {
+                dns_names: vec![
+                    format!("server.{}.{}", names.datacenter, names.domain),
+                    "localhost".into(),
+                ],
+                ips,
+            }
+        }
+        (true, _, _) => {
+            bail!("tls auto_tls = true and cert_file/key_file are both set: choose one")
+        }
+        (false, Some(cert), Some(key)) => {
+            let chain = tls::parse_pem_certs(&read("cert_file", cert)?)
+                .map_err(|e| anyhow::anyhow!("tls cert_file {}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                bail!("tls cert_file {}: no certificate in it", cert.display());
+            }
+            let key_der = tls::parse_pem_key(&read("key_file", key)?)
+                .map_err(|e| anyhow::anyhow!("tls key_file {}: {e}", key.display()))?;
+            tls::certified_key(chain.clone(), &key_der).map_err(|e| {
+                anyhow::anyhow!(
+                    "tls cert_file {} and key_file {}: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            warn_if_shared(key, warnings);
+            ServerIdentity::Files {
+                chain,
+                key: key_der,
+            }
+        }
+        (false, Some(_), None) => bail!("tls cert_file is set without key_file"),
+        (false, None, Some(_)) => bail!("tls key_file is set without cert_file"),
+        (false, None, None) => {
+            bail!("tls: no certificate for the HTTPS listener: set cert_file and key_file, or auto_tls = true")
+        }
+    };
+    let mut opts = TlsOptions::new(identity);
+    if let Some(ca) = &d.ca_file {
+        opts.client_ca = tls::parse_pem_certs(&read("ca_file", ca)?)
+            .map_err(|e| anyhow::anyhow!("tls ca_file {}: {e}", ca.display()))?;
+        if opts.client_ca.is_empty() {
+            bail!("tls ca_file {}: no certificate in it", ca.display());
+        }
+    }
+    opts.verify_incoming = d.verify_incoming.unwrap_or(false);
+    opts.verify_and_map = d.verify_and_map.unwrap_or(false);
+    if opts.verify_incoming && opts.client_ca.is_empty() {
+        bail!("tls verify_incoming = true requires ca_file (the CA of the client certificates)");
+    }
+    if d.ca_file.is_some() && !opts.verify_incoming {
+        warnings.push("tls ca_file is set without verify_incoming: client certificates signed by it are accepted when presented but not required".into());
+    }
+    if let Some(v) = &d.tls_min_version {
+        opts.min_version = v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("tls tls_min_version: {e}"))?;
+    }
+    if let Some(suites) = &d.tls_cipher_suites {
+        if opts.min_version == MinVersion::Tls13 {
+            bail!("tls tls_cipher_suites cannot be set when tls_min_version is tls13 (TLS 1.3 suites are not configurable)");
+        }
+        let names = suites.names();
+        if names.is_empty() {
+            bail!("tls tls_cipher_suites is empty");
+        }
+        opts.cipher_suites = Some(
+            names
+                .iter()
+                .map(|n| tls::cipher_suite(n))
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("tls tls_cipher_suites: {e}"))?,
+        );
+    }
+    if let Some(curves) = &d.curve_preferences {
+        let names = curves.names();
+        if names.is_empty() {
+            bail!("tls curve_preferences is empty");
+        }
+        opts.curves = Some(
+            names
+                .iter()
+                .map(|n| tls::curve(n))
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("tls curve_preferences: {e}"))?,
+        );
+    }
+    if let Some(t) = &d.timeout {
+        opts.handshake_timeout = handshake_timeout(t)?;
+    }
+    Ok(opts)
+}
+
+/// A warning when a private key file is readable by anyone but its owner.
+fn warn_if_shared(path: &Path, warnings: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warnings.push(format!(
+                "tls key_file {} is readable by others (mode {mode:04o}); make it 0600",
+                path.display()
+            ));
+        }
+    }
+}
+
 fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
-    refuse_unbuilt(&file)?;
     let connect = file.connect.unwrap_or_default();
     if connect.enabled == Some(false) {
         bail!(
@@ -226,6 +509,41 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
              cannot apply"
         );
     }
+    let bind = args
+        .client
+        .clone()
+        .or(file.client_addr)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let ports = file.ports.unwrap_or_default();
+    let http_port = match port("ports.http", args.http_port.or(ports.http))? {
+        None => Some(8500),
+        Some(p) => p,
+    };
+    let https_port = port("ports.https", args.https_port.or(ports.https))?.flatten();
+    let domain = file.domain.unwrap_or_else(|| "consul".into());
+    check_domain(&domain)?;
+    let mut warnings = Vec::new();
+    let tls = match file.tls {
+        Some(t) => Some(tls_options(
+            t,
+            AutoNames {
+                datacenter: &datacenter,
+                domain: &domain,
+                bind: &bind,
+            },
+            &mut warnings,
+        )?),
+        None => None,
+    };
+    match (&tls, https_port, http_port) {
+        (Some(_), None, _) => bail!("tls is configured but ports.https (or --https-port) is not: meshca serves TLS on the HTTPS port only"),
+        (None, Some(_), _) => bail!("ports.https is set but there is no tls block (cert_file and key_file, or auto_tls = true)"),
+        (None, None, None) => bail!("ports.http = -1 and no HTTPS port: meshca would not listen at all"),
+        (Some(t), Some(_), Some(http)) if t.verify_incoming || t.verify_and_map => {
+            warnings.push(format!("the HTTP port {http} stays open without TLS or client certificates (as in Consul); set ports.http = -1 to serve only HTTPS"));
+        }
+        _ => {}
+    }
     Ok(Settings {
         dev: args.dev,
         data_dir: args
@@ -234,15 +552,11 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
             .or(file.data_dir)
             .unwrap_or_else(|| "meshca-data".into()),
         datacenter,
-        bind: args
-            .client
-            .clone()
-            .or(file.client_addr)
-            .unwrap_or_else(|| "127.0.0.1".into()),
-        http_port: args
-            .http_port
-            .or(file.ports.and_then(|p| p.http))
-            .unwrap_or(8500),
+        bind,
+        http_port,
+        https_port,
+        tls,
+        warnings,
         store_key_file,
         old_store_key_file,
         data_key_rotation_period,
@@ -293,7 +607,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("meshca-data"));
         assert_eq!(
             (s.bind.as_str(), s.http_port, s.datacenter.as_str()),
-            ("127.0.0.1", 8500, "dc1")
+            ("127.0.0.1", Some(8500), "dc1")
         );
         assert_eq!(s.initial_ca, CaConfig::default());
     }
@@ -304,7 +618,7 @@ mod tests {
         let json = load_text("a.json", r#"{"datacenter":"east","ports":{"http":9500},"connect":{"ca_config":{"LeafCertTTL":"24h","PrivateKeyType":"rsa"}}}"#).unwrap();
         for s in [hcl, json] {
             assert_eq!(s.datacenter, "east");
-            assert_eq!(s.http_port, 9500);
+            assert_eq!(s.http_port, Some(9500));
             assert_eq!(s.initial_ca.leaf_cert_ttl().to_string(), "24h0m0s");
             assert!(s.initial_ca.key_spec().is_rsa());
         }
@@ -364,13 +678,223 @@ mod tests {
     }
 
     #[test]
-    fn unbuilt_security_features_refuse_to_start() {
-        let err = load_text("a.json", r#"{"tls":{"defaults":{"verify_incoming":true}}}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("tls"), "{err}");
+    fn the_audit_path_is_read() {
         let s = load_text("a.json", r#"{"audit":{"path":"/tmp/audit.log"}}"#).unwrap();
         assert_eq!(s.audit_path, Some(PathBuf::from("/tmp/audit.log")));
+    }
+
+    /// A CA, a server certificate and key signed by it, and another key,
+    /// written to `dir` as PEM.
+    fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            dir.join("other-key.pem"),
+        );
+        std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+        std::fs::write(&paths.1, cert.pem()).unwrap();
+        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        std::fs::write(&paths.3, other.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for k in [&paths.2, &paths.3] {
+            std::fs::set_permissions(k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        paths
+    }
+
+    fn tls_load(tls: Value, https: Option<i64>) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, json!({ "tls": tls }).to_string()).unwrap();
+        load(&ServerArgs {
+            config_file: vec![path],
+            https_port: https,
+            ..Default::default()
+        })
+    }
+
+    use serde_json::json;
+
+    #[test]
+    fn tls_block_with_files_and_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key, _) = tls_files(dir.path());
+        let s = tls_load(
+            json!({"defaults": {
+                "ca_file": ca, "cert_file": cert, "key_file": key, "verify_incoming": true,
+                "tls_min_version": "TLSv1_2",
+                "tls_cipher_suites": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                "curve_preferences": ["X25519", "CurveP256"], "timeout": 0.5, "verify_and_map": true,
+            }, "https": {"timeout": "2s"}}),
+            Some(8501),
+        )
+        .unwrap();
+        let t = s.tls.as_ref().unwrap();
+        assert_eq!((s.http_port, s.https_port), (Some(8500), Some(8501)));
+        assert!(t.verify_incoming && t.verify_and_map);
+        assert_eq!(t.cipher_suites.as_ref().unwrap().len(), 2);
+        assert_eq!(t.curves.as_ref().unwrap().len(), 2);
+        assert_eq!(t.handshake_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(t.client_ca.len(), 1);
+        assert!(
+            s.warnings.iter().any(|w| w.contains("stays open")),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn auto_tls_names_the_server_and_ports_follow_consul() {
+        let s = tls_load(json!({"auto_tls": true}), Some(0)).unwrap();
+        match &s.tls.as_ref().unwrap().identity {
+            ServerIdentity::Auto { dns_names, ips } => {
+                assert_eq!(dns_names, &["server.dc1.consul", "localhost"]);
+                assert_eq!(ips, &[std::net::IpAddr::from([127, 0, 0, 1])]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // ports.http = -1 turns HTTP off.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(
+            &path,
+            r#"{"tls":{"auto_tls":true},"ports":{"http":-1,"https":8501},"domain":"mesh.internal"}"#,
+        )
+        .unwrap();
+        let s = load(&ServerArgs {
+            config_file: vec![path],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((s.http_port, s.https_port), (None, Some(8501)));
+        let ServerIdentity::Auto { dns_names, .. } = &s.tls.as_ref().unwrap().identity else {
+            panic!("auto")
+        };
+        assert_eq!(dns_names[0], "server.dc1.mesh.internal");
+    }
+
+    #[test]
+    fn tls_keys_that_cannot_apply_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key, other_key) = tls_files(dir.path());
+        let files = json!({"cert_file": cert, "key_file": key});
+        let with = |extra: Value| {
+            let mut d = files.clone();
+            d.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            json!({ "defaults": d })
+        };
+        let cases: Vec<(Value, Option<i64>, &str)> = vec![
+            (
+                with(json!({"verify_incoming": true})),
+                Some(0),
+                "requires ca_file",
+            ),
+            (
+                json!({"defaults": {"cert_file": cert, "key_file": other_key}}),
+                Some(0),
+                "does not belong",
+            ),
+            (
+                with(
+                    json!({"tls_cipher_suites": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_BOGUS"}),
+                ),
+                Some(0),
+                "TLS_BOGUS",
+            ),
+            (
+                with(json!({"tls_cipher_suites": "TLS_RSA_WITH_AES_128_CBC_SHA"})),
+                Some(0),
+                "not offered",
+            ),
+            (
+                with(json!({"tls_min_version": "tls11"})),
+                Some(0),
+                "tls_min_version",
+            ),
+            (
+                with(
+                    json!({"tls_min_version": "tls13", "tls_cipher_suites": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"}),
+                ),
+                Some(0),
+                "tls13",
+            ),
+            (
+                with(json!({"curve_preferences": ["CurveP521"]})),
+                Some(0),
+                "CurveP521",
+            ),
+            (with(json!({"timeout": 0})), Some(0), "timeout"),
+            (
+                with(json!({"verify_outgoing": true})),
+                Some(0),
+                "verify_outgoing",
+            ),
+            (with(json!({"ca_path": "/etc/ssl"})), Some(0), "ca_path"),
+            (with(json!({"tls_cipher": "x"})), Some(0), "tls_cipher"),
+            (
+                json!({"defaults": {"cert_file": cert}}),
+                Some(0),
+                "key_file",
+            ),
+            (json!({"defaults": {}}), Some(0), "no certificate"),
+            (
+                json!({"auto_tls": true, "defaults": files.clone()}),
+                Some(0),
+                "choose one",
+            ),
+            (json!({"internal_rpc": {}}), Some(0), "internal_rpc"),
+            (with(json!({})), None, "ports.https"),
+            (
+                with(json!({"ca_file": dir.path().join("missing.pem")})),
+                Some(0),
+                "missing.pem",
+            ),
+        ];
+        for (tls, https, want) in cases {
+            let err = format!("{:#}", tls_load(tls.clone(), https).unwrap_err());
+            assert!(err.contains(want), "{tls}: want {want:?} in {err:?}");
+        }
+        // An HTTPS port without a tls block.
+        let err = load(&ServerArgs {
+            https_port: Some(8501),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no tls block"), "{err}");
+        let _ = ca;
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, cert, key, _) = tls_files(dir.path());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = tls_load(
+            json!({"defaults": {"cert_file": cert, "key_file": key}}),
+            Some(0),
+        )
+        .unwrap();
+        assert!(
+            s.warnings.iter().any(|w| w.contains("readable by others")),
+            "{:?}",
+            s.warnings
+        );
     }
 
     #[test]

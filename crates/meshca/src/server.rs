@@ -209,19 +209,59 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
     let acl = open_acl(&s, &acl_store)?;
-    let listener = tokio::net::TcpListener::bind((s.bind.as_str(), s.http_port))
-        .await
-        .with_context(|| format!("binding {}:{}", s.bind, s.http_port))?;
-    let addr = listener.local_addr()?;
+    for w in &s.warnings {
+        tracing::warn!("{w}");
+    }
     let p = ca.published();
-    tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
-    ca.spawn_maintenance(MAINTENANCE_PERIOD);
-    let mut state = AppState::new(ca);
+    let mut state = AppState::new(ca.clone());
     if let Some(acl) = acl {
         state = state.with_acl(acl);
     }
     let router = meshca_server::router(state);
-    meshca_server::serve(listener, router, shutdown_signal()).await?;
+    // One shutdown signal for every listener.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut listeners = tokio::task::JoinSet::new();
+    // HTTPS first, so that its line is logged before HTTP's.
+    if let (Some(opts), Some(port)) = (s.tls, s.https_port) {
+        let tls = meshca_server::tls::TlsServer::start(opts, ca.clone())
+            .await
+            .context("setting up TLS on the HTTP API")?;
+        let listener = tokio::net::TcpListener::bind((s.bind.as_str(), port))
+            .await
+            .with_context(|| format!("binding {}:{port} (HTTPS)", s.bind))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "meshca listening on https://{addr}");
+        listeners.spawn(meshca_server::serve_tls(
+            listener,
+            router.clone(),
+            tls,
+            until_stopped(),
+        ));
+    }
+    if let Some(port) = s.http_port {
+        let listener = tokio::net::TcpListener::bind((s.bind.as_str(), port))
+            .await
+            .with_context(|| format!("binding {}:{port}", s.bind))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
+        listeners.spawn(meshca_server::serve(
+            listener,
+            router.clone(),
+            until_stopped(),
+        ));
+    }
+    ca.spawn_maintenance(MAINTENANCE_PERIOD);
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    while let Some(done) = listeners.join_next().await {
+        done.context("a listener task failed")??;
+    }
     tracing::info!("meshca stopped");
     Ok(())
 }

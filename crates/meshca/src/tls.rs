@@ -1,19 +1,26 @@
-//! `meshca tls ca create`: a CA for agent TLS or for recovering the Connect
-//! CA, with Consul's flags and file names.
+//! `meshca tls ca create` (a CA for agent TLS or for recovering the Connect
+//! CA) and `meshca tls cert create` (server, client and CLI certificates
+//! signed by that CA), with Consul's flags and file names.
 
-use crate::cli::{TlsCaCommand, TlsCaCreateArgs, TlsCommand};
+use crate::cli::{TlsCaCommand, TlsCaCreateArgs, TlsCertCommand, TlsCertCreateArgs, TlsCommand};
 use anyhow::Context;
 use meshca_core::{Clock, SystemClock};
-use meshca_provider::profile::{agent_ca, AgentCaOptions};
+use meshca_provider::profile::{
+    agent_ca, agent_cert, AgentCaOptions, AgentCertKind, AgentCertOptions,
+};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub fn run(cmd: TlsCommand) -> anyhow::Result<()> {
-    let TlsCommand::Ca {
-        command: TlsCaCommand::Create(args),
-    } = cmd;
-    create_ca(&args, Path::new("."))
+    match cmd {
+        TlsCommand::Ca {
+            command: TlsCaCommand::Create(args),
+        } => create_ca(&args, Path::new(".")),
+        TlsCommand::Cert {
+            command: TlsCertCommand::Create(args),
+        } => create_cert(&args, Path::new(".")).map(|_| ()),
+    }
 }
 
 /// Creates `path` with `mode`, refusing to replace an existing file.
@@ -56,9 +63,113 @@ fn create_ca(args: &TlsCaCreateArgs, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates a certificate and key signed by the agent CA in `dir`, named as
+/// Consul names them with the first free counter; returns both paths.
+fn create_cert(
+    args: &TlsCertCreateArgs,
+    dir: &Path,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let kind = match (args.server, args.client, args.cli) {
+        (true, false, false) => AgentCertKind::Server,
+        (false, true, false) => AgentCertKind::Client,
+        (false, false, true) => AgentCertKind::Cli,
+        _ => anyhow::bail!("choose exactly one of --server, --client and --cli"),
+    };
+    anyhow::ensure!(
+        args.node.is_none() || kind == AgentCertKind::Server,
+        "--node is only valid with --server"
+    );
+    anyhow::ensure!(args.days > 0, "--days must be at least 1");
+    let ca_path = args
+        .ca
+        .clone()
+        .unwrap_or_else(|| dir.join(format!("{}-agent-ca.pem", args.domain)));
+    let key_path = args
+        .key
+        .clone()
+        .unwrap_or_else(|| dir.join(format!("{}-agent-ca-key.pem", args.domain)));
+    let ca_pem = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading the CA certificate {}", ca_path.display()))?;
+    let ca_key = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("reading the CA key {}", key_path.display()))?;
+    let opts = AgentCertOptions {
+        kind,
+        datacenter: args.dc.clone(),
+        domain: args.domain.clone(),
+        node: args.node.clone(),
+        additional_dns_names: args.additional_dnsname.clone(),
+        additional_ips: args.additional_ipaddress.clone(),
+        days: args.days,
+    };
+    let (cert, key) = agent_cert(&opts, &ca_pem, &ca_key, SystemClock.now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let prefix = format!("{}-{}-{}", args.dc, kind.file_word(), args.domain);
+    // The first number whose files are both free (as Consul counts);
+    // create_new below still refuses to replace one made meanwhile.
+    let (cert_out, key_out) = (0..10_000)
+        .map(|n| {
+            (
+                dir.join(format!("{prefix}-{n}.pem")),
+                dir.join(format!("{prefix}-{n}-key.pem")),
+            )
+        })
+        .find(|(c, k)| !c.exists() && !k.exists())
+        .context("no free file name")?;
+    println!("==> Using {} and {}", ca_path.display(), key_path.display());
+    write_new(&cert_out, &cert, 0o644)?;
+    write_new(&key_out, &key, 0o600)?;
+    println!("==> Saved {}", cert_out.display());
+    println!("==> Saved {}", key_out.display());
+    Ok((cert_out, key_out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cert_args(kind: &str) -> TlsCertCreateArgs {
+        TlsCertCreateArgs {
+            server: kind == "server",
+            client: kind == "client",
+            cli: kind == "cli",
+            dc: "dc1".into(),
+            domain: "consul".into(),
+            node: None,
+            additional_dnsname: vec![],
+            additional_ipaddress: vec![],
+            days: 365,
+            ca: None,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn certs_take_consul_file_names_and_count_up() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(&args("consul"), dir.path()).unwrap();
+        let (c0, k0) = create_cert(&cert_args("server"), dir.path()).unwrap();
+        assert!(c0.ends_with("dc1-server-consul-0.pem"), "{c0:?}");
+        assert!(k0.ends_with("dc1-server-consul-0-key.pem"), "{k0:?}");
+        let (c1, _) = create_cert(&cert_args("server"), dir.path()).unwrap();
+        assert!(c1.ends_with("dc1-server-consul-1.pem"), "{c1:?}");
+        let (c, _) = create_cert(&cert_args("cli"), dir.path()).unwrap();
+        assert!(c.ends_with("dc1-cli-consul-0.pem"), "{c:?}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&k0).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let mut node = cert_args("client");
+        node.node = Some("n1".into());
+        assert!(
+            create_cert(&node, dir.path()).is_err(),
+            "--node is server-only"
+        );
+        let mut nothing = cert_args("server");
+        nothing.domain = "other".into();
+        let err = create_cert(&nothing, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("other-agent-ca.pem"), "{err}");
+    }
 
     fn args(domain: &str) -> TlsCaCreateArgs {
         TlsCaCreateArgs {
