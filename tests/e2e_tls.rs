@@ -289,3 +289,130 @@ fn auto_tls_serves_a_connect_ca_certificate_and_renews_it_after_rotation() {
     assert!(r.ok, "python after rotation: {}", r.output);
     assert_ne!(x509(&dir, &renewed, &["-serial"]), serial);
 }
+
+/// `method path` over HTTPS with Python's `http.client`, presenting `client`
+/// (certificate chain, key) when given and no token; returns the status
+/// and the body.
+fn https_as(
+    addr: &str,
+    cafile: &Path,
+    client: Option<(&Path, &Path)>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let (cert, key) = client
+        .map(|(c, k)| (c.display().to_string(), k.display().to_string()))
+        .unwrap_or_default();
+    let script = r#"
+import http.client, ssl, sys
+host, port, cafile, cert, key, method, path, body = sys.argv[1:9]
+ctx = ssl.create_default_context(cafile=cafile)
+if cert:
+    ctx.load_cert_chain(cert, key)
+c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=20)
+c.request(method, path, body=body.encode() if body else None)
+r = c.getresponse()
+print(r.status)
+sys.stdout.write(r.read().decode())
+"#;
+    let out = std::process::Command::new("timeout")
+        .args(["30", "python3", "-c", script, host, port])
+        .arg(cafile)
+        .args([cert.as_str(), key.as_str(), method, path, body])
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python https: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, rest) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    (
+        status.trim().parse().expect("a status line"),
+        rest.to_string(),
+    )
+}
+
+#[test]
+fn verify_and_map_lets_a_mesh_leaf_renew_its_own_service_and_nothing_else() {
+    let config = json!({"tls": {"auto_tls": true, "defaults": {"verify_and_map": true}}});
+    let server = Server::start_with_config(&config, &["--https-port", "0"]);
+    let addr = https_addr(&server);
+    let dir = server.dir().to_path_buf();
+    let roots = dir.join("roots.pem");
+    std::fs::write(&roots, server.get("/v1/connect/ca/roots?pem=true").body).unwrap();
+    // The proxy's current leaf, fetched once with the management token.
+    let leaf = server.get_json("/v1/agent/connect/ca/leaf/web");
+    let (cert, key) = (dir.join("web.pem"), dir.join("web-key.pem"));
+    std::fs::write(&cert, leaf["CertPEM"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, leaf["PrivateKeyPEM"].as_str().unwrap()).unwrap();
+    let web = Some((cert.as_path(), key.as_path()));
+    let td = server.trust_domain();
+    let csr = |uri: &str| json!({"CSR": common::csr_for_uri(uri)}).to_string();
+
+    // Its own service: renew the leaf, have its CSR signed.
+    let (status, body) = https_as(
+        &addr,
+        &roots,
+        web,
+        "GET",
+        "/v1/agent/connect/ca/leaf/web",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let renewed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(renewed["Service"], "web");
+    let own = csr(&common::service_uri(&td, "dc1", "web"));
+    let (status, body) = https_as(&addr, &roots, web, "POST", "/v1/connect/ca/sign", &own);
+    assert_eq!(status, 200, "{body}");
+
+    // Nothing else: another service, a server identity, operator and ACL
+    // endpoints (a mesh leaf never grants operator access).
+    let denied = [
+        ("GET", "/v1/agent/connect/ca/leaf/db", String::new()),
+        (
+            "POST",
+            "/v1/connect/ca/sign",
+            csr(&common::service_uri(&td, "dc1", "db")),
+        ),
+        (
+            "POST",
+            "/v1/connect/ca/sign",
+            csr(&format!("spiffe://{td}/agent/server/dc/dc1")),
+        ),
+        ("GET", "/v1/connect/ca/configuration", String::new()),
+        (
+            "PUT",
+            "/v1/connect/ca/configuration",
+            json!({"Provider": "consul", "Config": {"LeafCertTTL": "1h"}}).to_string(),
+        ),
+        ("GET", "/v1/acl/tokens", String::new()),
+        ("PUT", "/v1/acl/token", json!({}).to_string()),
+    ];
+    for (method, path, body) in &denied {
+        let (status, text) = https_as(&addr, &roots, web, method, path, body);
+        assert_eq!(status, 403, "{method} {path}: {text}");
+        assert!(
+            text.starts_with("Permission denied"),
+            "{method} {path}: {text}"
+        );
+    }
+    // Without the certificate (no token either) even web's leaf is denied.
+    let (status, _) = https_as(
+        &addr,
+        &roots,
+        None,
+        "GET",
+        "/v1/agent/connect/ca/leaf/web",
+        "",
+    );
+    assert_eq!(status, 403);
+    assert_eq!(
+        server.config()["Config"]["LeafCertTTL"],
+        "72h0m0s",
+        "nothing changed"
+    );
+}
