@@ -46,7 +46,13 @@ fn every_issuance_is_an_audit_line_with_rfc3339_times_and_no_secrets() {
         assert!(fields["spiffe_id"]
             .as_str()
             .is_some_and(|id| id.starts_with("spiffe://")));
-        // Who asked, by AccessorID, and from where.
+        // Who asked, by AccessorID, from where, and in which request.
+        assert!(
+            fields["request_id"]
+                .as_str()
+                .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()),
+            "{line}"
+        );
         let requester = fields["requester"].as_str().unwrap_or_default();
         assert!(requester.starts_with("accessor:"), "{line}");
         assert!(
@@ -70,6 +76,9 @@ fn ca_and_acl_changes_are_audit_lines_naming_who_made_them() {
     let server = Server::start_with_config(&json!({"audit": {"path": path}}), &[]);
     let r = server.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}));
     assert_eq!(r.status, 200, "{r:?}");
+    let request_id = r
+        .header("x-request-id")
+        .expect("every answer has X-Request-Id");
     let t = server.put("/v1/acl/token", json!({"Description": "x"}).to_string());
     assert_eq!(t.status, 200, "{t:?}");
     let secret = t.json()["SecretID"]
@@ -92,6 +101,11 @@ fn ca_and_acl_changes_are_audit_lines_naming_who_made_them() {
         .find(|l| l["fields"]["message"] == "CA configuration changed")
         .unwrap_or_else(|| panic!("no CA change line: {lines:?}"));
     assert_eq!(change["fields"]["rotated"], true, "{change}");
+    assert_eq!(
+        change["fields"]["request_id"],
+        request_id.as_str(),
+        "{change}"
+    );
     assert!(change["fields"]["requester"]
         .as_str()
         .is_some_and(|r| r.starts_with("accessor:")));

@@ -40,6 +40,8 @@ pub struct Requester {
     pub identity: String,
     /// The client's address, when known.
     pub remote: Option<String>,
+    /// The ID of the request that asked, when it came through the API.
+    pub request_id: Option<String>,
 }
 
 impl CaEngine {
@@ -100,7 +102,7 @@ impl CaEngine {
             .map_err(|e| CaError::Rejected(e.to_string()))?;
         let requester = Requester {
             identity: "auto-tls".into(),
-            remote: None,
+            ..Requester::default()
         };
         self.issue(p, requester, move || {
             let key = LeafKey::generate_p256_now()?;
@@ -153,6 +155,7 @@ impl CaEngine {
         let spiffe_id = request.csr.spiffe_id().clone();
         tracing::info!(target: "audit", serial = %signed.serial, spiffe_id = %spiffe_id,
             requester = %requester.identity, remote = requester.remote.as_deref().unwrap_or("-"),
+            request_id = requester.request_id.as_deref().unwrap_or("-"),
             valid_after = %rfc3339(request.not_before), valid_before = %rfc3339(request.not_after),
             signing_key_id = %p.signer.signing_key_id(), "issued certificate");
         IssuedLeaf {

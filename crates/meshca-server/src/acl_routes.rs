@@ -2,7 +2,7 @@
 //! wire format. A token's SecretID is shown once, in the answer that
 //! creates it; afterwards it reads as `<hidden>` (only its hash is kept).
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Remote};
 use crate::error::ApiError;
 use crate::routes::{decode_body, to_json, AppState};
 use axum::body::Bytes;
@@ -160,10 +160,11 @@ fn parse_id(text: &str, what: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `PUT /v1/acl/bootstrap`: the first management token, once.
-pub async fn bootstrap(State(app): State<AppState>) -> Result<Response, ApiError> {
+pub async fn bootstrap(State(app): State<AppState>, remote: Remote) -> Result<Response, ApiError> {
     let acl = acl_of(&app)?;
     let token = acl.bootstrap(None)?;
-    tracing::info!(target: "audit", accessor = %token.record.accessor_id, "ACL bootstrapped");
+    tracing::info!(target: "audit", accessor = %token.record.accessor_id,
+        remote = %remote.addr_text(), request_id = remote.request_id_text(), "ACL bootstrapped");
     created(acl, token)
 }
 
@@ -171,6 +172,7 @@ pub async fn bootstrap(State(app): State<AppState>) -> Result<Response, ApiError
 pub async fn create_token(
     State(app): State<AppState>,
     caller: Caller,
+    remote: Remote,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(&Permission::acl(Access::Write))?;
@@ -209,6 +211,7 @@ pub async fn create_token(
         accessor_id: req.accessor_id,
     })?;
     tracing::info!(target: "audit", requester = %caller.audit_name(),
+        remote = %remote.addr_text(), request_id = remote.request_id_text(),
         accessor = %token.record.accessor_id, "ACL token created");
     created(acl, token)
 }
@@ -238,13 +241,16 @@ pub async fn read_token(
 pub async fn delete_token(
     State(app): State<AppState>,
     caller: Caller,
+    remote: Remote,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(&Permission::acl(Access::Write))?;
     let acl = acl_of(&app)?;
     let id = parse_id(&id, "AccessorID")?;
     acl.delete_token(id)?;
-    tracing::info!(target: "audit", requester = %caller.audit_name(), accessor = %id, "ACL token deleted");
+    tracing::info!(target: "audit", requester = %caller.audit_name(),
+        remote = %remote.addr_text(), request_id = remote.request_id_text(),
+        accessor = %id, "ACL token deleted");
     to_json(&true)
 }
 
@@ -267,6 +273,7 @@ pub async fn list_tokens(
 async fn write_policy(
     app: AppState,
     caller: Caller,
+    remote: Remote,
     id: Option<Uuid>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -294,27 +301,30 @@ async fn write_policy(
             rules: req.rules,
         },
     )?;
-    tracing::info!(target: "audit", requester = %caller.audit_name(), policy = %policy.id,
-        name = %policy.name, "ACL policy written");
+    tracing::info!(target: "audit", requester = %caller.audit_name(),
+        remote = %remote.addr_text(), request_id = remote.request_id_text(),
+        policy = %policy.id, name = %policy.name, "ACL policy written");
     to_json(&PolicyOut::from(policy))
 }
 
 pub async fn create_policy(
     State(app): State<AppState>,
     caller: Caller,
+    remote: Remote,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write_policy(app, caller, None, body).await
+    write_policy(app, caller, remote, None, body).await
 }
 
 pub async fn update_policy(
     State(app): State<AppState>,
     caller: Caller,
+    remote: Remote,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "Policy ID")?;
-    write_policy(app, caller, Some(id), body).await
+    write_policy(app, caller, remote, Some(id), body).await
 }
 
 /// `GET /v1/acl/policy/<ID>`.
@@ -343,13 +353,16 @@ pub async fn read_policy_by_name(
 pub async fn delete_policy(
     State(app): State<AppState>,
     caller: Caller,
+    remote: Remote,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(&Permission::acl(Access::Write))?;
     let acl = acl_of(&app)?;
     let id = parse_id(&id, "Policy ID")?;
     acl.delete_policy(id)?;
-    tracing::info!(target: "audit", requester = %caller.audit_name(), policy = %id, "ACL policy deleted");
+    tracing::info!(target: "audit", requester = %caller.audit_name(),
+        remote = %remote.addr_text(), request_id = remote.request_id_text(),
+        policy = %id, "ACL policy deleted");
     to_json(&true)
 }
 

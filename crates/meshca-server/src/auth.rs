@@ -76,11 +76,13 @@ impl Caller {
         ))
     }
 
-    /// The caller and its address, as the audit trail records them.
+    /// The caller, its address and the request's ID, as the audit trail
+    /// records them.
     pub fn requester(&self, remote: Remote) -> Requester {
         Requester {
             identity: self.audit_name(),
-            remote: remote.0.map(|a| a.to_string()),
+            remote: remote.addr.map(|a| a.to_string()),
+            request_id: remote.request_id,
         }
     }
 
@@ -110,20 +112,41 @@ impl Caller {
     }
 }
 
-/// The client's address, when the listener recorded it.
-#[derive(Debug, Clone, Copy)]
-pub struct Remote(pub Option<SocketAddr>);
+/// The ID given to one request (a UUID), returned as `X-Request-Id` and
+/// written on its audit lines so the two can be matched.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Where a request came from: the client's address (when the listener
+/// recorded it) and the request's ID.
+#[derive(Debug, Clone, Default)]
+pub struct Remote {
+    pub addr: Option<SocketAddr>,
+    pub request_id: Option<String>,
+}
+
+impl Remote {
+    /// The address as the audit trail writes it (`-` when unknown).
+    pub fn addr_text(&self) -> String {
+        self.addr.map_or_else(|| "-".into(), |a| a.to_string())
+    }
+
+    pub fn request_id_text(&self) -> &str {
+        self.request_id.as_deref().unwrap_or("-")
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Remote {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Remote(
-            parts
+        Ok(Remote {
+            addr: parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0),
-        ))
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+        })
     }
 }
 

@@ -96,8 +96,22 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn(refuse_non_json_bodies))
         .layer(axum::middleware::from_fn(explain_method_not_allowed))
+        .layer(axum::middleware::from_fn(assign_request_id))
         .layer(panic_guard())
         .with_state(state)
+}
+
+/// Gives every request an ID: in its extensions (the audit lines carry it)
+/// and in the `X-Request-Id` response header, so an operator can match an
+/// answer to its audit line. A client's own `X-Request-Id` is not trusted.
+async fn assign_request_id(mut req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    req.extensions_mut().insert(auth::RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }
 
 /// A panic in a handler answers 500 with our error body instead of closing

@@ -194,7 +194,8 @@ pub async fn put_configuration(
     if !Arc::ptr_eq(&before, &p) {
         let requester = caller.requester(remote);
         tracing::info!(target: "audit", requester = %requester.identity,
-            remote = requester.remote.as_deref().unwrap_or("-"), provider = ?p.config.provider(),
+            remote = requester.remote.as_deref().unwrap_or("-"),
+            request_id = requester.request_id.as_deref().unwrap_or("-"), provider = ?p.config.provider(),
             active_root = %p.active_root_id, rotated = before.active_root_id != p.active_root_id,
             index = p.index, "CA configuration changed");
     }
