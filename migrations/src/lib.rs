@@ -785,6 +785,80 @@ mod tests {
     }
 
     #[test]
+    fn a_due_data_key_rotates_on_the_timer_without_touching_the_ca_head() {
+        let key = StoreKey::generate().unwrap();
+        let clock = clock_at(NOW);
+        let store = new_store();
+        let (records, _) = open_with(store.clone(), &options(&key, None, clock.clone())).unwrap();
+        assert!(
+            !records.rotate_data_key_if_due().unwrap(),
+            "nothing is due yet"
+        );
+        let first = records.sealer().data_key_id();
+        let state = sample_state(MARKER);
+        let index = records.commit_ca(&state, store.index().unwrap()).unwrap();
+        let head = store.get(schema::CA_ROOTS).unwrap();
+
+        clock.advance(time::Duration::days(6));
+        assert!(!records.rotate_data_key_if_due().unwrap());
+        assert_eq!(store.index().unwrap(), index, "not due: nothing written");
+
+        clock.advance(time::Duration::days(1));
+        assert!(records.rotate_data_key_if_due().unwrap());
+        assert_eq!(store.index().unwrap(), index + 1, "one transaction");
+        let second = records.sealer().data_key_id();
+        assert_ne!(second, first);
+        for record in [schema::CA_CONFIG, schema::CA_KEYS] {
+            assert_eq!(sealed_by(&*store, record), second.to_string());
+        }
+        assert_eq!(
+            store.get(schema::CA_ROOTS).unwrap(),
+            head,
+            "the CA head is untouched"
+        );
+        let registry = store.get(schema::DATA_KEYS).unwrap().unwrap();
+        let opened = Sealer::from_registry(&registry, &key).unwrap();
+        assert_eq!(opened.data_key_ids(), vec![first, second]);
+        assert!(
+            !records.rotate_data_key_if_due().unwrap(),
+            "the new key is not due"
+        );
+
+        // The CA keeps its modify index, so its next commit is still guarded by it.
+        let loaded = records.load_ca().unwrap().unwrap();
+        assert_eq!(loaded.modify_index, index);
+        assert_eq!(loaded.private_keys, state.private_keys);
+        assert_eq!(records.commit_ca(&loaded, index).unwrap(), index + 1);
+        let reopened = open(store.clone(), &key, NOW + time::Duration::days(7)).unwrap();
+        assert_eq!(
+            reopened.load_ca().unwrap().unwrap().private_keys,
+            state.private_keys
+        );
+    }
+
+    #[test]
+    fn a_timed_data_key_rotation_that_lost_a_race_writes_nothing() {
+        let key = StoreKey::generate().unwrap();
+        let clock = clock_at(NOW);
+        let store = new_store();
+        let (records, _) = open_with(store.clone(), &options(&key, None, clock.clone())).unwrap();
+        let state = sample_state(MARKER);
+        records.commit_ca(&state, store.index().unwrap()).unwrap();
+        // A second server's view of the same store, rotating first.
+        let (other, _) = open_with(store.clone(), &options(&key, None, clock.clone())).unwrap();
+        clock.advance(time::Duration::days(7));
+        assert!(other.rotate_data_key_if_due().unwrap());
+        let after = (store.index().unwrap(), store.get(schema::CA_KEYS).unwrap());
+        // This view does not know the other's new key, so it cannot even
+        // open the records; either way it writes nothing.
+        assert!(records.rotate_data_key_if_due().is_err());
+        assert_eq!(
+            (store.index().unwrap(), store.get(schema::CA_KEYS).unwrap()),
+            after
+        );
+    }
+
+    #[test]
     fn changing_the_store_key_reseals_the_registry_and_adds_a_data_key() {
         let old = StoreKey::generate().unwrap();
         let new = StoreKey::generate().unwrap();

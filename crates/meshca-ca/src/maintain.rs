@@ -1,4 +1,4 @@
-//! Upkeep, driven by a timer and by CA changes: scheduled root rotation,
+//! Upkeep, driven by a timer and by CA changes: data key rotation, scheduled root rotation,
 //! pruning of rotated-out roots and expired chain entries, and renewal of
 //! the signing intermediate at half its life. The decisions are pure
 //! functions of the published state and `now`; a renewal publishes a new
@@ -16,6 +16,11 @@ impl CaEngine {
     /// One round of upkeep. Skipped (not queued) while another writer is
     /// active. Returns whether it changed anything.
     pub async fn maintain(&self) -> Result<bool, CaError> {
+        // Data keys age with the clock, not with CA changes: a CA that does
+        // not change for weeks still gets its secrets under a fresh key.
+        if let Err(e) = self.store.rotate_data_key_if_due().await {
+            tracing::warn!(error = %e, "data key rotation failed; retrying at the next upkeep");
+        }
         // Decide on the published snapshot first, so that the writer lock
         // (and a 409 for API writers) is taken only when there is work.
         if !maintenance_due(&self.published(), self.clock.now()) {

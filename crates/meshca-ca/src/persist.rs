@@ -30,6 +30,13 @@ impl Persistence {
         blocking(move || Ok(store.index()?)).await
     }
 
+    /// Adds a data key and re-seals the CA's secrets with it when the
+    /// newest is a rotation period old (see `Records::rotate_data_key_if_due`).
+    pub(crate) async fn rotate_data_key_if_due(&self) -> Result<bool, CaError> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.rotate_data_key_if_due()?)).await
+    }
+
     /// Commits `state`, stamped for `expected + 1`, guarded by `expected`.
     pub(crate) async fn commit(&self, state: &CaState, expected: u64) -> Result<(), CaError> {
         let (store, owned) = (self.store.clone(), state.clone());

@@ -512,3 +512,58 @@ async fn leaves_issued_during_renewal_always_ship_the_chain_of_their_signer() {
     assert_eq!(signers.len(), 12, "every round renewed the intermediate");
     assert!(checked > 12, "leaves were issued throughout ({checked})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upkeep_adds_a_data_key_when_due_even_without_a_ca_change() {
+    let env = Env::new();
+    let key = StoreKey::from_base64(&env.key).unwrap();
+    let open = || {
+        let options = meshca_migrations::OpenOptions {
+            key: key.clone(),
+            old_key: None,
+            data_key_rotation_period: Duration::days(7),
+            clock: env.clock.clone(),
+        };
+        let sled = Arc::new(SledStore::open(env.dir.path(), &key).unwrap());
+        Arc::new(meshca_migrations::open_with(sled, &options).unwrap().0)
+    };
+    let records = open();
+    let ca = CaEngine::start(
+        records.clone(),
+        env.clock.clone() as Arc<dyn Clock>,
+        "dc1".into(),
+        CaConfig::default(),
+        default_provider_factory(),
+    )
+    .await
+    .unwrap();
+    let first = records.sealer().data_key_id();
+    let before = ca.published();
+
+    env.clock.advance(Duration::days(6));
+    ca.maintain().await.unwrap();
+    assert_eq!(
+        records.sealer().data_key_id(),
+        first,
+        "not due after 6 days"
+    );
+
+    env.clock.advance(Duration::days(1));
+    ca.maintain().await.unwrap();
+    let second = records.sealer().data_key_id();
+    assert_ne!(second, first, "due after 7 days, with no CA change");
+    assert_eq!(records.sealer().data_key_ids(), vec![first, second]);
+    let after = ca.published();
+    assert_eq!(after.index, before.index, "the CA itself did not change");
+    assert_eq!(after.roots, before.roots);
+    leaf(&ca).await;
+
+    drop((ca, records));
+    let reopened = open();
+    let state = reopened.load_ca().unwrap().unwrap();
+    assert_eq!(
+        state.roots, before.roots,
+        "the re-sealed records open after a restart"
+    );
+    assert_eq!(reopened.sealer().data_key_id(), second);
+}

@@ -199,6 +199,40 @@ impl Records {
         Ok(index)
     }
 
+    /// Adds a data key once the newest is a rotation period old, even when
+    /// the CA does not change: the sealed CA records are re-sealed with it
+    /// in the same transaction as the new registry. `ca/roots` is not
+    /// written, so the CA's modify index stays and no roots watcher sees a
+    /// change. Guarded by every record it read; a concurrent CA commit makes
+    /// it `Conflict` (that commit rotated the key itself, or the next tick
+    /// will). Returns whether a data key was added.
+    pub fn rotate_data_key_if_due(&self) -> Result<bool, StoreError> {
+        let (next, Some(registry)) = self.sealer_for_next_seal()? else {
+            return Ok(false);
+        };
+        let current = self.sealer();
+        let mut txn = Txn::new().check(
+            schema::DATA_KEYS,
+            self.store.get(schema::DATA_KEYS)?.as_deref(),
+        );
+        txn.ops.push(registry);
+        for key in [schema::CA_CONFIG, schema::CA_KEYS] {
+            let stored = self.store.get(key)?;
+            txn = txn.check(key, stored.as_deref());
+            if let Some(sealed) = stored {
+                let plaintext = current.open(key, &sealed)?;
+                txn = txn.put(key, next.seal(key, &plaintext)?);
+            }
+        }
+        self.store.commit(&txn)?;
+        tracing::info!(
+            data_key_id = %next.data_key_id(),
+            "new data key: the previous one reached the data key rotation period"
+        );
+        *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(true)
+    }
+
     /// The sealer for a commit about to seal, and the registry put when it
     /// holds a new data key (the newest was due for rotation).
     fn sealer_for_next_seal(&self) -> Result<(Arc<Sealer>, Option<Op>), StoreError> {
