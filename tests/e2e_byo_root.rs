@@ -334,3 +334,86 @@ fn db_csr_with_dns(td: &str, dns: &str) -> String {
         |_| {},
     )
 }
+
+/// A self-signed certificate for the server's trust domain made by openssl
+/// with `newkey` and `basic` constraints; returns (certificate, key).
+fn openssl_root(dir: &Path, td: &str, newkey: &[&str], basic: &str) -> (String, String) {
+    let san = format!("subjectAltName=URI:spiffe://{td}");
+    let mut args = vec![
+        "req", "-x509", "-nodes", "-keyout", "k.pem", "-out", "c.pem",
+    ];
+    args.extend_from_slice(newkey);
+    args.extend_from_slice(&["-days", "30", "-subj", "/CN=Hostile Root"]);
+    args.extend_from_slice(&["-addext", basic, "-addext", &san]);
+    let (ok, out) = common::openssl(dir, &args);
+    assert!(ok, "openssl req: {out}");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("reading an openssl file");
+    (read("c.pem"), read("k.pem"))
+}
+
+/// Hostile supplied roots through the ACL-guarded API: a key that does not
+/// match the certificate, a certificate that is not a CA, an RSA-1024 root
+/// and a body nested past the JSON depth limit each get a 400 naming the
+/// problem; a token without operator:write gets 403 for a valid root. None
+/// of them changes the roots or the configuration.
+#[test]
+fn hostile_supplied_roots_are_refused_and_change_nothing() {
+    let server = Server::start(&[]);
+    let td = server.trust_domain();
+    let roots = server.get("/v1/connect/ca/roots");
+    let config = server.config();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (good_cert, good_key) = tls_ca_create(dir.path(), &cluster_id(&server), &[]);
+    let other_key = p256_key().serialize_pem();
+    let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let not_a_ca = "basicConstraints=critical,CA:FALSE";
+    let (not_ca, not_ca_key) = openssl_root(dir.path(), &td, &p256, not_a_ca);
+    let a_ca = "basicConstraints=critical,CA:TRUE";
+    let (weak, weak_key) = openssl_root(dir.path(), &td, &["-newkey", "rsa:1024"], a_ca);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases = [
+        (
+            "a key that does not match",
+            byo_body(&other_key, &good_cert),
+            "match",
+        ),
+        (
+            "a certificate that is not a CA",
+            byo_body(&not_ca_key, &not_ca),
+            "CA",
+        ),
+        ("an RSA-1024 root", byo_body(&weak_key, &weak), "1024"),
+        (
+            "a body nested 100 000 deep",
+            format!("{{\"Config\":{deep}}}"),
+            "recursion limit",
+        ),
+    ];
+    for (what, body, needle) in cases {
+        let r = server.put("/v1/connect/ca/configuration", body);
+        r.assert_error(400);
+        assert!(r.body.contains(needle), "{what}: {}", r.body);
+    }
+    // A valid root from a token with no policies: 403.
+    let reader = server.put(
+        "/v1/acl/token",
+        json!({"Description": "reader", "Policies": []}).to_string(),
+    );
+    assert_eq!(reader.status, 200, "{reader:?}");
+    let secret = reader.json()["SecretID"]
+        .as_str()
+        .expect("SecretID")
+        .to_string();
+    let r = server.request_as(
+        Some(&secret),
+        reqwest::Method::PUT,
+        "/v1/connect/ca/configuration",
+        Some(byo_body(&good_key, &good_cert).into_bytes()),
+    );
+    r.assert_error(403);
+
+    let after = server.get("/v1/connect/ca/roots");
+    assert_eq!(after.index(), roots.index(), "nothing was committed");
+    assert_eq!(after.body, roots.body, "the roots are untouched");
+    assert_eq!(server.config(), config, "the configuration is untouched");
+}

@@ -209,6 +209,14 @@ fn byo_root(req: &CaRequest) -> Result<(KeyPair, Vec<u8>, KeySpec), ProviderErro
             "PrivateKey and RootCert must both be set".into(),
         ));
     };
+    let der = single_cert(cert_pem_text)?;
+    let facts = cert_facts(&der).map_err(ProviderError::InvalidInput)?;
+    // The key library refuses RSA keys under 2048 bits with only "could not
+    // parse", so name a key size we do not allow from the certificate first.
+    if let Some(bits) = rsa_bits(&facts.spki_der) {
+        KeySpec::from_type_and_bits("rsa", bits)
+            .map_err(|e| ProviderError::InvalidInput(format!("RootCert: {e}")))?;
+    }
     let key_text = key_pem
         .expose_str()
         .ok_or_else(|| ProviderError::InvalidInput("PrivateKey is not PEM text".into()))?;
@@ -216,9 +224,7 @@ fn byo_root(req: &CaRequest) -> Result<(KeyPair, Vec<u8>, KeySpec), ProviderErro
         .map_err(|e| ProviderError::InvalidInput(format!("PrivateKey: {e}")))?;
     let spec = spec_of(&key)?;
     let key = load_key(&key.serialize_der(), spec)?;
-    let der = single_cert(cert_pem_text)?;
     ensure_key_matches(&key, &der, "root")?;
-    let facts = cert_facts(&der).map_err(ProviderError::InvalidInput)?;
     if !facts.is_ca {
         return Err(ProviderError::InvalidInput(
             "RootCert is not a CA certificate".into(),
