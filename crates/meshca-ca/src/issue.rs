@@ -79,9 +79,11 @@ impl CaEngine {
             service.as_str(),
         )
         .map_err(|e| CaError::Rejected(e.to_string()))?;
+        let needs_csr = p.signer.keys().local().is_none();
         self.issue(p, requester, move || {
             let key = LeafKey::generate_p256_now()?;
-            Ok((ValidatedCsr::for_public_key(id, &key.spki_der)?, Some(key)))
+            let csr = ValidatedCsr::for_public_key(id, &key.spki_der)?;
+            Ok((key.carry_in_csr(csr, needs_csr)?, Some(key)))
         })
         .await
     }
@@ -104,11 +106,12 @@ impl CaEngine {
             identity: "auto-tls".into(),
             ..Requester::default()
         };
+        let needs_csr = p.signer.keys().local().is_none();
         self.issue(p, requester, move || {
             let key = LeafKey::generate_p256_now()?;
             let csr =
                 ValidatedCsr::for_public_key(id, &key.spki_der)?.with_names(&dns_names, &ips)?;
-            Ok((csr, Some(key)))
+            Ok((key.carry_in_csr(csr, needs_csr)?, Some(key)))
         })
         .await
     }

@@ -3,7 +3,8 @@
 //! whatever the CA's own key type.
 
 use crate::{blocking, CaError};
-use secrecy::SecretString;
+use meshca_core::csr::ValidatedCsr;
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// A freshly generated leaf key: its PKCS#8 PEM (secret) and public key.
 pub struct LeafKey {
@@ -26,6 +27,37 @@ impl LeafKey {
             spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
             private_key_pem: SecretString::from(key.serialize_pem()),
         })
+    }
+}
+
+impl LeafKey {
+    /// `request` (made for this key) carried by a CSR signed with this key,
+    /// for providers that sign only CSRs; unchanged when `needed` is false,
+    /// so that local signing does not pay for a signature nobody reads.
+    pub fn carry_in_csr(
+        &self,
+        request: ValidatedCsr,
+        needed: bool,
+    ) -> Result<ValidatedCsr, CaError> {
+        if !needed {
+            return Ok(request);
+        }
+        let key = rcgen::KeyPair::from_pem(self.private_key_pem.expose_secret())
+            .map_err(CaError::internal)?;
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            request
+                .spiffe_id()
+                .to_string()
+                .try_into()
+                .map_err(CaError::internal)?,
+        )];
+        let der = params
+            .serialize_request(&key)
+            .map_err(CaError::internal)?
+            .der()
+            .to_vec();
+        Ok(request.with_csr_der(der)?)
     }
 }
 

@@ -140,7 +140,10 @@ impl CaEngine {
         let leaf = new
             .signer
             .sign_leaf(LeafRequest {
-                csr: ValidatedCsr::for_public_key(id, &key.spki_der)?,
+                csr: key.carry_in_csr(
+                    ValidatedCsr::for_public_key(id, &key.spki_der)?,
+                    new.signer.keys().local().is_none(),
+                )?,
                 not_before,
                 not_after,
             })

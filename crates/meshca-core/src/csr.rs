@@ -93,6 +93,9 @@ pub struct ValidatedCsr {
     key_type: CsrKeyType,
     dns_sans: Vec<String>,
     ip_sans: Vec<IpAddr>,
+    /// The DER request that carried the key, for providers that sign only
+    /// requests (Vault); `None` for a key the CA generated without one.
+    csr_der: Option<Vec<u8>>,
 }
 
 impl ValidatedCsr {
@@ -113,7 +116,29 @@ impl ValidatedCsr {
             key_type,
             dns_sans: Vec::new(),
             ip_sans: Vec::new(),
+            csr_der: None,
         })
+    }
+
+    /// The same request carried by `der`, a CSR the caller made with this
+    /// request's key (for providers that sign only CSRs). Its public key
+    /// must be this request's; its names are not used, the validated ones
+    /// are.
+    pub fn with_csr_der(mut self, der: Vec<u8>) -> Result<Self, CsrError> {
+        let (_, csr) = X509CertificationRequest::from_der(&der)
+            .map_err(|e| CsrError::Malformed(e.to_string()))?;
+        if csr.certification_request_info.subject_pki.raw != self.spki_der.as_slice() {
+            return Err(CsrError::Malformed(
+                "the CSR carries another public key".into(),
+            ));
+        }
+        self.csr_der = Some(der);
+        Ok(self)
+    }
+
+    /// The DER CSR that carried the key, if there was one.
+    pub fn csr_der(&self) -> Option<&[u8]> {
+        self.csr_der.as_deref()
     }
 
     /// The same request with DNS and IP SANs added (a server certificate
@@ -305,6 +330,7 @@ pub fn validate_csr(pem: &str, policy: &CsrPolicy) -> Result<ValidatedCsr, CsrEr
         key_type,
         dns_sans,
         ip_sans,
+        csr_der: Some(der),
     })
 }
 

@@ -1,9 +1,11 @@
 //! The conformance suite every [`CaProvider`] passes (cargo feature
 //! `conformance`). The built-in provider runs it in
-//! `tests/conformance.rs`; a new provider (Vault) runs the same functions
-//! against its real backend.
+//! `tests/conformance.rs`; the Vault provider runs the same functions
+//! against a real OpenBao server.
 //!
-//! Each function panics with a message naming the broken promise.
+//! Every function takes the time its requests are made at: the built-in
+//! provider signs for any time ([`NOW`]), a remote one only for its own
+//! clock. Each function panics with a message naming the broken promise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: failures should panic loudly
 
@@ -34,8 +36,13 @@ fn cluster_id() -> Uuid {
     Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0)
 }
 
-/// A request for a CA with `spec` keys and default TTLs.
+/// A request for a CA with `spec` keys and default TTLs, made at [`NOW`].
 pub fn request(spec: KeySpec) -> CaRequest {
+    request_at(spec, NOW)
+}
+
+/// A request for a CA with `spec` keys and default TTLs, made at `now`.
+pub fn request_at(spec: KeySpec, now: OffsetDateTime) -> CaRequest {
     let config = serde_json::json!({
         "PrivateKeyType": spec.key_type(),
         "PrivateKeyBits": spec.bits(),
@@ -44,12 +51,22 @@ pub fn request(spec: KeySpec) -> CaRequest {
         cluster_id: cluster_id(),
         trust_domain: TrustDomain::for_cluster(&cluster_id()),
         config: CaConfig::from_wire("consul", config.as_object().unwrap(), None).unwrap(),
-        now: NOW,
+        now,
     }
 }
 
-/// A leaf request for service `web` with a fresh key of `alg`.
+/// A leaf request for service `web` with a fresh key of `alg`, at [`NOW`].
 pub fn leaf_request(alg: &'static rcgen::SignatureAlgorithm) -> LeafRequest {
+    leaf_request_at(alg, NOW)
+}
+
+/// A leaf request for service `web` with a fresh key of `alg`, valid from a
+/// minute before `now` for 72 hours, carried by a CSR signed with the key
+/// (a provider that signs only CSRs gets one).
+pub fn leaf_request_at(
+    alg: &'static rcgen::SignatureAlgorithm,
+    now: OffsetDateTime,
+) -> LeafRequest {
     let key = match alg {
         a if a == &rcgen::PKCS_RSA_SHA256 => {
             rcgen::KeyPair::generate_rsa_for(a, rcgen::RsaKeySize::_2048).unwrap()
@@ -58,11 +75,31 @@ pub fn leaf_request(alg: &'static rcgen::SignatureAlgorithm) -> LeafRequest {
     };
     let td = TrustDomain::for_cluster(&cluster_id());
     let id = SpiffeId::service(&td, "default", "dc1", "web").unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into().unwrap())];
+    let csr_der = params.serialize_request(&key).unwrap().der().to_vec();
     LeafRequest {
-        csr: ValidatedCsr::for_public_key(id, &key.subject_public_key_info()).unwrap(),
-        not_before: NOW - Duration::minutes(1),
-        not_after: NOW + Duration::hours(72),
+        csr: ValidatedCsr::for_public_key(id, &key.subject_public_key_info())
+            .unwrap()
+            .with_csr_der(csr_der)
+            .unwrap(),
+        not_before: now - Duration::minutes(1),
+        not_after: now + Duration::hours(72),
     }
+}
+
+/// Whether `skid` identifies the key `spki_der` by a method a CA may use:
+/// meshca's (SHA-256 of the SubjectPublicKeyInfo) or RFC 5280's method 1
+/// (SHA-1 of the subjectPublicKey bits, what Vault uses).
+pub fn identifies_key(skid: Option<&[u8]>, spki_der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let Some(skid) = skid else { return false };
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).unwrap();
+    let method1 = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &spki.subject_public_key.data,
+    );
+    skid == key_id(spki_der).as_slice() || skid == method1.as_ref()
 }
 
 /// The signer of staged or stored material.
@@ -78,19 +115,26 @@ fn der(pem: &str) -> Vec<u8> {
 /// Signs one leaf for each CSR key type and checks it independently of the
 /// signer's own check: chain to the root, NotAfter as requested, the serial
 /// the provider reported, a key identifier from the request's key.
-pub async fn signs_verifiable_leaves(provider: &dyn CaProvider, m: &CaMaterial) {
+pub async fn signs_verifiable_leaves(
+    provider: &dyn CaProvider,
+    m: &CaMaterial,
+    now: OffsetDateTime,
+) {
     let signer = signer(provider, m).await;
     for alg in [
         &rcgen::PKCS_ECDSA_P256_SHA256,
         &rcgen::PKCS_ECDSA_P384_SHA384,
         &rcgen::PKCS_RSA_SHA256,
     ] {
-        let req = leaf_request(alg);
+        let req = leaf_request_at(alg, now);
         let signed = signer.sign_leaf(req.clone()).await.expect("sign a leaf");
         let leaf = cert_facts(&signed.der).unwrap();
         assert!(!leaf.is_ca, "a leaf must not be a CA");
         assert_eq!(leaf.not_after, req.not_after, "NotAfter as requested");
-        assert_eq!(leaf.subject_key_id, Some(key_id(req.csr.spki_der())));
+        assert!(
+            identifies_key(leaf.subject_key_id.as_deref(), req.csr.spki_der()),
+            "the leaf's SubjectKeyId identifies the request's key"
+        );
         assert_eq!(
             meshca_core::Serial::from_bytes(&leaf.serial).unwrap(),
             signed.serial
@@ -99,7 +143,7 @@ pub async fn signs_verifiable_leaves(provider: &dyn CaProvider, m: &CaMaterial) 
             &signed.der,
             &[der(&m.signing_pem)],
             &[der(&m.root_pem)],
-            NOW,
+            now,
         )
         .expect("the leaf chains to the root");
     }
@@ -107,67 +151,78 @@ pub async fn signs_verifiable_leaves(provider: &dyn CaProvider, m: &CaMaterial) 
 
 /// A new CA for every key spec: a CA root with SKID = SHA-256 of its key,
 /// and an intermediate that signs verifiable leaves.
-pub async fn bootstraps_every_key_spec(provider: &dyn CaProvider, specs: &[KeySpec]) {
+pub async fn bootstraps_every_key_spec(
+    provider: &dyn CaProvider,
+    specs: &[KeySpec],
+    now: OffsetDateTime,
+) {
     for spec in specs {
         let m = provider
-            .generate_ca(&request(*spec))
+            .generate_ca(&request_at(*spec, now))
             .await
             .expect("generate");
         assert_eq!(m.key_spec, *spec);
         let root = cert_facts(&der(&m.root_pem)).unwrap();
         assert!(root.is_ca, "{spec:?}: the root must be a CA");
-        assert_eq!(root.subject_key_id, Some(key_id(&root.spki_der)));
+        assert!(identifies_key(
+            root.subject_key_id.as_deref(),
+            &root.spki_der
+        ));
         assert!(cert_facts(&der(&m.signing_pem)).unwrap().is_ca);
-        signs_verifiable_leaves(provider, &m).await;
+        signs_verifiable_leaves(provider, &m, now).await;
     }
 }
 
 /// Staged material is a value: generating another CA changes nothing about
 /// the first, whose keys still open and sign.
-pub async fn staging_is_inert(provider: &dyn CaProvider) {
+pub async fn staging_is_inert(provider: &dyn CaProvider, now: OffsetDateTime) {
     let first = provider
-        .generate_ca(&request(KeySpec::EcP256))
+        .generate_ca(&request_at(KeySpec::EcP256, now))
         .await
         .unwrap();
     let second = provider
-        .generate_ca(&request(KeySpec::EcP256))
+        .generate_ca(&request_at(KeySpec::EcP256, now))
         .await
         .unwrap();
     assert_ne!(first.root_pem, second.root_pem, "each CA has its own root");
-    signs_verifiable_leaves(provider, &first).await;
+    signs_verifiable_leaves(provider, &first, now).await;
 }
 
 /// Renewal returns a new intermediate under the same root, staged: the old
 /// handle keeps signing with the old intermediate, the new one with the new.
-pub async fn renews_the_intermediate(provider: &dyn CaProvider) {
-    let req = request(KeySpec::EcP384);
+pub async fn renews_the_intermediate(provider: &dyn CaProvider, now: OffsetDateTime) {
+    let req = request_at(KeySpec::EcP384, now);
     let first = provider.generate_ca(&req).await.unwrap();
     let keys = provider.open(&first).await.unwrap();
     let renewed = keys.renew_intermediate(&req).await.expect("renew");
     assert_eq!(der(&renewed.root_pem), der(&first.root_pem), "same root");
     assert_ne!(renewed.signing_pem, first.signing_pem, "a new intermediate");
-    signs_verifiable_leaves(provider, &first).await;
-    signs_verifiable_leaves(provider, &renewed).await;
+    signs_verifiable_leaves(provider, &first, now).await;
+    signs_verifiable_leaves(provider, &renewed, now).await;
 }
 
 /// Cross-signs roots of every key spec made by another provider (the
 /// built-in one): same subject, key and SKID; a leaf of the other CA then
 /// verifies through `[cross-signed, its intermediate]` against our root.
-pub async fn cross_signs_other_roots(provider: &dyn CaProvider, specs: &[KeySpec]) {
+pub async fn cross_signs_other_roots(
+    provider: &dyn CaProvider,
+    specs: &[KeySpec],
+    now: OffsetDateTime,
+) {
     if !provider.supports_cross_signing() {
         return;
     }
     let ours = provider
-        .generate_ca(&request(KeySpec::EcP256))
+        .generate_ca(&request_at(KeySpec::EcP256, now))
         .await
         .unwrap();
     let keys = provider.open(&ours).await.unwrap();
     let other = BuiltinProvider::new();
     for spec in specs {
-        let theirs = other.generate_ca(&request(*spec)).await.unwrap();
-        let until = NOW + Duration::hours(144);
+        let theirs = other.generate_ca(&request_at(*spec, now)).await.unwrap();
+        let until = now + Duration::hours(144);
         let x = keys
-            .cross_sign_ca(&theirs.root_pem, until, NOW)
+            .cross_sign_ca(&theirs.root_pem, until, now)
             .await
             .expect("cross-sign");
         let (x_facts, their_root) = (
@@ -179,14 +234,14 @@ pub async fn cross_signs_other_roots(provider: &dyn CaProvider, specs: &[KeySpec
         assert_eq!(x_facts.not_after, until);
         let leaf = signer(&other, &theirs)
             .await
-            .sign_leaf(leaf_request(&rcgen::PKCS_ECDSA_P256_SHA256))
+            .sign_leaf(leaf_request_at(&rcgen::PKCS_ECDSA_P256_SHA256, now))
             .await
             .unwrap();
         verify_chain(
             &leaf.der,
             &[der(&x), der(&theirs.signing_pem)],
             &[der(&ours.root_pem)],
-            NOW + Duration::hours(1),
+            now + Duration::hours(1),
         )
         .unwrap_or_else(|e| panic!("{spec:?}: leaf via cross-signed root: {e}"));
     }
@@ -194,14 +249,14 @@ pub async fn cross_signs_other_roots(provider: &dyn CaProvider, specs: &[KeySpec
 
 /// Stored material opens again without creating keys, and signs with the
 /// same intermediate; material whose keys were swapped is refused.
-pub async fn restores_from_state(provider: &dyn CaProvider) {
+pub async fn restores_from_state(provider: &dyn CaProvider, now: OffsetDateTime) {
     let m = provider
-        .generate_ca(&request(KeySpec::EcP256))
+        .generate_ca(&request_at(KeySpec::EcP256, now))
         .await
         .unwrap();
-    signs_verifiable_leaves(provider, &m).await;
+    signs_verifiable_leaves(provider, &m, now).await;
     let other = provider
-        .generate_ca(&request(KeySpec::EcP256))
+        .generate_ca(&request_at(KeySpec::EcP256, now))
         .await
         .unwrap();
     let mut swapped = m.clone();
@@ -220,12 +275,12 @@ pub async fn cleans_up(provider: &dyn CaProvider) {
     provider.cleanup(&successor).await.expect("cleanup twice");
 }
 
-/// The whole suite.
-pub async fn run_all(provider: &dyn CaProvider, specs: &[KeySpec]) {
-    bootstraps_every_key_spec(provider, specs).await;
-    staging_is_inert(provider).await;
-    renews_the_intermediate(provider).await;
-    cross_signs_other_roots(provider, specs).await;
-    restores_from_state(provider).await;
+/// The whole suite, with requests made at `now`.
+pub async fn run_all(provider: &dyn CaProvider, specs: &[KeySpec], now: OffsetDateTime) {
+    bootstraps_every_key_spec(provider, specs, now).await;
+    staging_is_inert(provider, now).await;
+    renews_the_intermediate(provider, now).await;
+    cross_signs_other_roots(provider, specs, now).await;
+    restores_from_state(provider, now).await;
     cleans_up(provider).await;
 }

