@@ -52,13 +52,13 @@ pub const PROVIDER_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 pub type ProviderFactory =
     Arc<dyn Fn(&CaConfig) -> Result<Arc<dyn CaProvider>, CaError> + Send + Sync>;
 
-/// The default factory: the built-in provider; Vault arrives in its own crate.
+/// The default factory: the built-in provider (`consul`) and `vault`.
 pub fn default_provider_factory() -> ProviderFactory {
     Arc::new(|cfg: &CaConfig| match cfg.provider() {
         ProviderKind::Consul => Ok(Arc::new(BuiltinProvider::new()) as Arc<dyn CaProvider>),
-        ProviderKind::Vault => Err(CaError::Rejected(
-            "the vault CA provider is not available in this version of meshca".into(),
-        )),
+        ProviderKind::Vault => {
+            Ok(Arc::new(meshca_provider_vault::VaultProvider::new(cfg)?) as Arc<dyn CaProvider>)
+        }
     })
 }
 

@@ -1,0 +1,154 @@
+//! End-to-end with the vault provider against a real OpenBao dev server:
+//! switching built-in → Vault, Vault → Vault (another root mount) and
+//! Vault → built-in are rotations with cross-signing, so a proxy that
+//! trusts only the previous root keeps accepting new leaves; the chain
+//! verifies with openssl and Python; the token is redacted; and with Vault
+//! gone, roots are still served while signing answers 503 naming Vault.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
+
+mod common;
+#[path = "common/openbao.rs"]
+mod openbao;
+
+use common::{
+    active_root, cert_facts, csr_for_uri, pem_blocks, root_by_id, service_uri,
+    verify_chain_against, Server,
+};
+use openbao::OpenBao;
+use serde_json::{json, Value};
+
+fn put_vault(server: &Server, config: Value) -> common::Resp {
+    let body = json!({"Provider": "vault", "Config": config});
+    server.put("/v1/connect/ca/configuration", body.to_string())
+}
+
+/// Rotates with `put` and checks the rotation: one more root, the new one
+/// active and cross-signed by the old, and leaves (agent leaf and signed
+/// CSR) that verify against the new root alone and the old root alone.
+/// Returns the roots after.
+fn rotate_and_check(server: &Server, what: &str, put: impl FnOnce() -> common::Resp) -> Value {
+    let before = server.roots();
+    let old = active_root(&before).clone();
+    let old_pem = old["RootCert"].as_str().unwrap().to_string();
+    let r = put();
+    assert_eq!(r.status, 200, "{what}: {r:?}\nlogs:\n{}", server.logs());
+    let roots = server.roots();
+    let count = |v: &Value| v["Roots"].as_array().unwrap().len();
+    assert_eq!(count(&roots), count(&before) + 1, "{what}: {roots}");
+    assert_eq!(root_by_id(&roots, &old["ID"])["Active"], json!(false));
+    let new = active_root(&roots).clone();
+    let new_pem = new["RootCert"].as_str().unwrap().to_string();
+    let inters = new["IntermediateCerts"].as_array().unwrap();
+    assert_eq!(inters.len(), 2, "{what}: [cross-signed, signing]: {new}");
+    let (cross, new_facts, old_facts) = (
+        cert_facts(inters[0].as_str().unwrap()),
+        cert_facts(&new_pem),
+        cert_facts(&old_pem),
+    );
+    assert_eq!(cross.subject_key_id, new_facts.subject_key_id, "{what}");
+    assert_eq!(cross.authority_key_id, old_facts.subject_key_id, "{what}");
+
+    let td = roots["TrustDomain"].as_str().unwrap();
+    let agent = server.get_json("/v1/agent/connect/ca/leaf/web");
+    let signed = server.sign(&csr_for_uri(&service_uri(td, "dc1", "api")));
+    assert_eq!(signed.status, 200, "{what}: {signed:?}");
+    for (leaf, name) in [(agent, "agent leaf"), (signed.json(), "signed CSR")] {
+        let chain = leaf["CertPEM"].as_str().unwrap();
+        assert_eq!(pem_blocks(chain).len(), 3, "{what}: leaf + cross + signing");
+        // The serial the API reports is the one in the certificate.
+        let serial = cert_facts(chain).serial;
+        assert_eq!(leaf["SerialNumber"].as_str().unwrap(), serial, "{what}");
+        verify_chain_against(chain, &new_pem, &format!("{what}: {name}, new root"));
+        verify_chain_against(chain, &old_pem, &format!("{what}: {name}, old root only"));
+    }
+    roots
+}
+
+fn is_vault_root(root: &Value) -> bool {
+    cert_facts(root["RootCert"].as_str().unwrap())
+        .subject_cn
+        .is_some_and(|cn| cn.contains(".vault.ca."))
+}
+
+#[test]
+fn rotations_between_builtin_and_vault_keep_old_root_trust() {
+    let bao = OpenBao::start();
+    let server = Server::start(&[]);
+
+    let roots = rotate_and_check(&server, "built-in -> vault", || {
+        put_vault(&server, bao.ca_config("pki-a", "pki-int-a"))
+    });
+    assert!(is_vault_root(active_root(&roots)), "{roots}");
+
+    // The token is redacted; a PUT that sends it back redacted keeps it and
+    // changes nothing.
+    let config = server.config();
+    assert_eq!(config["Provider"], json!("vault"));
+    assert_eq!(config["Config"]["Token"], json!("hidden"), "{config}");
+    let index = server.get("/v1/connect/ca/roots").index();
+    let r = put_vault(&server, config["Config"].clone());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(server.get("/v1/connect/ca/roots").index(), index, "a no-op");
+
+    let roots = rotate_and_check(&server, "vault -> vault (another root mount)", || {
+        put_vault(&server, bao.ca_config("pki-b", "pki-int-b"))
+    });
+    assert!(is_vault_root(active_root(&roots)));
+
+    let roots = rotate_and_check(&server, "vault -> built-in (RSA)", || {
+        server.put_config(json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}))
+    });
+    assert!(!is_vault_root(active_root(&roots)));
+}
+
+#[test]
+fn a_vault_configuration_missing_a_field_is_a_400_naming_it() {
+    let bao = OpenBao::start();
+    let server = Server::start(&[]);
+    let roots = server.get("/v1/connect/ca/roots");
+    for (field, remove) in [
+        ("Address", "Address"),
+        ("RootPKIPath", "RootPKIPath"),
+        ("IntermediatePKIPath", "IntermediatePKIPath"),
+        ("Token", "Token"),
+    ] {
+        let mut config = bao.ca_config("pki", "pki-int");
+        config.as_object_mut().unwrap().remove(remove);
+        let r = put_vault(&server, config);
+        r.assert_error(400);
+        assert!(r.body.contains(field), "{field}: {}", r.body);
+    }
+    let mut bad = bao.ca_config("pki", "pki-int");
+    bad["Address"] = json!("not a url");
+    let r = put_vault(&server, bad);
+    r.assert_error(400);
+    assert!(r.body.contains("Address"), "{}", r.body);
+    let after = server.get("/v1/connect/ca/roots");
+    assert_eq!(after.body, roots.body, "nothing changed");
+}
+
+#[test]
+fn with_vault_gone_roots_are_served_and_signing_is_a_503_naming_vault() {
+    let bao = OpenBao::start();
+    let mut server = Server::start(&[]);
+    let r = put_vault(&server, bao.ca_config("pki", "pki-int"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let roots = server.get("/v1/connect/ca/roots");
+    let td = server.trust_domain();
+    drop(bao);
+
+    let r = server.sign(&csr_for_uri(&service_uri(&td, "dc1", "api")));
+    r.assert_error(503);
+    assert!(r.body.contains("vault"), "{}", r.body);
+    let r = server.get("/v1/agent/connect/ca/leaf/db");
+    r.assert_error(503);
+    let again = server.get("/v1/connect/ca/roots");
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, roots.body, "roots are served unchanged");
+    // A restart with Vault down still serves the roots.
+    server.restart();
+    let after = server.get("/v1/connect/ca/roots");
+    assert_eq!(after.status, 200, "{after:?}\nlogs:\n{}", server.logs());
+    assert_eq!(after.json()["Roots"], roots.json()["Roots"]);
+}
