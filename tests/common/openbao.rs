@@ -145,3 +145,96 @@ impl Drop for OpenBao {
         let _ = self.child.wait();
     }
 }
+
+/// What a [`FaultProxy`] does with new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward to the upstream server.
+    None,
+    /// Close at once: the server looks down.
+    Down,
+    /// Accept and never answer: the server looks hung.
+    Hang,
+}
+
+/// A TCP forwarder on loopback in front of a real server, to make that
+/// server look down or hung and then come back (a fault a test cannot
+/// otherwise cause and undo on a dev server). Stopped when dropped.
+pub struct FaultProxy {
+    pub addr: String,
+    fault: std::sync::Arc<std::sync::Mutex<Fault>>,
+    /// Forwarded connections, cut when a fault is set (clients keep
+    /// connections alive, and a fault must reach them too).
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    port: u16,
+}
+
+impl FaultProxy {
+    pub fn start(upstream_port: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let fault = Arc::new(Mutex::new(Fault::None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (f, s, o) = (fault.clone(), stop.clone(), open.clone());
+        std::thread::spawn(move || {
+            let mut hung = Vec::new();
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                match *f.lock().unwrap() {
+                    Fault::Down => drop(client),
+                    Fault::Hang => hung.push(client),
+                    Fault::None => {
+                        if let Ok(c) = client.try_clone() {
+                            o.lock().unwrap().push(c);
+                        }
+                        forward(client, upstream_port);
+                    }
+                }
+            }
+        });
+        Self {
+            addr: format!("http://127.0.0.1:{port}"),
+            fault,
+            open,
+            stop,
+            port,
+        }
+    }
+
+    /// Applies `fault` to new connections and cuts the forwarded ones.
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+        for c in self.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn forward(client: TcpStream, upstream_port: u16) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+        return;
+    };
+    let pipe = |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    };
+    pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+    pipe(server, client);
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}

@@ -206,6 +206,96 @@ impl VaultClient {
     }
 }
 
+/// The shortest pause between two renewals, so that a token with a tiny
+/// TTL cannot make the renewer spin.
+const MIN_RENEW_PAUSE: Duration = Duration::from_secs(1);
+/// How long the renewer waits after a failed attempt before trying again.
+const RENEW_RETRY: Duration = Duration::from_secs(5);
+
+impl VaultClient {
+    /// Keeps the token alive: renews it at half its TTL and, with AppRole,
+    /// logs in again when it can no longer be renewed. A token without a
+    /// TTL (a root token) needs nothing. The task holds only a weak
+    /// reference, so it ends when the client is dropped; the provider also
+    /// aborts it on drop (a reconfiguration replaces the provider).
+    pub fn spawn_renewer(self: &std::sync::Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let weak = std::sync::Arc::downgrade(self);
+        Some(handle.spawn(async move {
+            loop {
+                let Some(client) = weak.upgrade() else { return };
+                let pause = client.renew_once().await;
+                drop(client);
+                match pause {
+                    Some(p) => tokio::time::sleep(p).await,
+                    None => return,
+                }
+            }
+        }))
+    }
+
+    /// One renewal round; the pause before the next, or `None` when the
+    /// token never expires.
+    async fn renew_once(&self) -> Option<Duration> {
+        let ttl = match self.token_ttl().await {
+            Ok(Some(ttl)) => ttl,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up the vault token; retrying");
+                return Some(RENEW_RETRY);
+            }
+        };
+        let half = (ttl / 2).max(MIN_RENEW_PAUSE);
+        match self
+            .call(
+                "renew the token",
+                Method::POST,
+                "auth/token/renew-self",
+                Some(json!({})),
+            )
+            .await
+        {
+            Ok(_) => Some(half),
+            Err(e) if matches!(self.auth, Auth::AppRole { .. }) => {
+                tracing::info!(error = %e, "the vault token cannot be renewed; logging in again");
+                match self.login("renew the token").await {
+                    Ok(()) => Some(MIN_RENEW_PAUSE),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "vault login failed; retrying");
+                        Some(RENEW_RETRY)
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the vault token failed; retrying");
+                Some(RENEW_RETRY.min(half))
+            }
+        }
+    }
+
+    /// The token's remaining TTL, `None` for a token that never expires or
+    /// cannot be renewed (nothing the renewer can do for it).
+    async fn token_ttl(&self) -> Result<Option<Duration>, ProviderError> {
+        let me = self
+            .call(
+                "look up the token",
+                Method::GET,
+                "auth/token/lookup-self",
+                None,
+            )
+            .await?;
+        let ttl = me.get("ttl").and_then(Value::as_u64).unwrap_or(0);
+        let renewable = me
+            .get("renewable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if ttl == 0 || (!renewable && matches!(self.auth, Auth::Token)) {
+            return Ok(None);
+        }
+        Ok(Some(Duration::from_secs(ttl)))
+    }
+}
+
 /// Why a call failed, before it becomes a [`ProviderError`]: a refused
 /// token is retried after a new login.
 enum Refused {

@@ -40,6 +40,18 @@ use pki::{Mounts, State};
 #[derive(Debug)]
 pub struct VaultProvider {
     mounts: Arc<Mounts>,
+    /// Keeps the token alive while this provider is in use.
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for VaultProvider {
+    fn drop(&mut self) {
+        // A reconfiguration replaces the provider: its token is not ours to
+        // keep alive any more.
+        if let Some(renewer) = &self.renewer {
+            renewer.abort();
+        }
+    }
 }
 
 impl VaultProvider {
@@ -49,8 +61,10 @@ impl VaultProvider {
     pub fn new(config: &CaConfig) -> Result<Self, ProviderError> {
         let vault = vault_settings(config)?;
         let client = Arc::new(VaultClient::new(vault)?);
+        let renewer = client.spawn_renewer();
         Ok(Self {
             mounts: Arc::new(Mounts::new(client, vault)),
+            renewer,
         })
     }
 }
