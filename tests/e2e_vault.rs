@@ -91,15 +91,40 @@ fn rotations_between_builtin_and_vault_keep_old_root_trust() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(server.get("/v1/connect/ca/roots").index(), index, "a no-op");
 
-    let roots = rotate_and_check(&server, "vault -> vault (another root mount)", || {
-        put_vault(&server, bao.ca_config("pki-b", "pki-int-b"))
-    });
+    // Vault's EC root cross-signs Vault's new RSA root.
+    let roots = rotate_and_check(
+        &server,
+        "vault EC -> vault RSA (another root mount)",
+        || {
+            let mut config = bao.ca_config("pki-b", "pki-int-b");
+            config["PrivateKeyType"] = json!("rsa");
+            config["PrivateKeyBits"] = json!(2048);
+            put_vault(&server, config)
+        },
+    );
     assert!(is_vault_root(active_root(&roots)));
+    assert_eq!(active_root(&roots)["PrivateKeyType"], json!("rsa"));
+    // The replaced CA's intermediate mount is gone; root mounts stay.
+    let mounts = mounts_of(&bao);
+    assert!(!mounts.contains(&"pki-int-a/".to_string()), "{mounts:?}");
+    for kept in ["pki-a/", "pki-b/", "pki-int-b/"] {
+        assert!(mounts.contains(&kept.to_string()), "{kept}: {mounts:?}");
+    }
 
-    let roots = rotate_and_check(&server, "vault -> built-in (RSA)", || {
-        server.put_config(json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}))
+    // Vault's RSA root cross-signs the built-in EC P-384 root.
+    let roots = rotate_and_check(&server, "vault RSA -> built-in EC P-384", || {
+        server.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}))
     });
     assert!(!is_vault_root(active_root(&roots)));
+    assert!(!mounts_of(&bao).contains(&"pki-int-b/".to_string()));
+}
+
+/// The mount paths of the OpenBao server.
+fn mounts_of(bao: &OpenBao) -> Vec<String> {
+    let (status, body) = bao.request("GET", "/v1/sys/mounts", "");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["data"].as_object().unwrap().keys().cloned().collect()
 }
 
 #[test]
@@ -151,4 +176,49 @@ fn with_vault_gone_roots_are_served_and_signing_is_a_503_naming_vault() {
     let after = server.get("/v1/connect/ca/roots");
     assert_eq!(after.status, 200, "{after:?}\nlogs:\n{}", server.logs());
     assert_eq!(after.json()["Roots"], roots.json()["Roots"]);
+}
+
+/// OpenBao on TLS with a server certificate from `meshca tls cert create`:
+/// the provider verifies it with `CAFile` for the name `TLSServerName`
+/// while connecting to 127.0.0.1; without the CA file, or for another
+/// name, the change fails naming vault and changes nothing.
+#[test]
+fn vault_over_tls_is_verified_with_ca_file_and_tls_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = common::tls::agent_ca(dir.path());
+    let (cert, key) = common::tls::agent_cert(dir.path(), "--server", &[]);
+    let bao = OpenBao::start_with_tls(&cert, &key);
+    let tls_addr = bao.tls_addr.clone().unwrap();
+    let server = Server::start(&[]);
+    let roots = server.get("/v1/connect/ca/roots");
+
+    let config = |ca_file: Option<&std::path::Path>, name: &str| {
+        let mut c = bao.ca_config("pki", "pki-int");
+        c["Address"] = json!(tls_addr);
+        c["TLSServerName"] = json!(name);
+        if let Some(f) = ca_file {
+            c["CAFile"] = json!(f.display().to_string());
+        }
+        c
+    };
+    for (what, c) in [
+        ("no CAFile", config(None, "server.dc1.consul")),
+        ("another name", config(Some(&ca), "vault.example.com")),
+    ] {
+        let r = put_vault(&server, c);
+        r.assert_error(503);
+        assert!(
+            r.body.contains("vault") && r.body.contains("certificate"),
+            "{what}: {}",
+            r.body
+        );
+        assert_eq!(
+            server.get("/v1/connect/ca/roots").body,
+            roots.body,
+            "{what}"
+        );
+    }
+    rotate_and_check(&server, "built-in -> vault over TLS", || {
+        put_vault(&server, config(Some(&ca), "server.dc1.consul"))
+    });
 }

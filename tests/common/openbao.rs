@@ -19,6 +19,8 @@ pub struct OpenBao {
     /// `http://127.0.0.1:<port>`
     pub addr: String,
     pub token: String,
+    /// `https://127.0.0.1:<port>` when started with a TLS listener.
+    pub tls_addr: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -38,28 +40,66 @@ pub fn bao_binary() -> PathBuf {
     PathBuf::from("bao")
 }
 
+/// A free loopback port whose successor is free too: a dev server also
+/// listens on the next port for cluster traffic.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binding a free port")
-        .local_addr()
-        .expect("the bound address")
-        .port()
+    for _ in 0..50 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("binding a free port")
+            .local_addr()
+            .expect("the bound address")
+            .port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no pair of free loopback ports");
 }
 
 impl OpenBao {
     /// Starts a dev server and waits (at most 30 s) until it is unsealed.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`OpenBao::start`] with a second, TLS listener serving `cert` and
+    /// `key` (PEM files) on [`OpenBao::tls_addr`].
+    pub fn start_with_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let token = format!("root-{}", uuid::Uuid::new_v4().simple());
         let log = std::fs::File::create(dir.path().join("bao.log")).expect("the log file");
+        let mut args = vec![
+            "server".to_string(),
+            "-dev".into(),
+            format!("-dev-root-token-id={token}"),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+        ];
+        let mut tls_addr = None;
+        if let Some((cert, key)) = tls {
+            let tls_port = free_port();
+            let config = dir.path().join("tls.hcl");
+            std::fs::write(
+                &config,
+                format!(
+                    "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  \
+                     cluster_address = \"127.0.0.1:{}\"\n  \
+                     tls_cert_file = {:?}\n  tls_key_file = {:?}\n}}\n",
+                    tls_port + 1,
+                    cert.display().to_string(),
+                    key.display().to_string()
+                ),
+            )
+            .expect("writing the listener config");
+            args.push(format!("-config={}", config.display()));
+            tls_addr = Some(format!("https://127.0.0.1:{tls_port}"));
+        }
         let child = Command::new(bao_binary())
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={token}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
+            .args(&args)
             .env_remove("VAULT_ADDR")
             .env_remove("BAO_ADDR")
             .env("HOME", dir.path())
@@ -72,6 +112,7 @@ impl OpenBao {
             child,
             addr: format!("http://127.0.0.1:{port}"),
             token,
+            tls_addr,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
