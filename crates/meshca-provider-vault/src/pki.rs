@@ -743,3 +743,124 @@ fn self_issued_template(
         .map_err(|e| internal(e.to_string()))?;
     Ok(cert.pem())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The checks applied to what Vault returns, fed with real certificates
+    //! from the built-in provider (right and wrong ones), since a real Vault
+    //! cannot be made to return wrong ones.
+
+    #![allow(clippy::unwrap_used)] // tests: failures should panic loudly
+
+    use super::*;
+    use meshca_provider::conformance::{request, NOW};
+    use meshca_provider::{BuiltinProvider, CaProvider};
+
+    async fn ca() -> (CaMaterial, CaRequest) {
+        let req = request(KeySpec::EcP256);
+        (BuiltinProvider::new().generate_ca(&req).await.unwrap(), req)
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        one_cert(pem, "test").unwrap()
+    }
+
+    /// A CSR for the built-in intermediate's own key.
+    fn csr_for_intermediate(m: &CaMaterial) -> String {
+        let key_der = m.private_keys[meshca_provider::builtin::SIGNING_KEY].expose();
+        let key = rcgen::KeyPair::try_from(key_der).unwrap();
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_root_must_be_a_self_signed_ca_for_our_trust_domain_and_valid() {
+        let (m, req) = ca().await;
+        let (other, _) = ca().await;
+        let td = &req.trust_domain;
+        check_root(&der(&m.root_pem), td, NOW).unwrap();
+        let other_td = TrustDomain::for_cluster(&uuid::Uuid::from_u128(7));
+        let err = check_root(&der(&m.root_pem), &other_td, NOW).unwrap_err();
+        assert!(matches!(err, ProviderError::InvalidInput(_)), "{err}");
+        // An intermediate is a CA for the trust domain, but not self-signed.
+        let err = check_root(&der(&m.signing_pem), td, NOW).unwrap_err();
+        assert!(err.to_string().contains("self-signed"), "{err}");
+        let later = facts(&der(&m.root_pem), "root").unwrap().not_after;
+        assert!(check_root(&der(&m.root_pem), td, later).is_err(), "expired");
+        // Another cluster's root for the same trust domain name is still
+        // checked by its own signature: it is self-signed, so it passes.
+        check_root(&der(&other.root_pem), td, NOW).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_intermediate_must_carry_the_csr_key_and_be_signed_by_the_root() {
+        let (m, req) = ca().await;
+        let (other, _) = ca().await;
+        let td = &req.trust_domain;
+        let csr = csr_for_intermediate(&m);
+        check_intermediate(&der(&m.signing_pem), &csr, &der(&m.root_pem), td).unwrap();
+        let err = check_intermediate(
+            &der(&m.signing_pem),
+            &csr_for_intermediate(&other),
+            &der(&m.root_pem),
+            td,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("another key"), "{err}");
+        let err =
+            check_intermediate(&der(&m.signing_pem), &csr, &der(&other.root_pem), td).unwrap_err();
+        assert!(err.to_string().contains("not signed by the root"), "{err}");
+        // A leaf where an intermediate must be.
+        let err = check_intermediate(&der(&m.root_pem), &csr, &der(&m.root_pem), td).unwrap_err();
+        assert!(err.to_string().contains("another key"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_cross_signed_certificate_must_be_the_other_root_under_ours_ending_when_asked() {
+        let (ours, _) = ca().await;
+        let (theirs, _) = ca().await;
+        let keys = BuiltinProvider::new().open(&ours).await.unwrap();
+        let until = NOW + time::Duration::hours(144);
+        let x = der(&keys
+            .cross_sign_ca(&theirs.root_pem, until, NOW)
+            .await
+            .unwrap());
+        let (their_root, our_root) = (der(&theirs.root_pem), der(&ours.root_pem));
+        check_cross_signed(&x, &their_root, &our_root, until).unwrap();
+        let err = check_cross_signed(&x, &their_root, &our_root, until + time::Duration::hours(1))
+            .unwrap_err();
+        assert!(err.to_string().contains("does not end when asked"), "{err}");
+        // Checked against the wrong "other" root or the wrong issuer.
+        assert!(check_cross_signed(&x, &our_root, &our_root, until).is_err());
+        assert!(check_cross_signed(&x, &their_root, &their_root, until).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_template_is_the_other_root_self_issued_with_the_asked_validity() {
+        let (theirs, _) = ca().await;
+        let until = NOW + time::Duration::hours(144);
+        let pem = self_issued_template(&der(&theirs.root_pem), NOW, until).unwrap();
+        let t = der(&pem);
+        let (template, their_root) = (parse(&t, "t").unwrap(), der(&theirs.root_pem));
+        let root = parse(&their_root, "r").unwrap();
+        assert_eq!(
+            template.issuer().as_raw(),
+            template.subject().as_raw(),
+            "self-issued"
+        );
+        assert_eq!(template.subject().as_raw(), root.subject().as_raw());
+        assert_eq!(template.public_key().raw, root.public_key().raw);
+        assert_eq!(
+            meshca_core::x509::subject_key_id(&template),
+            meshca_core::x509::subject_key_id(&root)
+        );
+        assert_eq!(facts(&t, "t").unwrap().not_after, until);
+        assert!(
+            template.verify_signature(Some(root.public_key())).is_err(),
+            "the throwaway signature is not the other root's"
+        );
+    }
+}
