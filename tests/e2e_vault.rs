@@ -222,3 +222,46 @@ fn vault_over_tls_is_verified_with_ca_file_and_tls_server_name() {
         put_vault(&server, config(Some(&ca), "server.dc1.consul"))
     });
 }
+
+/// meshca keeps Vault from being hammered: roots are served from meshca
+/// (no Vault call), a cached agent leaf costs nothing, and each issued
+/// certificate costs exactly one Vault call. Counted by a proxy in front
+/// of OpenBao.
+#[test]
+fn one_vault_call_per_issued_certificate_and_none_per_roots_request() {
+    let bao = OpenBao::start();
+    let proxy = openbao::FaultProxy::start(bao.port());
+    let server = Server::start(&[]);
+    let mut config = bao.ca_config("pki", "pki-int");
+    config["Address"] = json!(proxy.addr);
+    let r = put_vault(&server, config);
+    assert_eq!(r.status, 200, "{r:?}");
+    let (calls, signs) = (
+        || proxy.requests_matching("/v1/"),
+        || proxy.requests_matching("/sign/meshca-leaf"),
+    );
+    // The rotation itself signed one probe leaf; count from here.
+    let (before, signs_before) = (calls(), signs());
+    for _ in 0..20 {
+        server.roots();
+    }
+    assert_eq!(calls(), before, "roots requests reached vault");
+
+    let first = server.get_json("/v1/agent/connect/ca/leaf/web");
+    assert_eq!(calls(), before + 1, "one call for a new agent leaf");
+    let again = server.get_json("/v1/agent/connect/ca/leaf/web");
+    assert_eq!(again["SerialNumber"], first["SerialNumber"]);
+    assert_eq!(calls(), before + 1, "a cached leaf costs no call");
+
+    let td = server.trust_domain();
+    for i in 0..5 {
+        let r = server.sign(&csr_for_uri(&service_uri(&td, "dc1", &format!("s{i}"))));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(calls(), before + 6, "one call per signed CSR");
+    assert_eq!(
+        signs(),
+        signs_before + 6,
+        "every one of them a leaf signature"
+    );
+}

@@ -207,6 +207,8 @@ pub struct FaultProxy {
     /// Forwarded connections, cut when a fault is set (clients keep
     /// connections alive, and a fault must reach them too).
     open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    /// Every byte clients sent through the proxy, to count requests.
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     port: u16,
 }
@@ -220,7 +222,8 @@ impl FaultProxy {
         let fault = Arc::new(Mutex::new(Fault::None));
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));
-        let (f, s, o) = (fault.clone(), stop.clone(), open.clone());
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let (f, s, o, log) = (fault.clone(), stop.clone(), open.clone(), sent.clone());
         std::thread::spawn(move || {
             let mut hung = Vec::new();
             for conn in listener.incoming() {
@@ -235,7 +238,7 @@ impl FaultProxy {
                         if let Ok(c) = client.try_clone() {
                             o.lock().unwrap().push(c);
                         }
-                        forward(client, upstream_port);
+                        forward(client, upstream_port, log.clone());
                     }
                 }
             }
@@ -244,9 +247,21 @@ impl FaultProxy {
             addr: format!("http://127.0.0.1:{port}"),
             fault,
             open,
+            sent,
             stop,
             port,
         }
+    }
+
+    /// How many requests clients sent through the proxy whose request line
+    /// contains `needle` (e.g. `"/sign/"`).
+    pub fn requests_matching(&self, needle: &str) -> usize {
+        let sent = self.sent.lock().unwrap();
+        String::from_utf8_lossy(&sent)
+            .lines()
+            .filter(|l| l.ends_with(" HTTP/1.1\r") || l.ends_with(" HTTP/1.1"))
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Applies `fault` to new connections and cuts the forwarded ones.
@@ -258,18 +273,32 @@ impl FaultProxy {
     }
 }
 
-fn forward(client: TcpStream, upstream_port: u16) {
+fn forward(client: TcpStream, upstream_port: u16, log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
         return;
     };
-    let pipe = |mut from: TcpStream, mut to: TcpStream| {
+    let pipe = |mut from: TcpStream,
+                mut to: TcpStream,
+                log: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>| {
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                if let Some(log) = &log {
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }
             let _ = to.shutdown(std::net::Shutdown::Write);
         });
     };
-    pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-    pipe(server, client);
+    pipe(
+        client.try_clone().unwrap(),
+        server.try_clone().unwrap(),
+        Some(log),
+    );
+    pipe(server, client, None);
 }
 
 impl Drop for FaultProxy {
