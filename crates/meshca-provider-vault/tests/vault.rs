@@ -268,3 +268,22 @@ async fn an_operators_root_in_the_mount_is_used_and_must_name_the_trust_domain()
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_provider_stops_renewing_its_token() {
+    let bao = OpenBao::start();
+    let short = token(&bao, "4s", &[]);
+    let mut config = bao.ca_config("pki", "pki-int");
+    config["Token"] = json!(short);
+    let p = provider(config);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(p);
+    // Past the TTL: nothing renewed it, so Vault no longer knows it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (status, body) = bao.request(
+        "POST",
+        "/v1/auth/token/lookup",
+        &json!({"token": short}).to_string(),
+    );
+    assert_ne!(status, 200, "the token is still alive: {body}");
+}
