@@ -178,37 +178,58 @@ fn with_vault_gone_roots_are_served_and_signing_is_a_503_naming_vault() {
     assert_eq!(after.json()["Roots"], roots.json()["Roots"]);
 }
 
-/// OpenBao on TLS with a server certificate from `meshca tls cert create`:
-/// the provider verifies it with `CAFile` for the name `TLSServerName`
-/// while connecting to 127.0.0.1; without the CA file, or for another
-/// name, the change fails naming vault and changes nothing.
+/// OpenBao on TLS with certificates from `meshca tls cert create`,
+/// requiring a client certificate: the provider verifies Vault's
+/// certificate with `CAFile` or `CAPath` for the name `TLSServerName` while
+/// connecting to 127.0.0.1, and presents `CertFile`/`KeyFile`. Without the
+/// CA, for another name, or without a client certificate, the change fails
+/// naming vault and the certificate problem, and changes nothing.
 #[test]
-fn vault_over_tls_is_verified_with_ca_file_and_tls_server_name() {
+fn vault_over_mutual_tls_is_verified_with_ca_file_and_tls_server_name() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, _) = common::tls::agent_ca(dir.path());
     let (cert, key) = common::tls::agent_cert(dir.path(), "--server", &[]);
-    let bao = OpenBao::start_with_tls(&cert, &key);
+    let (client_cert, client_key) = common::tls::agent_cert(dir.path(), "--client", &[]);
+    let ca_dir = dir.path().join("ca-dir");
+    std::fs::create_dir(&ca_dir).unwrap();
+    std::fs::copy(&ca, ca_dir.join("ca.pem")).unwrap();
+    let bao = OpenBao::start_with_tls(&cert, &key, Some(&ca));
     let tls_addr = bao.tls_addr.clone().unwrap();
     let server = Server::start(&[]);
     let roots = server.get("/v1/connect/ca/roots");
 
-    let config = |ca_file: Option<&std::path::Path>, name: &str| {
+    let config = |extra: Value| {
         let mut c = bao.ca_config("pki", "pki-int");
         c["Address"] = json!(tls_addr);
-        c["TLSServerName"] = json!(name);
-        if let Some(f) = ca_file {
-            c["CAFile"] = json!(f.display().to_string());
+        c["TLSServerName"] = json!("server.dc1.consul");
+        c["CertFile"] = json!(client_cert.display().to_string());
+        c["KeyFile"] = json!(client_key.display().to_string());
+        for (k, v) in extra.as_object().unwrap() {
+            match v {
+                Value::Null => c.as_object_mut().unwrap().remove(k),
+                v => c.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+            };
         }
         c
     };
-    for (what, c) in [
-        ("no CAFile", config(None, "server.dc1.consul")),
-        ("another name", config(Some(&ca), "vault.example.com")),
+    let ca_file = json!(ca.display().to_string());
+    for (what, c, needle) in [
+        ("no CA", config(json!({})), "UnknownIssuer"),
+        (
+            "another name",
+            config(json!({"CAFile": ca_file, "TLSServerName": "vault.example.com"})),
+            "not valid for name",
+        ),
+        (
+            "no client certificate",
+            config(json!({"CAFile": ca_file, "CertFile": null, "KeyFile": null})),
+            "vault: ",
+        ),
     ] {
         let r = put_vault(&server, c);
         r.assert_error(503);
         assert!(
-            r.body.contains("vault") && r.body.contains("certificate"),
+            r.body.contains("vault") && r.body.contains(needle),
             "{what}: {}",
             r.body
         );
@@ -218,8 +239,11 @@ fn vault_over_tls_is_verified_with_ca_file_and_tls_server_name() {
             "{what}"
         );
     }
-    rotate_and_check(&server, "built-in -> vault over TLS", || {
-        put_vault(&server, config(Some(&ca), "server.dc1.consul"))
+    rotate_and_check(&server, "built-in -> vault over mutual TLS", || {
+        put_vault(
+            &server,
+            config(json!({"CAPath": ca_dir.display().to_string()})),
+        )
     });
 }
 

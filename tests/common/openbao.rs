@@ -63,12 +63,19 @@ impl OpenBao {
     }
 
     /// [`OpenBao::start`] with a second, TLS listener serving `cert` and
-    /// `key` (PEM files) on [`OpenBao::tls_addr`].
-    pub fn start_with_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
-        Self::start_with(Some((cert, key)))
+    /// `key` (PEM files) on [`OpenBao::tls_addr`]; with `client_ca`, that
+    /// listener requires a client certificate signed by it.
+    pub fn start_with_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: Option<&std::path::Path>,
+    ) -> Self {
+        Self::start_with(Some((cert, key, client_ca)))
     }
 
-    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
+    fn start_with(
+        tls: Option<(&std::path::Path, &std::path::Path, Option<&std::path::Path>)>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
         let token = format!("root-{}", uuid::Uuid::new_v4().simple());
@@ -80,15 +87,21 @@ impl OpenBao {
             format!("-dev-listen-address=127.0.0.1:{port}"),
         ];
         let mut tls_addr = None;
-        if let Some((cert, key)) = tls {
+        if let Some((cert, key, client_ca)) = tls {
             let tls_port = free_port();
             let config = dir.path().join("tls.hcl");
+            let client = client_ca.map_or(String::new(), |ca| {
+                format!(
+                    "  tls_require_and_verify_client_cert = true\n  tls_client_ca_file = {:?}\n",
+                    ca.display().to_string()
+                )
+            });
             std::fs::write(
                 &config,
                 format!(
                     "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  \
                      cluster_address = \"127.0.0.1:{}\"\n  \
-                     tls_cert_file = {:?}\n  tls_key_file = {:?}\n}}\n",
+                     tls_cert_file = {:?}\n  tls_key_file = {:?}\n{client}}}\n",
                     tls_port + 1,
                     cert.display().to_string(),
                     key.display().to_string()

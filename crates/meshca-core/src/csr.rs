@@ -209,6 +209,10 @@ pub enum CsrError {
     WrongDatacenter { got: String, want: String },
     #[error("CSR requests a CA certificate")]
     RequestsCa,
+    #[error("CSR must request an intermediate CA: basicConstraints CA:true with pathLen 0")]
+    NotIntermediate,
+    #[error("CSR must carry exactly one SAN, the URI {0}")]
+    IntermediateSan(String),
 }
 
 /// The PEM label of a PKCS#10 request (RFC 7468 §7).
@@ -230,38 +234,11 @@ const RSA_MAX_BITS: usize = 4096;
 
 /// Checks `pem` against every rule above and returns what may be signed.
 pub fn validate_csr(pem: &str, policy: &CsrPolicy) -> Result<ValidatedCsr, CsrError> {
-    // 1. Size, before any other work.
-    if pem.len() > policy.max_pem_bytes {
-        return Err(CsrError::TooLarge);
-    }
-
-    // 2. Armour.
-    let der = decode_pem(pem)?;
-
-    // 3. Structure.
-    check_strict_der(&der)?;
-    let (rest, csr) = X509CertificationRequest::from_der(&der)
-        .map_err(|e| CsrError::Malformed(format!("not a PKCS#10 request ({e})")))?;
-    if !rest.is_empty() {
-        return Err(CsrError::Malformed(format!(
-            "{} trailing bytes after the request",
-            rest.len()
-        )));
-    }
+    let der = armoured_der(pem, policy.max_pem_bytes)?;
+    let csr = parse_strict(&der)?;
     let info = &csr.certification_request_info;
-    if info.version.0 != 0 {
-        return Err(CsrError::Malformed(format!(
-            "unsupported version {}",
-            info.version.0
-        )));
-    }
     let requested = RequestedExtensions::collect(&csr)?;
-
-    // 4. Key allow-list (see the module documentation for why it runs first).
-    let key_type = check_key(&info.subject_pki)?;
-
-    // 5. Proof of possession.
-    check_signature(&csr)?;
+    let key_type = checked_key(&csr)?;
 
     // 6. No CA certificates.
     if requested.requests_ca {
@@ -331,6 +308,102 @@ pub fn validate_csr(pem: &str, policy: &CsrPolicy) -> Result<ValidatedCsr, CsrEr
         dns_sans,
         ip_sans,
         csr_der: Some(der),
+    })
+}
+
+/// Rules 1 and 2: size, before any other work, then the armour.
+fn armoured_der(pem: &str, max_pem_bytes: usize) -> Result<Vec<u8>, CsrError> {
+    if pem.len() > max_pem_bytes {
+        return Err(CsrError::TooLarge);
+    }
+    decode_pem(pem)
+}
+
+/// Rule 3: a PKCS#10 v1 request in strict DER without trailing bytes.
+fn parse_strict(der: &[u8]) -> Result<X509CertificationRequest<'_>, CsrError> {
+    check_strict_der(der)?;
+    let (rest, csr) = X509CertificationRequest::from_der(der)
+        .map_err(|e| CsrError::Malformed(format!("not a PKCS#10 request ({e})")))?;
+    if !rest.is_empty() {
+        return Err(CsrError::Malformed(format!(
+            "{} trailing bytes after the request",
+            rest.len()
+        )));
+    }
+    let version = csr.certification_request_info.version.0;
+    if version != 0 {
+        return Err(CsrError::Malformed(format!(
+            "unsupported version {version}"
+        )));
+    }
+    Ok(csr)
+}
+
+/// Rules 4 and 5: the key allow-list (see the module documentation for
+/// why it runs first), then proof of possession.
+fn checked_key(csr: &X509CertificationRequest<'_>) -> Result<CsrKeyType, CsrError> {
+    let key_type = check_key(&csr.certification_request_info.subject_pki)?;
+    check_signature(csr)?;
+    Ok(key_type)
+}
+
+/// A secondary datacenter's request for an intermediate CA, validated: the
+/// primary signs only its key; the certificate comes from the primary's
+/// intermediate template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedIntermediateCsr {
+    spki_der: Vec<u8>,
+    csr_der: Vec<u8>,
+}
+
+impl ValidatedIntermediateCsr {
+    /// A request the CA made for a new intermediate key of its own (in a
+    /// remote provider): rules 3–5 apply; what it asks for does not, since
+    /// the certificate comes from our template anyway.
+    pub fn of_own_key(der: Vec<u8>) -> Result<Self, CsrError> {
+        let csr = parse_strict(&der)?;
+        checked_key(&csr)?;
+        let spki_der = csr.certification_request_info.subject_pki.raw.to_vec();
+        Ok(Self {
+            spki_der,
+            csr_der: der,
+        })
+    }
+
+    /// The DER SubjectPublicKeyInfo the intermediate will carry.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// The request itself, for providers that sign only CSRs (Vault).
+    pub fn csr_der(&self) -> &[u8] {
+        &self.csr_der
+    }
+}
+
+/// Checks a secondary datacenter's intermediate CSR with rules 1–5 above,
+/// then: basicConstraints CA:true with pathLen 0 requested, and exactly one
+/// SAN, the URI `spiffe://<trust domain>`.
+pub fn validate_intermediate_csr(
+    pem: &str,
+    trust_domain: &TrustDomain,
+    max_pem_bytes: usize,
+) -> Result<ValidatedIntermediateCsr, CsrError> {
+    let der = armoured_der(pem, max_pem_bytes)?;
+    let csr = parse_strict(&der)?;
+    let requested = RequestedExtensions::collect(&csr)?;
+    checked_key(&csr)?;
+    if requested.basic_constraints != Some((true, Some(0))) {
+        return Err(CsrError::NotIntermediate);
+    }
+    let want = trust_domain.ca_uri();
+    if !matches!(requested.sans.as_slice(), [GeneralName::URI(u)] if *u == want) {
+        return Err(CsrError::IntermediateSan(want));
+    }
+    let spki_der = csr.certification_request_info.subject_pki.raw.to_vec();
+    Ok(ValidatedIntermediateCsr {
+        spki_der,
+        csr_der: der,
     })
 }
 
@@ -463,6 +536,8 @@ fn is_pem_char(c: char) -> bool {
 /// What this module reads from the request's extensionRequest attribute.
 struct RequestedExtensions<'a> {
     requests_ca: bool,
+    /// The requested basicConstraints: CA flag and path length.
+    basic_constraints: Option<(bool, Option<u32>)>,
     sans: Vec<&'a GeneralName<'a>>,
 }
 
@@ -475,6 +550,7 @@ impl<'a> RequestedExtensions<'a> {
 
         let mut out = Self {
             requests_ca: false,
+            basic_constraints: None,
             sans: Vec::new(),
         };
         let mut seen: HashSet<&Oid<'_>> = HashSet::new();
@@ -496,7 +572,10 @@ impl<'a> RequestedExtensions<'a> {
                             ext.oid.to_id_string()
                         )))
                     }
-                    ParsedExtension::BasicConstraints(bc) => out.requests_ca |= bc.ca,
+                    ParsedExtension::BasicConstraints(bc) => {
+                        out.requests_ca |= bc.ca;
+                        out.basic_constraints = Some((bc.ca, bc.path_len_constraint));
+                    }
                     ParsedExtension::KeyUsage(ku) => out.requests_ca |= ku.key_cert_sign(),
                     ParsedExtension::SubjectAlternativeName(san) => {
                         out.sans.extend(san.general_names.iter());
@@ -1049,6 +1128,70 @@ mod tests {
             check_with(name, &input, &p, &want);
         }
         n
+    }
+
+    fn intermediate_csr(sans: Vec<SanType>, ca: IsCa) -> String {
+        csr_with(p256(), sans, |p| p.is_ca = ca)
+    }
+
+    #[test]
+    fn an_intermediate_csr_must_ask_for_a_path_len_0_ca_for_our_trust_domain() {
+        use rcgen::BasicConstraints::{Constrained, Unconstrained};
+        let td: TrustDomain = TD.parse().unwrap();
+        let ca_uri = || uri(&td.ca_uri());
+        let check = |pem: &str| validate_intermediate_csr(pem, &td, 64 * 1024);
+        let good = intermediate_csr(vec![ca_uri()], IsCa::Ca(Constrained(0)));
+        let ok = check(&good).unwrap();
+        assert_eq!(ok.spki_der(), p256().subject_public_key_info());
+        assert_eq!(ok.csr_der(), der_of(&good));
+        for (what, pem, want) in [
+            (
+                "no CA",
+                intermediate_csr(vec![ca_uri()], IsCa::NoCa),
+                CsrError::NotIntermediate,
+            ),
+            (
+                "unconstrained",
+                intermediate_csr(vec![ca_uri()], IsCa::Ca(Unconstrained)),
+                CsrError::NotIntermediate,
+            ),
+            (
+                "pathLen 1",
+                intermediate_csr(vec![ca_uri()], IsCa::Ca(Constrained(1))),
+                CsrError::NotIntermediate,
+            ),
+            (
+                "a leaf's SPIFFE ID",
+                intermediate_csr(vec![uri(&web())], IsCa::Ca(Constrained(0))),
+                CsrError::IntermediateSan(td.ca_uri()),
+            ),
+            (
+                "another trust domain",
+                intermediate_csr(vec![uri("spiffe://other.consul")], IsCa::Ca(Constrained(0))),
+                CsrError::IntermediateSan(td.ca_uri()),
+            ),
+            (
+                "an extra DNS SAN",
+                intermediate_csr(vec![ca_uri(), dns("x.consul")], IsCa::Ca(Constrained(0))),
+                CsrError::IntermediateSan(td.ca_uri()),
+            ),
+            (
+                "no SAN",
+                intermediate_csr(vec![], IsCa::Ca(Constrained(0))),
+                CsrError::IntermediateSan(td.ca_uri()),
+            ),
+        ] {
+            assert_eq!(check(&pem).unwrap_err(), want, "{what}");
+        }
+        // The leaf rules' earlier steps apply too: size, armour, signature.
+        assert_eq!(
+            validate_intermediate_csr(&good, &td, 10).unwrap_err(),
+            CsrError::TooLarge
+        );
+        let mut tampered = der_of(&good);
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(check(&pem_of(&tampered)).is_err());
     }
 
     #[test]

@@ -28,7 +28,8 @@ use async_trait::async_trait;
 use meshca_core::config::VaultConfig;
 use meshca_core::{CaConfig, ProviderKind};
 use meshca_provider::{
-    CaKeys, CaMaterial, CaProvider, CaRequest, LeafRequest, ProviderError, SignedLeaf,
+    CaKeys, CaMaterial, CaProvider, CaRequest, IntermediateRequest, LeafRequest, ProviderError,
+    SignedLeaf,
 };
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -127,5 +128,9 @@ impl CaKeys for VaultKeys {
 
     async fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError> {
         self.mounts.renew_intermediate(&self.state, req).await
+    }
+
+    async fn sign_intermediate(&self, req: &IntermediateRequest) -> Result<String, ProviderError> {
+        self.mounts.sign_intermediate(&self.state, req).await
     }
 }

@@ -5,7 +5,10 @@ use crate::client::VaultClient;
 use meshca_core::config::VaultConfig;
 use meshca_core::x509::{cert_facts, cert_pem, decode_pem_blocks, CertFacts};
 use meshca_core::{CaConfig, KeySpec, Serial, TrustDomain};
-use meshca_provider::{CaMaterial, CaRequest, LeafRequest, ProviderError, SignedLeaf};
+use meshca_provider::verify::check_signed_intermediate;
+use meshca_provider::{
+    CaMaterial, CaRequest, IntermediateRequest, LeafRequest, ProviderError, SignedLeaf,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -97,12 +100,15 @@ fn str_field<'a>(v: &'a Value, key: &str, op: &str) -> Result<&'a str, ProviderE
 }
 
 fn one_cert(pem: &str, what: &str) -> Result<Vec<u8>, ProviderError> {
-    let mut blocks = decode_pem_blocks(pem, "CERTIFICATE")
-        .map_err(|e| internal(format!("{what} is not a PEM certificate: {e}")))?;
-    if blocks.is_empty() {
-        return Err(internal(format!("{what}: no certificate")));
-    }
-    Ok(blocks.remove(0))
+    one_block(pem, "CERTIFICATE").map_err(|e| internal(format!("{what}: {e}")))
+}
+
+/// The first `label` block of `pem`.
+fn one_block(pem: &str, label: &str) -> Result<Vec<u8>, ProviderError> {
+    decode_pem_blocks(pem, label)
+        .ok()
+        .and_then(|mut b| (!b.is_empty()).then(|| b.remove(0)))
+        .ok_or_else(|| internal(format!("not a PEM {label}")))
 }
 
 fn facts(der: &[u8], what: &str) -> Result<CertFacts, ProviderError> {
@@ -115,14 +121,8 @@ fn vault_key(spec: KeySpec) -> (&'static str, u32) {
 }
 
 /// A CA common name like Consul's for Vault: `pri-<random>.vault.ca.<cluster>.consul`.
-fn common_name(prefix: &str, req: &CaRequest) -> String {
-    let short: String = req
-        .cluster_id
-        .simple()
-        .to_string()
-        .chars()
-        .take(8)
-        .collect();
+fn common_name(prefix: &str, cluster_id: &uuid::Uuid) -> String {
+    let short: String = cluster_id.simple().to_string().chars().take(8).collect();
     let random: String = uuid::Uuid::new_v4()
         .simple()
         .to_string()
@@ -230,7 +230,7 @@ impl Mounts {
         let (key_type, key_bits) = vault_key(req.config.key_spec());
         let name = issuer_name("root");
         let body = json!({
-            "common_name": common_name("pri", req),
+            "common_name": common_name("pri", &req.cluster_id),
             "uri_sans": req.trust_domain.ca_uri(),
             "exclude_cn_from_sans": true,
             "key_type": key_type,
@@ -301,7 +301,6 @@ impl Mounts {
     ) -> Result<(String, String), ProviderError> {
         let (key_type, key_bits) = vault_key(key_spec_of(root_der)?);
         let name = issuer_name("int");
-        let cn = common_name("int", req);
         let op = format!("generate an intermediate key in {}", self.int);
         let csr = self
             .call(
@@ -309,34 +308,23 @@ impl Mounts {
                 Method::POST,
                 &format!("{}/intermediate/generate/internal", self.int),
                 Some(
-                    json!({"common_name": cn, "key_type": key_type, "key_bits": key_bits,
-                    "key_name": name, "exclude_cn_from_sans": true}),
+                    json!({"common_name": "meshca intermediate", "key_type": key_type,
+                    "key_bits": key_bits, "key_name": name, "exclude_cn_from_sans": true}),
                 ),
             )
             .await?;
-        let csr_pem = str_field(&csr, "csr", &op)?.to_string();
-        let root = facts(root_der, "the root")?;
-        let not_after = std::cmp::min(
-            req.now + req.config.intermediate_cert_ttl().as_time(),
-            root.not_after,
-        );
-        let op = format!("sign the intermediate with the root in {}", self.root);
-        let signed = self
-            .call(
-                &op,
-                Method::POST,
-                &format!("{}/issuer/{root_issuer}/sign-intermediate", self.root),
-                Some(json!({
-                    "csr": csr_pem, "common_name": cn, "uri_sans": req.trust_domain.ca_uri(),
-                    "exclude_cn_from_sans": true, "use_csr_values": false,
-                    "max_path_length": 0, "not_after": rfc3339(not_after)?, "format": "pem",
-                })),
-            )
+        let csr_der = one_block(str_field(&csr, "csr", &op)?, "CERTIFICATE REQUEST")?;
+        let request = IntermediateRequest {
+            csr: meshca_core::csr::ValidatedIntermediateCsr::of_own_key(csr_der)
+                .map_err(|e| internal(format!("{op}: {e}")))?,
+            cluster_id: req.cluster_id,
+            trust_domain: req.trust_domain.clone(),
+            now: req.now,
+            not_after: req.now + req.config.intermediate_cert_ttl().as_time(),
+        };
+        let pem = self
+            .sign_intermediate_with(&self.root, root_issuer, root_der, &request)
             .await?;
-        let cert_text = str_field(&signed, "certificate", &op)?;
-        let int_der = one_cert(cert_text, "the signed intermediate")?;
-        check_intermediate(&int_der, &csr_pem, root_der, &req.trust_domain)?;
-        let pem = cert_pem(&int_der);
         let op = format!("import the signed intermediate into {}", self.int);
         let imported = self
             .call(
@@ -348,6 +336,61 @@ impl Mounts {
             .await?;
         let id = self.imported_issuer(&imported, &pem, &op).await?;
         Ok((id, pem))
+    }
+
+    /// Signs `req` with the root issuer `root_issuer` of `root_path` (whose
+    /// certificate is `root_der`) from Vault's intermediate profile with
+    /// our names, pathLen 0 and the NotAfter asked for (capped at the
+    /// root's), and checks the result before returning it as PEM.
+    async fn sign_intermediate_with(
+        &self,
+        root_path: &str,
+        root_issuer: &str,
+        root_der: &[u8],
+        req: &IntermediateRequest,
+    ) -> Result<String, ProviderError> {
+        let not_after = std::cmp::min(req.not_after, facts(root_der, "the root")?.not_after);
+        let csr = pem::encode(&pem::Pem::new(
+            "CERTIFICATE REQUEST",
+            req.csr.csr_der().to_vec(),
+        ));
+        let op = format!("sign an intermediate with {root_path}/issuer/{root_issuer}");
+        let signed = self
+            .call(
+                &op,
+                Method::POST,
+                &format!("{root_path}/issuer/{root_issuer}/sign-intermediate"),
+                Some(json!({
+                    "csr": csr, "common_name": common_name("int", &req.cluster_id),
+                    "uri_sans": req.trust_domain.ca_uri(), "exclude_cn_from_sans": true,
+                    "use_csr_values": false, "max_path_length": 0,
+                    "not_after": rfc3339(not_after)?, "format": "pem",
+                })),
+            )
+            .await?;
+        let der = one_cert(
+            str_field(&signed, "certificate", &op)?,
+            "the signed intermediate",
+        )?;
+        check_signed_intermediate(&der, req.csr.spki_der(), root_der, &req.trust_domain)?;
+        Ok(cert_pem(&der))
+    }
+
+    /// A secondary datacenter's intermediate, signed by this CA's root.
+    pub(crate) async fn sign_intermediate(
+        &self,
+        state: &State,
+        req: &IntermediateRequest,
+    ) -> Result<String, ProviderError> {
+        let root = self
+            .read_issuer(&state.root_path, &state.root_issuer)
+            .await?;
+        let root_der = one_cert(
+            str_field(&root, "certificate", "read the root")?,
+            "the root",
+        )?;
+        self.sign_intermediate_with(&state.root_path, &state.root_issuer, &root_der, req)
+            .await
     }
 
     /// The issuer ID `set-signed` created for `pem`.
@@ -655,32 +698,6 @@ fn check_root(der: &[u8], td: &TrustDomain, now: OffsetDateTime) -> Result<(), P
     Ok(())
 }
 
-/// A signed intermediate: a CA for our trust domain carrying the key of the
-/// CSR Vault generated, signed by the root.
-fn check_intermediate(
-    der: &[u8],
-    csr_pem: &str,
-    root_der: &[u8],
-    td: &TrustDomain,
-) -> Result<(), ProviderError> {
-    let cert = parse(der, "the intermediate")?;
-    check_ca_with_uri(&cert, td, "the intermediate")?;
-    let csr_der = decode_pem_blocks(csr_pem, "CERTIFICATE REQUEST")
-        .ok()
-        .and_then(|mut b| (!b.is_empty()).then(|| b.remove(0)))
-        .ok_or_else(|| internal("the intermediate CSR is not PEM"))?;
-    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
-        .map_err(|e| internal(format!("the intermediate CSR: {e}")))?;
-    if csr.certification_request_info.subject_pki.raw != cert.public_key().raw {
-        return Err(internal(
-            "the signed intermediate carries another key than its CSR",
-        ));
-    }
-    let root = parse(root_der, "the root")?;
-    cert.verify_signature(Some(root.public_key()))
-        .map_err(|e| internal(format!("the intermediate is not signed by the root: {e}")))
-}
-
 /// A cross-signed certificate: the other root's subject, key and SKID,
 /// issued and signed by our root, ending when asked.
 fn check_cross_signed(
@@ -765,17 +782,6 @@ mod tests {
         one_cert(pem, "test").unwrap()
     }
 
-    /// A CSR for the built-in intermediate's own key.
-    fn csr_for_intermediate(m: &CaMaterial) -> String {
-        let key_der = m.private_keys[meshca_provider::builtin::SIGNING_KEY].expose();
-        let key = rcgen::KeyPair::try_from(key_der).unwrap();
-        rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap()
-    }
-
     #[tokio::test]
     async fn a_root_must_be_a_self_signed_ca_for_our_trust_domain_and_valid() {
         let (m, req) = ca().await;
@@ -793,29 +799,6 @@ mod tests {
         // Another cluster's root for the same trust domain name is still
         // checked by its own signature: it is self-signed, so it passes.
         check_root(&der(&other.root_pem), td, NOW).unwrap();
-    }
-
-    #[tokio::test]
-    async fn an_intermediate_must_carry_the_csr_key_and_be_signed_by_the_root() {
-        let (m, req) = ca().await;
-        let (other, _) = ca().await;
-        let td = &req.trust_domain;
-        let csr = csr_for_intermediate(&m);
-        check_intermediate(&der(&m.signing_pem), &csr, &der(&m.root_pem), td).unwrap();
-        let err = check_intermediate(
-            &der(&m.signing_pem),
-            &csr_for_intermediate(&other),
-            &der(&m.root_pem),
-            td,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("another key"), "{err}");
-        let err =
-            check_intermediate(&der(&m.signing_pem), &csr, &der(&other.root_pem), td).unwrap_err();
-        assert!(err.to_string().contains("not signed by the root"), "{err}");
-        // A leaf where an intermediate must be.
-        let err = check_intermediate(&der(&m.root_pem), &csr, &der(&m.root_pem), td).unwrap_err();
-        assert!(err.to_string().contains("another key"), "{err}");
     }
 
     #[tokio::test]

@@ -8,8 +8,8 @@
 
 use crate::profile::{self, generate_key, load_key};
 use crate::{
-    off_runtime, CaKeys, CaMaterial, CaProvider, CaRequest, LeafRequest, LocalKeys, ProviderError,
-    SignedLeaf,
+    off_runtime, CaKeys, CaMaterial, CaProvider, CaRequest, IntermediateRequest, LeafRequest,
+    LocalKeys, ProviderError, SignedLeaf,
 };
 use async_trait::async_trait;
 use meshca_core::x509::{cert_facts, cert_pem, decode_pem_blocks};
@@ -161,6 +161,26 @@ impl Keys {
             .map_err(ProviderError::internal)?
             .der()
             .to_vec();
+        Ok(cert_pem(&der))
+    }
+
+    /// A secondary datacenter's intermediate, signed by this root.
+    fn sign_intermediate(&self, req: &IntermediateRequest) -> Result<String, ProviderError> {
+        let root = cert_facts(&self.root_der).map_err(ProviderError::internal)?;
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(req.csr.spki_der())
+            .map_err(|e| ProviderError::InvalidInput(format!("the CSR's key: {e}")))?;
+        let der = profile::intermediate_params(
+            &req.cluster_id,
+            &req.trust_domain,
+            &public_key,
+            req.now,
+            req.not_after - req.now,
+            root.not_after,
+        )?
+        .signed_by(&public_key, &self.root)
+        .map_err(ProviderError::internal)?
+        .der()
+        .to_vec();
         Ok(cert_pem(&der))
     }
 
@@ -377,6 +397,11 @@ impl CaKeys for BuiltinKeys {
     async fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError> {
         let (keys, req) = (self.0.clone(), req.clone());
         off_runtime(move || keys.renew_intermediate(&req)).await
+    }
+
+    async fn sign_intermediate(&self, req: &IntermediateRequest) -> Result<String, ProviderError> {
+        let (keys, req) = (self.0.clone(), req.clone());
+        off_runtime(move || keys.sign_intermediate(&req)).await
     }
 
     fn local(&self) -> Option<Arc<dyn LocalKeys>> {

@@ -9,8 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: failures should panic loudly
 
+use crate::verify::check_signed_intermediate;
 use crate::verify::verify_chain;
-use crate::{BuiltinProvider, CaMaterial, CaProvider, CaRequest, LeafRequest, Signer};
+use crate::{
+    BuiltinProvider, CaMaterial, CaProvider, CaRequest, IntermediateRequest, LeafRequest, Signer,
+};
 use meshca_core::csr::ValidatedCsr;
 use meshca_core::rotation::first_cert_der;
 use meshca_core::x509::{cert_facts, key_id};
@@ -247,6 +250,80 @@ pub async fn cross_signs_other_roots(
     }
 }
 
+/// A key for `alg` (RSA 2048 for RSA).
+fn key_for(alg: &'static rcgen::SignatureAlgorithm) -> rcgen::KeyPair {
+    match alg {
+        a if a == &rcgen::PKCS_RSA_SHA256 => {
+            rcgen::KeyPair::generate_rsa_for(a, rcgen::RsaKeySize::_2048).unwrap()
+        }
+        a => rcgen::KeyPair::generate_for(a).unwrap(),
+    }
+}
+
+/// Signs secondary datacenters' intermediates (P-256, P-384 and RSA keys):
+/// each passes the intermediate check (CA, pathLen 0, the trust domain's
+/// URI SAN, the requested key, signed by the root), ends when asked or with
+/// the root, and a leaf the secondary signs with it chains to our root.
+pub async fn signs_intermediates_for_secondaries(provider: &dyn CaProvider, now: OffsetDateTime) {
+    let req = request_at(KeySpec::EcP256, now);
+    let m = provider.generate_ca(&req).await.unwrap();
+    let keys = provider.open(&m).await.unwrap();
+    let root_der = der(&m.root_pem);
+    let root_not_after = cert_facts(&root_der).unwrap().not_after;
+    for (alg, until) in [
+        (&rcgen::PKCS_ECDSA_P256_SHA256, now + Duration::hours(8760)),
+        (&rcgen::PKCS_ECDSA_P384_SHA384, now + Duration::hours(100)),
+        (
+            &rcgen::PKCS_RSA_SHA256,
+            root_not_after + Duration::days(365),
+        ),
+    ] {
+        let key = key_for(alg);
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            req.trust_domain.ca_uri().try_into().unwrap(),
+        )];
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        let csr = meshca_core::csr::validate_intermediate_csr(&pem, &req.trust_domain, 64 * 1024)
+            .unwrap();
+        let signed = keys
+            .sign_intermediate(&IntermediateRequest {
+                csr,
+                cluster_id: req.cluster_id,
+                trust_domain: req.trust_domain.clone(),
+                now,
+                not_after: until,
+            })
+            .await
+            .expect("sign a secondary's intermediate");
+        let int_der = der(&signed);
+        let spki = key.subject_public_key_info();
+        check_signed_intermediate(&int_der, &spki, &root_der, &req.trust_domain)
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        let facts = cert_facts(&int_der).unwrap();
+        assert_eq!(
+            facts.not_after,
+            until.min(root_not_after),
+            "{alg:?}: NotAfter"
+        );
+        assert!(identifies_key(facts.subject_key_id.as_deref(), &spki));
+
+        // The secondary signs a leaf with it: the leaf chains to our root.
+        let issuer = rcgen::Issuer::from_ca_cert_der(&int_der.clone().into(), key).unwrap();
+        let leaf_key = key_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let td = &req.trust_domain;
+        let id = SpiffeId::service(td, "default", "dc2", "web").unwrap();
+        let mut leaf = rcgen::CertificateParams::default();
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into().unwrap())];
+        leaf.not_before = now - Duration::minutes(1);
+        leaf.not_after = now + Duration::hours(1);
+        let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        verify_chain(leaf.der(), &[int_der], std::slice::from_ref(&root_der), now)
+            .unwrap_or_else(|e| panic!("{alg:?}: a secondary's leaf: {e}"));
+    }
+}
+
 /// Stored material opens again without creating keys, and signs with the
 /// same intermediate; material whose keys were swapped is refused.
 pub async fn restores_from_state(provider: &dyn CaProvider, now: OffsetDateTime) {
@@ -281,6 +358,7 @@ pub async fn run_all(provider: &dyn CaProvider, specs: &[KeySpec], now: OffsetDa
     staging_is_inert(provider, now).await;
     renews_the_intermediate(provider, now).await;
     cross_signs_other_roots(provider, specs, now).await;
+    signs_intermediates_for_secondaries(provider, now).await;
     restores_from_state(provider, now).await;
     cleans_up(provider).await;
 }

@@ -33,7 +33,7 @@ pub mod signer;
 pub mod verify;
 
 use async_trait::async_trait;
-use meshca_core::csr::ValidatedCsr;
+use meshca_core::csr::{ValidatedCsr, ValidatedIntermediateCsr};
 use meshca_core::{CaConfig, Serial, TrustDomain};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -89,6 +89,18 @@ pub struct LeafRequest {
     pub not_after: OffsetDateTime,
 }
 
+/// A secondary datacenter's intermediate to sign with the root: its
+/// validated CSR and the validity the engine chose.
+#[derive(Debug, Clone)]
+pub struct IntermediateRequest {
+    pub csr: ValidatedIntermediateCsr,
+    pub cluster_id: Uuid,
+    pub trust_domain: TrustDomain,
+    pub now: OffsetDateTime,
+    /// Capped by the provider at its root's NotAfter.
+    pub not_after: OffsetDateTime,
+}
+
 /// A leaf as a provider signed it, with the serial it chose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedLeaf {
@@ -136,6 +148,12 @@ pub trait CaKeys: Send + Sync + 'static {
 
     /// Creates a new signing intermediate (new key, same root), staged.
     async fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
+
+    /// Signs a secondary datacenter's intermediate with this root, from our
+    /// intermediate template (CA, pathLen 0, the trust domain's URI SAN, a
+    /// SKID from the request's key), ending at `not_after` or the root's
+    /// NotAfter, whichever comes first. Returns the PEM certificate.
+    async fn sign_intermediate(&self, req: &IntermediateRequest) -> Result<String, ProviderError>;
 
     /// The same keys as [`LocalKeys`] when they sign in this process (a
     /// capability, `None` by default): the caller then signs and checks a

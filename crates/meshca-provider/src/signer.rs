@@ -179,6 +179,13 @@ mod tests {
         async fn renew_intermediate(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError> {
             self.inner.renew_intermediate(req).await
         }
+
+        async fn sign_intermediate(
+            &self,
+            req: &crate::IntermediateRequest,
+        ) -> Result<String, ProviderError> {
+            self.inner.sign_intermediate(req).await
+        }
     }
 
     async fn remote_signer(lie_about_serial: bool) -> Signer {

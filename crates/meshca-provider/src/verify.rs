@@ -70,3 +70,108 @@ pub fn check_leaf(
         .map_err(ProviderError::internal)?;
     verify_chain(leaf, intermediates, roots, at)
 }
+
+/// The check of an intermediate CA a provider signed (its own signing
+/// intermediate, or a secondary datacenter's): a CA with pathLen 0 and
+/// exactly the trust domain's URI SAN, carrying `spki_der`, signed by
+/// `root_der` and not outliving it.
+pub fn check_signed_intermediate(
+    der: &[u8],
+    spki_der: &[u8],
+    root_der: &[u8],
+    trust_domain: &meshca_core::TrustDomain,
+) -> Result<(), ProviderError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let bad = |m: &str| ProviderError::Internal(format!("the signed intermediate {m}"));
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| bad(&format!("does not parse: {e}")))?;
+    let (_, root) =
+        X509Certificate::from_der(root_der).map_err(|e| bad(&format!("has no root: {e}")))?;
+    match cert.basic_constraints().ok().flatten() {
+        Some(bc) if bc.value.ca && bc.value.path_len_constraint == Some(0) => {}
+        _ => return Err(bad("is not a CA with pathLen 0")),
+    }
+    let uris: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if uris != [trust_domain.ca_uri()] {
+        return Err(bad("does not carry exactly the trust domain's URI SAN"));
+    }
+    if cert.public_key().raw != spki_der {
+        return Err(bad("carries another key than requested"));
+    }
+    cert.verify_signature(Some(root.public_key()))
+        .map_err(|e| bad(&format!("is not signed by the root: {e}")))?;
+    if cert.validity().not_after > root.validity().not_after {
+        return Err(bad("outlives the root"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::request;
+    use crate::{BuiltinProvider, CaProvider};
+    use meshca_core::rotation::first_cert_der;
+    use meshca_core::x509::cert_facts;
+    use meshca_core::KeySpec;
+
+    #[tokio::test]
+    async fn a_signed_intermediate_must_be_a_path_len_0_ca_with_the_key_asked_under_the_root() {
+        let req = request(KeySpec::EcP256);
+        let p = BuiltinProvider::new();
+        let (m, other) = (
+            p.generate_ca(&req).await.unwrap(),
+            p.generate_ca(&req).await.unwrap(),
+        );
+        let der = |pem: &str| first_cert_der(pem).unwrap();
+        let (int, root) = (der(&m.signing_pem), der(&m.root_pem));
+        let spki = cert_facts(&int).unwrap().spki_der;
+        let td = &req.trust_domain;
+        check_signed_intermediate(&int, &spki, &root, td).unwrap();
+        let other_spki = cert_facts(&der(&other.signing_pem)).unwrap().spki_der;
+        for (what, result, needle) in [
+            (
+                "another key",
+                check_signed_intermediate(&int, &other_spki, &root, td),
+                "another key",
+            ),
+            (
+                "another root",
+                check_signed_intermediate(&int, &spki, &der(&other.root_pem), td),
+                "not signed by the root",
+            ),
+            (
+                "a root (no pathLen)",
+                check_signed_intermediate(&root, &spki, &root, td),
+                "pathLen 0",
+            ),
+            (
+                "another trust domain",
+                check_signed_intermediate(
+                    &int,
+                    &spki,
+                    &root,
+                    &meshca_core::TrustDomain::for_cluster(&uuid::Uuid::from_u128(9)),
+                ),
+                "URI SAN",
+            ),
+        ] {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(needle), "{what}: {err}");
+        }
+    }
+}
