@@ -175,7 +175,7 @@ impl CaEngine {
 }
 
 /// A time as the audit trail writes it (RFC 3339, like the API).
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }

@@ -24,6 +24,7 @@ mod persist;
 mod published;
 mod reconfigure;
 mod rotate;
+mod secondary;
 mod writer;
 
 pub use error::{CaError, Reaction};

@@ -41,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/connect/ca/configuration"),
     ("POST", "/v1/connect/ca/sign"),
     ("PUT", "/v1/connect/ca/sign"),
+    ("POST", "/v1/connect/ca/sign-intermediate"),
     ("GET", "/v1/agent/connect/ca/leaf/{service}"),
     ("GET", "/v1/status/leader"),
     ("GET", "/v1/health"),
@@ -68,6 +69,10 @@ pub fn router(state: AppState) -> Router {
             get(routes::get_configuration).put(routes::put_configuration),
         )
         .route("/v1/connect/ca/sign", post(routes::sign).put(routes::sign))
+        .route(
+            "/v1/connect/ca/sign-intermediate",
+            post(routes::sign_intermediate),
+        )
         .route("/v1/agent/connect/ca/leaf/{service}", get(routes::leaf))
         .route("/v1/status/leader", get(routes::leader))
         .route("/v1/health", get(routes::health))

@@ -8,6 +8,7 @@ use crate::leafcache::LeafCache;
 use crate::ratelimit::CsrLimiter;
 use crate::wire::{
     CaConfiguration, CaConfigurationUpdate, IndexedCaRoots, IssuedCert, SignRequest,
+    SignedIntermediate,
 };
 use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
@@ -225,6 +226,23 @@ pub async fn sign(
         })
         .await?;
     Ok(with_index(to_json(&IssuedCert::from(&leaf))?, leaf.index))
+}
+
+/// `POST /v1/connect/ca/sign-intermediate`: the primary signs a secondary
+/// datacenter's intermediate CA (operator:write).
+pub async fn sign_intermediate(
+    State(app): State<AppState>,
+    caller: Caller,
+    remote: Remote,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&Permission::operator(Access::Write))?;
+    let req: SignRequest = decode_body(body)?;
+    let cert_pem = app
+        .ca
+        .sign_intermediate(req.csr, caller.requester(remote))
+        .await?;
+    to_json(&SignedIntermediate { cert_pem })
 }
 
 /// `GET /v1/agent/connect/ca/leaf/<service>`.

@@ -143,6 +143,13 @@ pub struct SignRequest {
     pub csr: String,
 }
 
+/// Answer of `POST /v1/connect/ca/sign-intermediate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignedIntermediate {
+    #[serde(rename = "CertPEM")]
+    pub cert_pem: String,
+}
+
 impl From<CaConfigurationUpdate> for meshca_ca::ConfigChange {
     fn from(u: CaConfigurationUpdate) -> Self {
         Self {
