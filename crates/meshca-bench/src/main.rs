@@ -106,35 +106,7 @@ async fn http_rate(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let config = CaConfig::from_wire(
-        "consul",
-        serde_json::json!({"CSRMaxPerSecond": 0})
-            .as_object()
-            .ok_or_else(|| anyhow::anyhow!("config"))?,
-        None,
-    )?;
-    // The signing paths never touch the store: an in-memory one keeps the
-    // disk out of the numbers.
-    let records = meshca_migrations::open(
-        Arc::new(MemoryStore::new()),
-        &StoreKey::generate()?,
-        SystemClock.now(),
-    )?;
-    let ca = CaEngine::start(
-        Arc::new(records),
-        Arc::new(SystemClock),
-        "dc1".into(),
-        config,
-        default_provider_factory(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let td = ca.published().trust_domain.to_string();
-    let csrs: Arc<Vec<String>> = Arc::new(
-        (0..64)
-            .map(|i| csr_for(&td, &format!("svc{i}")))
-            .collect::<Result<_, _>>()?,
-    );
+    let (ca, csrs) = start_engine("consul", serde_json::json!({"CSRMaxPerSecond": 0})).await?;
 
     let sign_in_process = |tasks: usize| {
         let (ca, csrs) = (ca.clone(), csrs.clone());
@@ -213,24 +185,18 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn which_bao() -> bool {
-    std::process::Command::new("bao")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// `POST /v1/connect/ca/sign` through the vault provider, and OpenBao's own
-/// `pki/sign` for the same CSRs (P-256 root in both), 8 clients each.
-async fn vault_side_by_side() -> anyhow::Result<Vec<(&'static str, f64)>> {
-    let bao = openbao::OpenBao::start();
-    let vault = serde_json::json!({
-        "Address": bao.addr, "Token": bao.token,
-        "RootPKIPath": "pki", "IntermediatePKIPath": "pki-int", "CSRMaxPerSecond": 0,
-    });
+/// A CA engine for `provider` with `config`, on an in-memory store (the
+/// signing paths never touch the store: this keeps the disk out of the
+/// numbers), and 64 P-256 CSRs for its trust domain.
+async fn start_engine(
+    provider: &str,
+    config: serde_json::Value,
+) -> anyhow::Result<(Arc<CaEngine>, Arc<Vec<String>>)> {
     let config = CaConfig::from_wire(
-        "vault",
-        vault.as_object().ok_or_else(|| anyhow::anyhow!("config"))?,
+        provider,
+        config
+            .as_object()
+            .ok_or_else(|| anyhow::anyhow!("config"))?,
         None,
     )?;
     let records = meshca_migrations::open(
@@ -248,11 +214,29 @@ async fn vault_side_by_side() -> anyhow::Result<Vec<(&'static str, f64)>> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let td = ca.published().trust_domain.to_string();
-    let csrs: Arc<Vec<String>> = Arc::new(
-        (0..64)
-            .map(|i| csr_for(&td, &format!("svc{i}")))
-            .collect::<Result<_, _>>()?,
-    );
+    let csrs = (0..64)
+        .map(|i| csr_for(&td, &format!("svc{i}")))
+        .collect::<Result<_, _>>()?;
+    Ok((ca, Arc::new(csrs)))
+}
+
+fn which_bao() -> bool {
+    std::process::Command::new("bao")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `POST /v1/connect/ca/sign` through the vault provider, and OpenBao's own
+/// `pki/sign` for the same CSRs (P-256 root in both), 8 clients each.
+async fn vault_side_by_side() -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let bao = openbao::OpenBao::start();
+    let vault = serde_json::json!({
+        "Address": bao.addr, "Token": bao.token,
+        "RootPKIPath": "pki", "IntermediatePKIPath": "pki-int", "CSRMaxPerSecond": 0,
+    });
+    let (ca, csrs) = start_engine("vault", vault).await?;
+    let td = ca.published().trust_domain.to_string();
     let (base, stop) = meshca_server::spawn_on_loopback(ca.clone()).await?;
     let url = format!("{base}/v1/connect/ca/sign");
     let through_meshca = sign_rate(url, csrs.clone(), |c, csr, u| {

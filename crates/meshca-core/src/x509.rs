@@ -76,6 +76,24 @@ pub struct CertFacts {
     pub spki_der: Vec<u8>,
 }
 
+/// The URI SANs of a certificate. A SAN extension that does not decode is
+/// an error, not "no URIs".
+pub fn uri_sans(cert: &X509Certificate<'_>) -> Result<Vec<String>, String> {
+    let san = cert.subject_alternative_name().map_err(|e| e.to_string())?;
+    Ok(san
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// The SubjectKeyIdentifier extension's value, if present.
 pub fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     cert.extensions()

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The role leaves are signed through, in the intermediate mount.
 const LEAF_ROLE: &str = "meshca-leaf";
@@ -101,6 +101,11 @@ fn str_field<'a>(v: &'a Value, key: &str, op: &str) -> Result<&'a str, ProviderE
 
 fn one_cert(pem: &str, what: &str) -> Result<Vec<u8>, ProviderError> {
     one_block(pem, "CERTIFICATE").map_err(|e| internal(format!("{what}: {e}")))
+}
+
+/// The certificate in field `certificate` of Vault's answer `data` to `op`.
+fn cert_in(data: &Value, op: &str, what: &str) -> Result<Vec<u8>, ProviderError> {
+    one_cert(str_field(data, "certificate", op)?, what)
 }
 
 /// The first `label` block of `pem`.
@@ -368,12 +373,17 @@ impl Mounts {
                 })),
             )
             .await?;
-        let der = one_cert(
-            str_field(&signed, "certificate", &op)?,
-            "the signed intermediate",
-        )?;
+        let der = cert_in(&signed, &op, "the signed intermediate")?;
         check_signed_intermediate(&der, req.csr.spki_der(), root_der, &req.trust_domain)?;
         Ok(cert_pem(&der))
+    }
+
+    /// The certificate of the CA's root issuer, as Vault holds it.
+    async fn root_der(&self, state: &State) -> Result<Vec<u8>, ProviderError> {
+        let root = self
+            .read_issuer(&state.root_path, &state.root_issuer)
+            .await?;
+        cert_in(&root, "read the root", "the root")
     }
 
     /// A secondary datacenter's intermediate, signed by this CA's root.
@@ -382,13 +392,7 @@ impl Mounts {
         state: &State,
         req: &IntermediateRequest,
     ) -> Result<String, ProviderError> {
-        let root = self
-            .read_issuer(&state.root_path, &state.root_issuer)
-            .await?;
-        let root_der = one_cert(
-            str_field(&root, "certificate", "read the root")?,
-            "the root",
-        )?;
+        let root_der = self.root_der(state).await?;
         self.sign_intermediate_with(&state.root_path, &state.root_issuer, &root_der, req)
             .await
     }
@@ -408,7 +412,7 @@ impl Mounts {
         let want = one_cert(pem, "the intermediate")?;
         for id in ids {
             let issuer = self.read_issuer(&self.int, id).await?;
-            if one_cert(str_field(&issuer, "certificate", op)?, "an issuer")? == want {
+            if cert_in(&issuer, op, "an issuer")? == want {
                 return Ok(id.to_string());
             }
         }
@@ -465,7 +469,7 @@ impl Mounts {
                 }
                 Err(e) => return Err(e),
             };
-            let held = one_cert(str_field(&issuer, "certificate", "read issuer")?, what)?;
+            let held = cert_in(&issuer, "read issuer", what)?;
             if held != one_cert(pem, what)? {
                 return Err(ProviderError::InvalidInput(format!(
                     "vault: issuer {id} in {mount} does not hold the CA's {what} certificate"
@@ -509,7 +513,7 @@ impl Mounts {
                 Some(body),
             )
             .await?;
-        let der = one_cert(str_field(&data, "certificate", &op)?, "the leaf")?;
+        let der = cert_in(&data, &op, "the leaf")?;
         let serial = Serial::from_bytes(&facts(&der, "the leaf")?.serial)
             .map_err(|e| internal(format!("the leaf's serial: {e}")))?;
         let reported = str_field(&data, "serial_number", &op)?.replace(':', "");
@@ -532,13 +536,7 @@ impl Mounts {
         not_after: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<String, ProviderError> {
-        let root = self
-            .read_issuer(&state.root_path, &state.root_issuer)
-            .await?;
-        let root_der = one_cert(
-            str_field(&root, "certificate", "read the root")?,
-            "the root",
-        )?;
+        let root_der = self.root_der(state).await?;
         let not_after = std::cmp::min(not_after, facts(&root_der, "the root")?.not_after);
         let other_der = one_cert(other_pem, "the certificate to cross-sign")?;
         let template = self_issued_template(&other_der, now, not_after)?;
@@ -554,10 +552,7 @@ impl Mounts {
                 Some(json!({"certificate": template, "require_matching_certificate_algorithms": false})),
             )
             .await?;
-        let der = one_cert(
-            str_field(&data, "certificate", &op)?,
-            "the cross-signed certificate",
-        )?;
+        let der = cert_in(&data, &op, "the cross-signed certificate")?;
         check_cross_signed(&der, &other_der, &root_der, not_after)?;
         Ok(cert_pem(&der))
     }
@@ -567,13 +562,7 @@ impl Mounts {
         state: &State,
         req: &CaRequest,
     ) -> Result<CaMaterial, ProviderError> {
-        let root = self
-            .read_issuer(&state.root_path, &state.root_issuer)
-            .await?;
-        let root_der = one_cert(
-            str_field(&root, "certificate", "read the root")?,
-            "the root",
-        )?;
+        let root_der = self.root_der(state).await?;
         let this = Mounts {
             client: self.client.clone(),
             root: state.root_path.clone(),
@@ -641,23 +630,6 @@ fn key_spec_of(der: &[u8]) -> Result<KeySpec, ProviderError> {
     .map_err(|e| ProviderError::InvalidInput(format!("vault: the root's key: {e}")))
 }
 
-fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
-    cert.subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, ProviderError> {
     X509Certificate::from_der(der)
         .map(|(_, c)| c)
@@ -675,7 +647,7 @@ fn check_ca_with_uri(
         )));
     }
     let want = td.ca_uri();
-    if uri_sans(cert) != [want.clone()] {
+    if meshca_core::x509::uri_sans(cert).unwrap_or_default() != [want.clone()] {
         return Err(ProviderError::InvalidInput(format!(
             "vault: {what} must carry exactly one URI SAN, {want}"
         )));

@@ -263,23 +263,10 @@ fn byo_root(req: &CaRequest) -> Result<(KeyPair, Vec<u8>, KeySpec), ProviderErro
 }
 
 fn uri_sans(der: &[u8]) -> Result<Vec<String>, ProviderError> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).map_err(ProviderError::internal)?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| ProviderError::InvalidInput(format!("RootCert: {e}")))?;
-    Ok(san
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    meshca_core::x509::uri_sans(&cert)
+        .map_err(|e| ProviderError::InvalidInput(format!("RootCert: {e}")))
 }
 
 fn spec_of(key: &KeyPair) -> Result<KeySpec, ProviderError> {

@@ -81,7 +81,7 @@ pub fn check_signed_intermediate(
     root_der: &[u8],
     trust_domain: &meshca_core::TrustDomain,
 ) -> Result<(), ProviderError> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let bad = |m: &str| ProviderError::Internal(format!("the signed intermediate {m}"));
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| bad(&format!("does not parse: {e}")))?;
@@ -91,21 +91,7 @@ pub fn check_signed_intermediate(
         Some(bc) if bc.value.ca && bc.value.path_len_constraint == Some(0) => {}
         _ => return Err(bad("is not a CA with pathLen 0")),
     }
-    let uris: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let uris = meshca_core::x509::uri_sans(&cert).map_err(|e| bad(&e))?;
     if uris != [trust_domain.ca_uri()] {
         return Err(bad("does not carry exactly the trust domain's URI SAN"));
     }
