@@ -138,6 +138,11 @@ impl OpenBao {
         panic!("OpenBao did not become ready in 30 s:\n{}", bao.logs());
     }
 
+    /// The server's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }

@@ -161,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
     for (name, v) in &vault_rows {
         println!("| {name} | {v:.0} | {} |", ratio(*v));
     }
-    if let [(_, through_meshca), (_, openbao)] = vault_rows[..] {
+    if let [(_, through_meshca), (_, openbao), _] = vault_rows[..] {
         println!(
             "\nmeshca (vault provider) / OpenBao pki/sign, same CSRs, same run: {:.2}",
             through_meshca / openbao
@@ -239,11 +239,36 @@ async fn vault_side_by_side() -> anyhow::Result<Vec<(&'static str, f64)>> {
     let td = ca.published().trust_domain.to_string();
     let (base, stop) = meshca_server::spawn_on_loopback(ca.clone()).await?;
     let url = format!("{base}/v1/connect/ca/sign");
-    let through_meshca = sign_rate(url, csrs.clone(), |c, csr, u| {
-        c.post(u).json(&serde_json::json!({ "CSR": csr }))
+    let bao_pid = bao.pid();
+    let (through_meshca, meshca_cpu) = with_cpu(bao_pid, || {
+        sign_rate(url, csrs.clone(), |c, csr, u| {
+            c.post(u).json(&serde_json::json!({ "CSR": csr }))
+        })
     })
     .await;
     let _ = stop.send(());
+
+    // The same OpenBao path meshca calls, straight from the clients.
+    let (status, text) = bao.request("GET", "/v1/pki-int/issuers?list=true", "");
+    anyhow::ensure!(status == 200, "listing issuers: {status} {text}");
+    let issuers: serde_json::Value = serde_json::from_str(&text)?;
+    let issuer = issuers["data"]["keys"][0]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no intermediate issuer: {text}"))?
+        .to_string();
+    let url = format!("{}/v1/pki-int/issuer/{issuer}/sign/meshca-leaf", bao.addr);
+    let (token, uri) = (
+        bao.token.clone(),
+        format!("spiffe://{td}/ns/default/dc/dc1/svc/web"),
+    );
+    let (same_path, same_path_cpu) = with_cpu(bao_pid, || {
+        sign_rate(url, csrs.clone(), move |c, csr, u| {
+            c.post(u)
+                .header("X-Vault-Token", &token)
+                .json(&serde_json::json!({ "csr": csr, "uri_sans": uri, "ttl": "72h" }))
+        })
+    })
+    .await;
 
     // OpenBao's own engine: a root and a role like meshca's, no_store.
     let setup = [
@@ -259,19 +284,78 @@ async fn vault_side_by_side() -> anyhow::Result<Vec<(&'static str, f64)>> {
     }
     let url = format!("{}/v1/bench/sign/bench", bao.addr);
     let token = bao.token.clone();
-    let openbao = sign_rate(url, csrs, move |c, csr, u| {
-        c.post(u)
-            .header("X-Vault-Token", &token)
-            .json(&serde_json::json!({ "csr": csr, "ttl": "72h" }))
+    let (openbao, openbao_cpu) = with_cpu(bao_pid, || {
+        sign_rate(url, csrs, move |c, csr, u| {
+            c.post(u)
+                .header("X-Vault-Token", &token)
+                .json(&serde_json::json!({ "csr": csr, "ttl": "72h" }))
+        })
     })
     .await;
+    for (name, rate, (own, bao)) in [
+        ("through meshca", through_meshca, meshca_cpu),
+        ("OpenBao, meshca's path", same_path, same_path_cpu),
+        ("OpenBao pki/sign", openbao, openbao_cpu),
+    ] {
+        eprintln!(
+            "cpu per request, {name}: bench process (clients{}) {:.0} us, OpenBao {:.0} us",
+            if name == "through meshca" {
+                " + meshca"
+            } else {
+                ""
+            },
+            own / rate * 1e6,
+            bao / rate * 1e6,
+        );
+    }
     Ok(vec![
         (
             "POST /v1/connect/ca/sign via the vault provider, 8 clients",
             through_meshca,
         ),
         ("OpenBao pki/sign (no_store), same CSRs, 8 clients", openbao),
+        (
+            "OpenBao issuer/<id>/sign/meshca-leaf (meshca's call), 8 clients",
+            same_path,
+        ),
     ])
+}
+
+/// Runs `f` (a rate measurement) and returns its rate and the CPU seconds
+/// per second of run used by this process and by process `other`.
+async fn with_cpu<F, Fut>(other: u32, f: F) -> (f64, (f64, f64))
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let (own0, other0, start) = (
+        cpu_secs("self"),
+        cpu_secs(&other.to_string()),
+        Instant::now(),
+    );
+    let rate = f().await;
+    let secs = start.elapsed().as_secs_f64();
+    let own = (cpu_secs("self") - own0) / secs;
+    let other = (cpu_secs(&other.to_string()) - other0) / secs;
+    (rate, (own, other))
+}
+
+/// User + system CPU seconds of `/proc/<pid>/stat` (clock ticks of 1/100 s).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after ") ".
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 async fn sign_rate(
