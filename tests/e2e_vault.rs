@@ -255,7 +255,9 @@ fn vault_over_mutual_tls_is_verified_with_ca_file_and_tls_server_name() {
 fn one_vault_call_per_issued_certificate_and_none_per_roots_request() {
     let bao = OpenBao::start();
     let proxy = openbao::FaultProxy::start(bao.port());
-    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let server = Server::start_with_config(&json!({"audit": {"path": audit}}), &[]);
     let mut config = bao.ca_config("pki", "pki-int");
     config["Address"] = json!(proxy.addr);
     let r = put_vault(&server, config);
@@ -278,14 +280,38 @@ fn one_vault_call_per_issued_certificate_and_none_per_roots_request() {
     assert_eq!(calls(), before + 1, "a cached leaf costs no call");
 
     let td = server.trust_domain();
+    let mut serials = vec![first["SerialNumber"].as_str().unwrap().to_string()];
     for i in 0..5 {
         let r = server.sign(&csr_for_uri(&service_uri(&td, "dc1", &format!("s{i}"))));
         assert_eq!(r.status, 200, "{r:?}");
+        serials.push(r.json()["SerialNumber"].as_str().unwrap().to_string());
     }
     assert_eq!(calls(), before + 6, "one call per signed CSR");
     assert_eq!(
         signs(),
         signs_before + 6,
         "every one of them a leaf signature"
+    );
+
+    // The audit trail names the serial Vault put in each certificate, and
+    // neither it nor the server's log ever shows the Vault token.
+    let logged = || {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        serials
+            .iter()
+            .all(|s| text.contains(&format!("\"serial\":\"{s}\"")))
+    };
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(5),
+        logged
+    ));
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        !text.contains(&bao.token),
+        "the vault token is in the audit log"
+    );
+    assert!(
+        !server.logs().contains(&bao.token),
+        "the vault token is in the log"
     );
 }

@@ -287,3 +287,33 @@ async fn a_replaced_provider_stops_renewing_its_token() {
     );
     assert_ne!(status, 200, "the token is still alive: {body}");
 }
+
+/// The mount paths of `namespace` ("" for the root namespace).
+fn mounts(bao: &OpenBao, namespace: &str) -> Vec<String> {
+    let path = if namespace.is_empty() {
+        "/v1/sys/mounts".to_string()
+    } else {
+        format!("/v1/{namespace}/sys/mounts")
+    };
+    let v = root_call(bao, "GET", &path, json!({}));
+    v["data"].as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_keeps_the_mounts_inside_it() {
+    let bao = OpenBao::start();
+    root_call(&bao, "POST", "/v1/sys/namespaces/team", json!({}));
+    let mut config = bao.ca_config("pki", "pki-int");
+    config["Namespace"] = json!("team");
+    let p = provider(config);
+    let signer = signer_for(&p).await;
+    sign(&signer).await.unwrap();
+    let (inside, outside) = (mounts(&bao, "team"), mounts(&bao, ""));
+    for m in ["pki/", "pki-int/"] {
+        assert!(inside.contains(&m.to_string()), "{m} in team: {inside:?}");
+        assert!(
+            !outside.contains(&m.to_string()),
+            "{m} outside: {outside:?}"
+        );
+    }
+}
