@@ -144,11 +144,18 @@ fn a_vault_configuration_missing_a_field_is_a_400_naming_it() {
         r.assert_error(400);
         assert!(r.body.contains(field), "{field}: {}", r.body);
     }
-    let mut bad = bao.ca_config("pki", "pki-int");
-    bad["Address"] = json!("not a url");
-    let r = put_vault(&server, bad);
-    r.assert_error(400);
-    assert!(r.body.contains("Address"), "{}", r.body);
+    for (field, value) in [
+        ("Address", json!("not a url")),
+        ("CAFile", json!("/nonexistent/ca.pem")),
+        ("AuthMethod", json!({"Type": "kubernetes"})),
+        ("KeyFile", json!("/nonexistent/key.pem")),
+    ] {
+        let mut bad = bao.ca_config("pki", "pki-int");
+        bad[field] = value;
+        let r = put_vault(&server, bad);
+        r.assert_error(400);
+        assert!(r.body.contains(field), "{field}: {}", r.body);
+    }
     let after = server.get("/v1/connect/ca/roots");
     assert_eq!(after.body, roots.body, "nothing changed");
 }
