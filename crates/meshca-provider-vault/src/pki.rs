@@ -172,7 +172,7 @@ impl Mounts {
         match mounts.get(format!("{path}/")) {
             Some(m) if m.get("type").and_then(Value::as_str) != Some("pki") => {
                 Err(ProviderError::InvalidInput(format!(
-                    "vault: {path} is mounted as {} , not a pki secrets engine",
+                    "vault: {path} is mounted as {}, not a pki secrets engine",
                     m.get("type")
                         .and_then(Value::as_str)
                         .unwrap_or("something else")
