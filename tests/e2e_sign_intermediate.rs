@@ -127,8 +127,16 @@ fn sign_and_check(server: &Server, what: &str) {
 }
 
 /// Requests that are not a path-length-0 CA for our trust domain are 400s
-/// naming the rule; a token without operator:write gets 403.
-fn refusals(server: &Server) {
+/// naming the rule; a token without operator:write gets 403. Nothing is
+/// signed: the audit trail has no line for any of them.
+fn refusals(server: &Server, audit: &Path) {
+    let audited = || {
+        std::fs::read_to_string(audit)
+            .unwrap_or_default()
+            .matches("signed a secondary intermediate")
+            .count()
+    };
+    let before = audited();
     let dir = tempfile::tempdir().unwrap();
     let td = server.trust_domain();
     let ca_uri = format!("subjectAltName=URI:spiffe://{td}");
@@ -151,6 +159,24 @@ fn refusals(server: &Server) {
             &format!("subjectAltName=URI:spiffe://{td}/ns/default/dc/dc2/svc/web"),
             "exactly one SAN",
         ),
+        (
+            "another trust domain",
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "subjectAltName=URI:spiffe://11111111-2222-3333-4444-555555555555.consul",
+            "exactly one SAN",
+        ),
+        (
+            "two URIs",
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            &format!("subjectAltName=URI:spiffe://{td},URI:spiffe://{td}/extra"),
+            "exactly one SAN",
+        ),
+        (
+            "no basicConstraints",
+            "keyUsage=critical,keyCertSign",
+            ca_uri.as_str(),
+            "pathLen 0",
+        ),
     ] {
         let r = server.post(PATH, body(&openssl_csr(dir.path(), basic, san)));
         r.assert_error(400);
@@ -168,13 +194,22 @@ fn refusals(server: &Server) {
         Some(body(&csr).into_bytes()),
     );
     r.assert_error(403);
+    assert_eq!(audited(), before, "a refused request was signed");
+    // The same request with the operator token is signed and audited,
+    // which shows the count above would have seen a signature.
+    let r = server.post(PATH, body(&csr));
+    assert_eq!(r.status, 200, "{r:?}");
+    let wait = std::time::Duration::from_secs(5);
+    assert!(common::wait_until(wait, || audited() == before + 1));
 }
 
 #[test]
 fn the_builtin_primary_signs_a_secondarys_intermediate() {
-    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let server = Server::start_with_config(&json!({"audit": {"path": audit}}), &[]);
     sign_and_check(&server, "built-in");
-    refusals(&server);
+    refusals(&server, &audit);
 }
 
 #[test]
