@@ -21,6 +21,7 @@ mod issue;
 pub mod keygen;
 mod maintain;
 mod persist;
+pub mod primary;
 mod published;
 mod reconfigure;
 mod rotate;

@@ -11,6 +11,7 @@ pub mod blocking;
 pub mod error;
 pub mod leafcache;
 pub mod listener;
+pub mod primary;
 pub mod ratelimit;
 pub mod routes;
 mod strict_json;
