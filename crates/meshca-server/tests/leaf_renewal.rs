@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
-use meshca_core::{CaConfig, Clock, ManualClock};
-use meshca_server::{default_provider_factory, CaEngine};
-use meshca_store::{MemoryStore, StoreKey};
+mod support;
+
+use meshca_core::{Clock, ManualClock};
+use meshca_server::CaEngine;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,23 +22,7 @@ struct Harness {
 
 async fn start() -> Harness {
     let clock = Arc::new(ManualClock::new(datetime!(2030-01-01 00:00 UTC)));
-    let store = Arc::new(
-        meshca_migrations::open(
-            Arc::new(MemoryStore::new()),
-            &StoreKey::generate().unwrap(),
-            clock.now(),
-        )
-        .unwrap(),
-    );
-    let ca = CaEngine::start(
-        store,
-        clock.clone() as Arc<dyn Clock>,
-        "dc1".into(),
-        CaConfig::default(),
-        default_provider_factory(),
-    )
-    .await
-    .unwrap();
+    let ca = support::engine_with(clock.clone() as Arc<dyn Clock>).await;
     let (base, stop) = meshca_server::spawn_on_loopback(ca.clone()).await.unwrap();
     Harness {
         base,

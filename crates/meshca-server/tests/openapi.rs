@@ -3,11 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
-use meshca_core::{CaConfig, Clock, SystemClock};
-use meshca_server::{default_provider_factory, CaEngine, ROUTES};
-use meshca_store::{MemoryStore, StoreKey};
+mod support;
+
+use meshca_server::ROUTES;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 fn documented() -> BTreeSet<(String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../api-docs/openapi.json");
@@ -33,22 +32,7 @@ fn the_openapi_file_lists_exactly_the_served_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listed_route_is_routed() {
-    let ca = CaEngine::start(
-        Arc::new(
-            meshca_migrations::open(
-                Arc::new(MemoryStore::new()),
-                &StoreKey::generate().unwrap(),
-                SystemClock.now(),
-            )
-            .unwrap(),
-        ),
-        Arc::new(SystemClock),
-        "dc1".into(),
-        CaConfig::default(),
-        default_provider_factory(),
-    )
-    .await
-    .unwrap();
+    let ca = support::engine().await;
     let (base, stop) = meshca_server::spawn_on_loopback(ca).await.unwrap();
     let client = reqwest::Client::new();
     for (method, path) in ROUTES {

@@ -5,31 +5,17 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
+mod support;
+
 use meshca_ca::primary::Primary;
 use meshca_ca::{CaError, ConfigChange};
-use meshca_core::{CaConfig, Clock, SystemClock};
 use meshca_server::primary::HttpPrimary;
-use meshca_server::{default_provider_factory, CaEngine};
-use meshca_store::{MemoryStore, StoreKey};
+use meshca_server::CaEngine;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn primary() -> (Arc<CaEngine>, String, tokio::sync::oneshot::Sender<()>) {
-    let records = meshca_migrations::open(
-        Arc::new(MemoryStore::new()),
-        &StoreKey::generate().unwrap(),
-        SystemClock.now(),
-    )
-    .unwrap();
-    let ca = CaEngine::start(
-        Arc::new(records),
-        Arc::new(SystemClock),
-        "dc1".into(),
-        CaConfig::default(),
-        default_provider_factory(),
-    )
-    .await
-    .unwrap();
+    let ca = support::engine().await;
     let (base, stop) = meshca_server::spawn_on_loopback(ca.clone()).await.unwrap();
     (ca, base, stop)
 }

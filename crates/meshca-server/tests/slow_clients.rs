@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
-use meshca_core::{CaConfig, Clock, SystemClock};
+mod support;
+
 use meshca_server::listener::{serve, Limits};
+use meshca_server::router;
 use meshca_server::routes::AppState;
-use meshca_server::{default_provider_factory, router, CaEngine};
-use meshca_store::{MemoryStore, StoreKey};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LIMITS: Limits = Limits {
@@ -24,21 +23,7 @@ const LIMITS: Limits = Limits {
 };
 
 async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let records = meshca_migrations::open(
-        Arc::new(MemoryStore::new()),
-        &StoreKey::generate().unwrap(),
-        SystemClock.now(),
-    )
-    .unwrap();
-    let ca = CaEngine::start(
-        Arc::new(records),
-        Arc::new(SystemClock),
-        "dc1".into(),
-        CaConfig::default(),
-        default_provider_factory(),
-    )
-    .await
-    .unwrap();
+    let ca = support::engine().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -7,16 +7,17 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
+mod support;
+
 use axum::extract::ConnectInfo;
 use axum::Extension;
-use meshca_core::{CaConfig, Clock, ManualClock};
+use meshca_core::{Clock, ManualClock};
 use meshca_server::routes::AppState;
 use meshca_server::tls::{
     parse_pem_certs, parse_pem_key, Anchor, ClientCertificate, MeshIdentity, ServerIdentity,
     TlsOptions, TlsServer,
 };
-use meshca_server::{default_provider_factory, CaEngine};
-use meshca_store::{MemoryStore, StoreKey};
+use meshca_server::CaEngine;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use secrecy::ExposeSecret;
@@ -27,23 +28,7 @@ use time::macros::datetime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn engine(clock: Arc<ManualClock>) -> Arc<CaEngine> {
-    let store = Arc::new(
-        meshca_migrations::open(
-            Arc::new(MemoryStore::new()),
-            &StoreKey::generate().unwrap(),
-            clock.now(),
-        )
-        .unwrap(),
-    );
-    CaEngine::start(
-        store,
-        clock as Arc<dyn Clock>,
-        "dc1".into(),
-        CaConfig::default(),
-        default_provider_factory(),
-    )
-    .await
-    .unwrap()
+    support::engine_with(clock as Arc<dyn Clock>).await
 }
 
 /// What the test route answers: the anchor and the mapped service.
