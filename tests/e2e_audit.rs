@@ -114,4 +114,43 @@ fn ca_and_acl_changes_are_audit_lines_naming_who_made_them() {
         "a token secret is in the audit log"
     );
     assert!(!read().contains(&server.token().unwrap_or_default()));
+
+    // Deleting the token and a policy: one line each, naming what and who.
+    let accessor = t.json()["AccessorID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let p = server.put(
+        "/v1/acl/policy",
+        json!({"Name": "gone", "Rules": "{}"}).to_string(),
+    );
+    assert_eq!(p.status, 200, "{p:?}");
+    let policy = p.json()["ID"].as_str().unwrap_or_default().to_string();
+    for path in [
+        format!("/v1/acl/token/{accessor}"),
+        format!("/v1/acl/policy/{policy}"),
+    ] {
+        let r = server.request(reqwest::Method::DELETE, &path, None);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+    let deleted = || -> Vec<Value> {
+        read()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["fields"]["message"] == "ACL object deleted")
+            .collect()
+    };
+    assert!(common::wait_until(Duration::from_secs(5), || deleted()
+        .len()
+        == 2));
+    for (line, (object, id)) in deleted()
+        .iter()
+        .zip([("Token", &accessor), ("Policy", &policy)])
+    {
+        assert_eq!(line["fields"]["object"], object, "{line}");
+        assert_eq!(line["fields"]["id"], id.as_str(), "{line}");
+        assert!(line["fields"]["requester"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("accessor:")));
+    }
 }

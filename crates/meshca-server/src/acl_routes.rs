@@ -244,13 +244,45 @@ pub async fn delete_token(
     remote: Remote,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    delete_object(&app, &caller, &remote, &id, AclObject::Token)
+}
+
+/// The kinds of ACL object a DELETE removes.
+#[derive(Debug, Clone, Copy)]
+enum AclObject {
+    Token,
+    Policy,
+}
+
+impl AclObject {
+    /// How the path's ID is named in errors.
+    fn id_name(self) -> &'static str {
+        match self {
+            Self::Token => "AccessorID",
+            Self::Policy => "Policy ID",
+        }
+    }
+}
+
+/// A DELETE of one ACL object: `acl:write`, the ID parsed, the object
+/// removed, and an audit line naming who removed what.
+fn delete_object(
+    app: &AppState,
+    caller: &Caller,
+    remote: &Remote,
+    id: &str,
+    object: AclObject,
+) -> Result<Response, ApiError> {
     caller.require(&Permission::acl(Access::Write))?;
-    let acl = acl_of(&app)?;
-    let id = parse_id(&id, "AccessorID")?;
-    acl.delete_token(id)?;
+    let acl = acl_of(app)?;
+    let id = parse_id(id, object.id_name())?;
+    match object {
+        AclObject::Token => acl.delete_token(id)?,
+        AclObject::Policy => acl.delete_policy(id)?,
+    }
     tracing::info!(target: "audit", requester = %caller.audit_name(),
         remote = %remote.addr_text(), request_id = remote.request_id_text(),
-        accessor = %id, "ACL token deleted");
+        object = ?object, id = %id, "ACL object deleted");
     to_json(&true)
 }
 
@@ -356,14 +388,7 @@ pub async fn delete_policy(
     remote: Remote,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(&Permission::acl(Access::Write))?;
-    let acl = acl_of(&app)?;
-    let id = parse_id(&id, "Policy ID")?;
-    acl.delete_policy(id)?;
-    tracing::info!(target: "audit", requester = %caller.audit_name(),
-        remote = %remote.addr_text(), request_id = remote.request_id_text(),
-        policy = %id, "ACL policy deleted");
-    to_json(&true)
+    delete_object(&app, &caller, &remote, &id, AclObject::Policy)
 }
 
 /// `GET /v1/acl/policies`.
