@@ -154,3 +154,45 @@ fn ca_and_acl_changes_are_audit_lines_naming_who_made_them() {
             .is_some_and(|r| r.starts_with("accessor:")));
     }
 }
+
+/// Every log line written while a request is handled names its request ID
+/// (the one in `X-Request-Id`), including lines from the engine's work on
+/// other threads; the query string, which may carry a token, is not logged.
+#[test]
+fn log_lines_of_a_request_carry_its_request_id() {
+    let server = Server::start(&[]);
+    let path = "/v1/connect/ca/configuration";
+    let token = server.token().unwrap_or_default();
+    let body =
+        json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}});
+    let r = server.request_as(
+        None,
+        reqwest::Method::PUT,
+        &format!("{path}?token={token}"),
+        Some(body.to_string().into_bytes()),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let id = r.header("x-request-id").expect("X-Request-Id");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || server
+            .logs()
+            .contains("root rotated")),
+        "{}",
+        server.logs()
+    );
+    let logs = server.logs();
+    let rotated: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("root rotated"))
+        .collect();
+    assert_eq!(rotated.len(), 1, "{logs}");
+    assert!(
+        rotated[0].contains(&format!("request_id={id}")),
+        "{}",
+        rotated[0]
+    );
+    assert!(
+        !logs.contains(&token),
+        "the token from the query is in the log"
+    );
+}

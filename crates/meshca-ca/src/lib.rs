@@ -182,7 +182,10 @@ impl CaEngine {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CaError> + Send + 'static,
 ) -> Result<T, CaError> {
-    tokio::task::spawn_blocking(f)
+    // The caller's span (e.g. the request and its ID) goes along, so the
+    // blocking work's log lines name the request too.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| CaError::Internal(format!("worker task failed: {e}")))?
 }

@@ -175,7 +175,8 @@ pub trait LocalKeys: Send + Sync + 'static {
 pub(crate) async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
 ) -> Result<T, ProviderError> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| ProviderError::Internal(format!("signing task failed: {e}")))?
 }

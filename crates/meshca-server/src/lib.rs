@@ -107,13 +107,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Gives every request an ID: in its extensions (the audit lines carry it)
-/// and in the `X-Request-Id` response header, so an operator can match an
-/// answer to its audit line. A client's own `X-Request-Id` is not trusted.
+/// Gives every request an ID: in its extensions (the audit lines carry it),
+/// in a span around its handling (so every log line of the request names
+/// it), and in the `X-Request-Id` response header, so an operator can match
+/// an answer to its log and audit lines. A client's own `X-Request-Id` is
+/// not trusted. The span has the path but not the query, which may hold a
+/// token.
 async fn assign_request_id(mut req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
     let id = uuid::Uuid::new_v4().to_string();
     req.extensions_mut().insert(auth::RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(),
+        path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
