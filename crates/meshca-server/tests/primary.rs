@@ -57,6 +57,8 @@ async fn roots_block_until_the_primary_rotates_and_match_its_own() {
             )
         })
     };
+    // Nothing observable says the query is parked; this pause only makes
+    // that interleaving likely, and the assertions hold either way.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let change = ConfigChange {
         provider: "consul".into(),
