@@ -29,6 +29,9 @@ pub enum CaError {
     /// The request cannot be honoured as asked (e.g. a root already trusted).
     #[error("{0}")]
     Rejected(String),
+    /// A request only the primary datacenter serves (Consul's wording).
+    #[error("not the primary datacenter")]
+    NotPrimary,
     #[error("Provider State is read-only. It must be omitted or identical to the current value")]
     ProviderStateReadOnly,
     #[error("The current CA Provider does not support cross-signing. You can try again with ForceWithoutCrossSigningSet but this may cause disruption - see documentation for more.")]
@@ -57,6 +60,7 @@ impl CaError {
             | Self::InvalidCsr(_)
             | Self::Rejected(_)
             | Self::ProviderStateReadOnly
+            | Self::NotPrimary
             | Self::CrossSigningUnsupported
             | Self::Denied(_) => Reaction::FixRequest,
             Self::Busy(_) => Reaction::RetryLater,

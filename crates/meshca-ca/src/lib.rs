@@ -17,6 +17,7 @@
 
 mod boot;
 mod error;
+mod follower;
 mod issue;
 pub mod keygen;
 mod maintain;
@@ -25,10 +26,11 @@ pub mod primary;
 mod published;
 mod reconfigure;
 mod rotate;
-mod secondary;
+mod sign_intermediate;
 mod writer;
 
 pub use error::{CaError, Reaction};
+pub use follower::{LinkStatus, PrimaryLink};
 pub use issue::{IssuedLeaf, Requester};
 pub use published::Published;
 pub use reconfigure::ConfigChange;
@@ -75,6 +77,8 @@ pub struct CaEngine {
     changes: watch::Sender<u64>,
     writer: WriterLock,
     issue_index: AtomicU64,
+    /// Set in a secondary datacenter.
+    follower: Option<follower::Follower>,
 }
 
 impl CaEngine {
@@ -90,9 +94,59 @@ impl CaEngine {
         let store = Persistence::new(store);
         let published =
             boot::load_or_bootstrap(&store, &*clock, initial, &factory, &datacenter).await?;
+        Ok(Self::assemble(
+            store, clock, datacenter, factory, published, None,
+        ))
+    }
+
+    /// Loads a secondary datacenter's CA from the store, or makes it on
+    /// first start with an intermediate the primary signs (waiting up to
+    /// `wait` for the primary). `initial` gives its own provider and key
+    /// settings. Call [`CaEngine::spawn_follower`] to follow the primary.
+    pub async fn start_secondary(
+        store: Arc<Records>,
+        clock: Arc<dyn Clock>,
+        datacenter: String,
+        initial: CaConfig,
+        factory: ProviderFactory,
+        link: PrimaryLink,
+        wait: Duration,
+    ) -> Result<Arc<Self>, CaError> {
+        let store = Persistence::new(store);
+        let published = match store.load().await? {
+            Some(state) => {
+                boot::check_role(&state, Some(&link.primary_datacenter))?;
+                boot::restore(state, &factory, &datacenter).await?
+            }
+            None => {
+                let boot = follower::BootContext {
+                    store: &store,
+                    clock: &*clock,
+                    initial: &initial,
+                    factory: &factory,
+                    datacenter: &datacenter,
+                    link: &link,
+                };
+                follower::bootstrap_secondary(boot, wait).await?
+            }
+        };
+        let follower = Some(follower::Follower::new(link));
+        Ok(Self::assemble(
+            store, clock, datacenter, factory, published, follower,
+        ))
+    }
+
+    fn assemble(
+        store: Persistence,
+        clock: Arc<dyn Clock>,
+        datacenter: String,
+        factory: ProviderFactory,
+        published: Published,
+        follower: Option<follower::Follower>,
+    ) -> Arc<Self> {
         let index = published.index;
         let leaf_base = issue::leaf_index_base(index, clock.now());
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             store,
             clock,
             datacenter,
@@ -101,7 +155,8 @@ impl CaEngine {
             changes: watch::channel(index).0,
             writer: WriterLock::new(),
             issue_index: AtomicU64::new(leaf_base),
-        }))
+            follower,
+        })
     }
 
     /// The CA as it is published now.

@@ -21,6 +21,15 @@ impl CaEngine {
         if let Err(e) = self.store.rotate_data_key_if_due().await {
             tracing::warn!(error = %e, "data key rotation failed; retrying at the next upkeep");
         }
+        if self.is_secondary() {
+            // The primary rotates and prunes the roots; a secondary only
+            // renews its own intermediate (through the primary).
+            let p = self.published();
+            if !signing_renewal_due(&p.roots, self.clock.now()) {
+                return Ok(false);
+            }
+            return self.renew_from_primary().await;
+        }
         // Decide on the published snapshot first, so that the writer lock
         // (and a 409 for API writers) is taken only when there is work.
         if !maintenance_due(&self.published(), self.clock.now()) {

@@ -6,33 +6,9 @@
 
 use crate::CaError;
 use async_trait::async_trait;
-use meshca_core::TrustDomain;
 use std::time::Duration;
 
-/// One of the primary's roots, as its roots endpoint publishes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrimaryRoot {
-    pub id: String,
-    pub root_cert: String,
-    /// The primary's chain for this root: cross-signed certificate first.
-    pub intermediate_certs: Vec<String>,
-    pub active: bool,
-}
-
-/// The primary's trust bundle at `index`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrimaryRoots {
-    pub index: u64,
-    pub trust_domain: TrustDomain,
-    pub active_root_id: String,
-    pub roots: Vec<PrimaryRoot>,
-}
-
-impl PrimaryRoots {
-    pub fn active(&self) -> Option<&PrimaryRoot> {
-        self.roots.iter().find(|r| r.active)
-    }
-}
+pub use meshca_core::secondary::{PrimaryRoot, PrimaryRoots};
 
 /// The primary datacenter, seen from a secondary.
 #[async_trait]

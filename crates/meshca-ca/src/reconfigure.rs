@@ -19,6 +19,26 @@ pub struct ConfigChange {
     pub force_without_cross_signing: bool,
 }
 
+/// What a secondary datacenter's configuration cannot ask for: its root is
+/// the primary's.
+fn check_secondary_change(next: &CaConfig, change: &ConfigChange) -> Result<(), CaError> {
+    if next.private_key().is_some() || next.root_cert().is_some() {
+        return Err(CaError::Rejected(
+            "a secondary datacenter's root is the primary's: RootCert and PrivateKey cannot be \
+             set here (change them in the primary datacenter)"
+                .into(),
+        ));
+    }
+    if change.force_without_cross_signing {
+        return Err(CaError::Rejected(
+            "ForceWithoutCrossSigning does not apply in a secondary datacenter: it has no root \
+             to rotate (a key change gets a new intermediate from the primary)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl CaEngine {
     pub async fn change_config(&self, change: ConfigChange) -> Result<(), CaError> {
         if change.state.as_ref().is_some_and(|s| !s.is_empty()) {
@@ -36,7 +56,12 @@ impl CaEngine {
         if next == current.config {
             return Ok(());
         }
-        if current.config.requires_rotation(&next) {
+        if self.is_secondary() {
+            check_secondary_change(&next, &change)?;
+            if current.config.requires_rotation(&next) {
+                return self.reconfigure_secondary(&current, next).await;
+            }
+        } else if current.config.requires_rotation(&next) {
             return self
                 .rotate(&current, next, change.force_without_cross_signing)
                 .await;

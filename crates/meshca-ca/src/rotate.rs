@@ -127,27 +127,7 @@ impl CaEngine {
         old_root: &CaRoot,
         now: OffsetDateTime,
     ) -> Result<(), CaError> {
-        let key = crate::keygen::LeafKey::generate_p256().await?;
-        let id = SpiffeId::service(
-            &new.trust_domain,
-            "default",
-            &self.datacenter,
-            PROBE_SERVICE,
-        )
-        .map_err(CaError::internal)?;
-        let (not_before, not_after) =
-            leaf_validity(now, new.config.leaf_cert_ttl(), new.signer.not_after());
-        let leaf = new
-            .signer
-            .sign_leaf(LeafRequest {
-                csr: key.carry_in_csr(
-                    ValidatedCsr::for_public_key(id, &key.spki_der)?,
-                    new.signer.keys().local().is_none(),
-                )?,
-                not_before,
-                not_after,
-            })
-            .await?;
+        let leaf = probe_leaf(new, now, &self.datacenter).await?;
         let active = new
             .state()
             .active_root()
@@ -155,23 +135,59 @@ impl CaEngine {
         if active.intermediate_certs.len() < 2 || active.id == old_root.id {
             return Ok(());
         }
-        let chain = active
-            .intermediate_certs
-            .iter()
-            .map(|p| first_cert_der(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        verify_chain(
-            &leaf.der,
-            &chain,
-            &[first_cert_der(&old_root.root_cert)?],
-            now,
-        )
-        .map_err(|e| {
-            CaError::Internal(format!(
-                "cross-signed chain does not verify against the old root: {e}"
-            ))
-        })
+        verify_through_chain(new, &leaf, &[first_cert_der(&old_root.root_cert)?], now)
     }
+}
+
+/// Signs a probe leaf with a new CA's signer, which checks it (profile,
+/// chain to the new root); its DER.
+pub(crate) async fn probe_leaf(
+    new: &Published,
+    now: OffsetDateTime,
+    datacenter: &str,
+) -> Result<Vec<u8>, CaError> {
+    let key = crate::keygen::LeafKey::generate_p256().await?;
+    let id = SpiffeId::service(&new.trust_domain, "default", datacenter, PROBE_SERVICE)
+        .map_err(CaError::internal)?;
+    let (not_before, not_after) =
+        leaf_validity(now, new.config.leaf_cert_ttl(), new.signer.not_after());
+    let leaf = new
+        .signer
+        .sign_leaf(LeafRequest {
+            csr: key.carry_in_csr(
+                ValidatedCsr::for_public_key(id, &key.spki_der)?,
+                new.signer.keys().local().is_none(),
+            )?,
+            not_before,
+            not_after,
+        })
+        .await?;
+    Ok(leaf.der)
+}
+
+/// Checks that `leaf` verifies through the new CA's published chain
+/// against one of `old_roots` alone: what a proxy that has not yet fetched
+/// the new root does.
+pub(crate) fn verify_through_chain(
+    new: &Published,
+    leaf: &[u8],
+    old_roots: &[Vec<u8>],
+    now: OffsetDateTime,
+) -> Result<(), CaError> {
+    let active = new
+        .state()
+        .active_root()
+        .ok_or_else(|| CaError::internal("the new CA has no active root"))?;
+    let chain = active
+        .intermediate_certs
+        .iter()
+        .map(|p| first_cert_der(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    verify_chain(leaf, &chain, old_roots, now).map_err(|e| {
+        CaError::Internal(format!(
+            "cross-signed chain does not verify against the old root: {e}"
+        ))
+    })
 }
 
 fn describe_root(c: &CaConfig) -> String {

@@ -588,6 +588,21 @@ impl<'a> RequestedExtensions<'a> {
     }
 }
 
+/// The key spec of a DER public key on the allow-list (a CA certificate's
+/// key, such as a primary datacenter's root).
+pub fn key_spec_of(spki_der: &[u8]) -> Result<crate::KeySpec, CsrError> {
+    let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|e| CsrError::Malformed(format!("public key: {e}")))?;
+    let bad = |e: crate::keyspec::KeySpecError| CsrError::KeyNotAllowed(e.to_string());
+    match check_key(&spki)? {
+        CsrKeyType::EcP256 => Ok(crate::KeySpec::EcP256),
+        CsrKeyType::EcP384 => Ok(crate::KeySpec::EcP384),
+        CsrKeyType::Rsa { bits } => {
+            crate::KeySpec::from_type_and_bits("rsa", u32::try_from(bits).unwrap_or(0)).map_err(bad)
+        }
+    }
+}
+
 /// The key allow-list: EC P-256/P-384 and RSA 2048..=4096.
 fn check_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<CsrKeyType, CsrError> {
     let not_allowed = CsrError::KeyNotAllowed;

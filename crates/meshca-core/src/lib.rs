@@ -17,6 +17,7 @@ pub mod duration;
 pub mod keyspec;
 pub mod leaf;
 pub mod rotation;
+pub mod secondary;
 pub mod secret;
 pub mod serial;
 pub mod spiffe;

@@ -101,6 +101,7 @@ pub fn bootstrap(
         provider_state: material.provider_state.clone(),
         private_keys: material.private_keys.clone(),
         modify_index: index,
+        primary_datacenter: None,
     })
 }
 
@@ -380,6 +381,7 @@ mod tests {
             provider_state: Default::default(),
             private_keys: Default::default(),
             modify_index: 1,
+            primary_datacenter: None,
         }
     }
 

@@ -139,6 +139,10 @@ pub struct CaState {
     pub private_keys: BTreeMap<String, SecretBytes>,
     /// The global index at which this state was committed.
     pub modify_index: u64,
+    /// `Some(primary)` for a secondary datacenter's CA: its roots are the
+    /// primary's and it holds only its own intermediate's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_datacenter: Option<String>,
 }
 
 impl CaState {

@@ -29,7 +29,7 @@ use meshca_core::config::VaultConfig;
 use meshca_core::{CaConfig, ProviderKind};
 use meshca_provider::{
     CaKeys, CaMaterial, CaProvider, CaRequest, IntermediateRequest, LeafRequest, ProviderError,
-    SignedLeaf,
+    SignedLeaf, StagedIntermediate,
 };
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -87,6 +87,19 @@ impl CaProvider for VaultProvider {
 
     async fn generate_ca(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError> {
         self.mounts.generate_ca(req).await
+    }
+
+    /// A secondary datacenter's intermediate in Vault needs an intermediate
+    /// mount whose CSR the primary signs: not built yet. A secondary uses
+    /// the built-in provider (the primary may use Vault).
+    async fn stage_intermediate(
+        &self,
+        _req: &CaRequest,
+    ) -> Result<StagedIntermediate, ProviderError> {
+        Err(ProviderError::Unsupported {
+            provider: "vault",
+            operation: "secondary datacenters (use the consul provider in a secondary)",
+        })
     }
 
     async fn open(&self, material: &CaMaterial) -> Result<Arc<dyn CaKeys>, ProviderError> {

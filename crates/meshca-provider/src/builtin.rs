@@ -9,9 +9,10 @@
 use crate::profile::{self, generate_key, load_key};
 use crate::{
     off_runtime, CaKeys, CaMaterial, CaProvider, CaRequest, IntermediateRequest, LeafRequest,
-    LocalKeys, ProviderError, SignedLeaf,
+    LocalKeys, ProviderError, SignedLeaf, StagedIntermediate,
 };
 use async_trait::async_trait;
+use meshca_core::csr::key_spec_of;
 use meshca_core::x509::{cert_facts, cert_pem, decode_pem_blocks};
 use meshca_core::{CaConfig, KeySpec, SecretBytes};
 use rcgen::{Issuer, KeyPair, PublicKeyData};
@@ -58,8 +59,9 @@ impl BuiltinProvider {
 pub struct BuiltinKeys(Arc<Keys>);
 
 struct Keys {
-    /// Signs intermediates and cross-signs other roots.
-    root: Issuer<'static, KeyPair>,
+    /// Signs intermediates and cross-signs other roots; `None` for a
+    /// secondary datacenter, whose root key is in the primary.
+    root: Option<Issuer<'static, KeyPair>>,
     root_der: Vec<u8>,
     intermediate: Issuer<'static, KeyPair>,
     spec: KeySpec,
@@ -108,12 +110,20 @@ impl Keys {
     fn open(m: &CaMaterial, cross_signing: bool) -> Result<Self, ProviderError> {
         let root_der = single_cert(&m.root_pem)?;
         let intermediate_der = single_cert(&m.signing_pem)?;
-        let root_key = load_key(key_bytes(m, ROOT_KEY)?, m.key_spec)?;
-        let int_key = load_key(key_bytes(m, SIGNING_KEY)?, m.key_spec)?;
-        ensure_key_matches(&root_key, &root_der, "root")?;
+        // The intermediate's key type is its certificate's: in a secondary
+        // datacenter it may differ from the primary's root.
+        let int_spec = key_spec_of(
+            &cert_facts(&intermediate_der)
+                .map_err(ProviderError::InvalidInput)?
+                .spki_der,
+        )
+        .map_err(|e| ProviderError::InvalidInput(format!("the intermediate's key: {e}")))?;
+        let int_key = load_key(key_bytes(m, SIGNING_KEY)?, int_spec)?;
         ensure_key_matches(&int_key, &intermediate_der, "intermediate")?;
-        let root = Issuer::from_ca_cert_der(&CertificateDer::from(root_der.as_slice()), root_key)
-            .map_err(ProviderError::internal)?;
+        let root = match m.private_keys.contains_key(ROOT_KEY) {
+            true => Some(root_issuer(m, &root_der)?),
+            false => None,
+        };
         let intermediate =
             Issuer::from_ca_cert_der(&CertificateDer::from(intermediate_der.as_slice()), int_key)
                 .map_err(ProviderError::internal)?;
@@ -121,8 +131,17 @@ impl Keys {
             root,
             root_der,
             intermediate,
-            spec: m.key_spec,
+            spec: int_spec,
             cross_signing,
+        })
+    }
+
+    /// The root's issuer, for the CA operations only a root can do.
+    fn root(&self) -> Result<&Issuer<'static, KeyPair>, ProviderError> {
+        self.root.as_ref().ok_or_else(|| {
+            unsupported(
+                "signing with the root in a secondary datacenter (its root key is in the primary)",
+            )
         })
     }
 
@@ -157,7 +176,7 @@ impl Keys {
             not_after,
         )?;
         let der = params
-            .signed_by(&public_key, &self.root)
+            .signed_by(&public_key, self.root()?)
             .map_err(ProviderError::internal)?
             .der()
             .to_vec();
@@ -177,7 +196,7 @@ impl Keys {
             req.not_after - req.now,
             root.not_after,
         )?
-        .signed_by(&public_key, &self.root)
+        .signed_by(&public_key, self.root()?)
         .map_err(ProviderError::internal)?
         .der()
         .to_vec();
@@ -196,7 +215,7 @@ impl Keys {
             req.config.intermediate_cert_ttl().as_time(),
             root_facts.not_after,
         )?
-        .signed_by(&int_key, &self.root)
+        .signed_by(&int_key, self.root()?)
         .map_err(ProviderError::internal)?
         .der()
         .to_vec();
@@ -204,10 +223,33 @@ impl Keys {
             root_pem: cert_pem(&self.root_der),
             signing_pem: cert_pem(&int_der),
             key_spec: self.spec,
-            private_keys: keys_of(self.root.key(), &int_key),
+            private_keys: keys_of(self.root()?.key(), &int_key),
             provider_state: BTreeMap::new(),
         })
     }
+}
+
+fn root_issuer(m: &CaMaterial, root_der: &[u8]) -> Result<Issuer<'static, KeyPair>, ProviderError> {
+    let root_key = load_key(key_bytes(m, ROOT_KEY)?, m.key_spec)?;
+    ensure_key_matches(&root_key, root_der, "root")?;
+    Issuer::from_ca_cert_der(&CertificateDer::from(root_der), root_key)
+        .map_err(ProviderError::internal)
+}
+
+/// A new intermediate key and its CSR, for a primary datacenter to sign.
+fn stage_intermediate(req: &CaRequest) -> Result<StagedIntermediate, ProviderError> {
+    let spec = req.config.key_spec();
+    let key = generate_key(spec)?;
+    Ok(StagedIntermediate {
+        csr_pem: profile::intermediate_csr(&req.cluster_id, &req.trust_domain, &key)?,
+        spki_der: key.subject_public_key_info(),
+        key_spec: spec,
+        private_keys: BTreeMap::from([(
+            SIGNING_KEY.to_string(),
+            SecretBytes::new(key.serialize_der()),
+        )]),
+        provider_state: BTreeMap::new(),
+    })
 }
 
 fn ensure_key_matches(key: &KeyPair, cert_der: &[u8], what: &str) -> Result<(), ProviderError> {
@@ -350,6 +392,14 @@ impl CaProvider for BuiltinProvider {
     async fn generate_ca(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError> {
         let req = req.clone();
         off_runtime(move || generate(&req)).await
+    }
+
+    async fn stage_intermediate(
+        &self,
+        req: &CaRequest,
+    ) -> Result<StagedIntermediate, ProviderError> {
+        let req = req.clone();
+        off_runtime(move || stage_intermediate(&req)).await
     }
 
     async fn open(&self, material: &CaMaterial) -> Result<Arc<dyn CaKeys>, ProviderError> {

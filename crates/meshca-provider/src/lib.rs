@@ -34,7 +34,8 @@ pub mod verify;
 
 use async_trait::async_trait;
 use meshca_core::csr::{ValidatedCsr, ValidatedIntermediateCsr};
-use meshca_core::{CaConfig, Serial, TrustDomain};
+use meshca_core::{CaConfig, KeySpec, SecretBytes, Serial, TrustDomain};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -101,6 +102,35 @@ pub struct IntermediateRequest {
     pub not_after: OffsetDateTime,
 }
 
+/// A key staged for an intermediate that another CA will sign: a secondary
+/// datacenter's, signed by the primary's root. Inert until the engine has
+/// the certificate, checks it and commits it.
+#[derive(Debug, Clone)]
+pub struct StagedIntermediate {
+    /// The CSR to send (CA with pathLen 0, the trust domain's URI SAN).
+    pub csr_pem: String,
+    /// The staged key's public key, to check the signed certificate against.
+    pub spki_der: Vec<u8>,
+    pub key_spec: KeySpec,
+    /// Key handle → PKCS#8 DER, as in [`CaMaterial`].
+    pub private_keys: BTreeMap<String, SecretBytes>,
+    pub provider_state: BTreeMap<String, String>,
+}
+
+impl StagedIntermediate {
+    /// The material of this key once `signed_pem` (signed by the root
+    /// `root_pem`) certifies it: what [`CaProvider::open`] takes.
+    pub fn into_material(self, root_pem: &str, signed_pem: &str) -> CaMaterial {
+        CaMaterial {
+            root_pem: root_pem.to_string(),
+            signing_pem: signed_pem.to_string(),
+            key_spec: self.key_spec,
+            private_keys: self.private_keys,
+            provider_state: self.provider_state,
+        }
+    }
+}
+
 /// A leaf as a provider signed it, with the serial it chose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedLeaf {
@@ -120,6 +150,16 @@ pub trait CaProvider: Send + Sync + 'static {
     /// Creates a new root and its signing intermediate (Consul's
     /// `GenerateCAChain`) and returns them staged: nothing becomes live.
     async fn generate_ca(&self, req: &CaRequest) -> Result<CaMaterial, ProviderError>;
+
+    /// Stages a new intermediate key whose certificate another CA signs (a
+    /// secondary datacenter's, signed by the primary's root): the key and
+    /// its CSR, with the key settings of `req.config`. Material made from
+    /// it holds no root key: [`CaProvider::open`] then gives keys that sign
+    /// leaves only.
+    async fn stage_intermediate(
+        &self,
+        req: &CaRequest,
+    ) -> Result<StagedIntermediate, ProviderError>;
 
     /// Opens the keys of stored or staged material, creating none. Each key
     /// must match its certificate.

@@ -158,6 +158,27 @@ pub fn intermediate_params(
     Ok(p)
 }
 
+/// The CSR of a secondary datacenter's intermediate key: CA with pathLen 0
+/// and the trust domain's URI SAN, as the primary requires. (The primary
+/// builds the certificate from its own template; the request only asks.)
+pub fn intermediate_csr(
+    cluster_id: &Uuid,
+    trust_domain: &TrustDomain,
+    key: &KeyPair,
+) -> Result<String, ProviderError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        ca_common_name("int", cluster_id)?,
+    );
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.subject_alt_names = vec![SanType::URI(ia5(&trust_domain.ca_uri())?)];
+    p.serialize_request(key)
+        .and_then(|csr| csr.pem())
+        .map_err(ProviderError::internal)
+}
+
 /// The leaf (SVID) profile: empty subject, critical SAN with exactly one URI
 /// plus the CSR's DNS/IP names, CA:false, digitalSignature
 /// (+keyEncipherment for RSA), serverAuth+clientAuth.

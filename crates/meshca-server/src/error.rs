@@ -28,6 +28,10 @@ pub enum ApiError {
     InvalidCsr(#[from] CsrError),
     #[error("{0}")]
     BadRequest(String),
+    /// A request only the primary datacenter serves, sent to a secondary:
+    /// retrying here never helps, so a 400.
+    #[error("not the primary datacenter")]
+    NotPrimary,
     #[error("Provider State is read-only. It must be omitted or identical to the current value")]
     ProviderStateReadOnly,
     #[error("The current CA Provider does not support cross-signing. You can try again with ForceWithoutCrossSigningSet but this may cause disruption - see documentation for more.")]
@@ -76,6 +80,7 @@ impl ApiError {
             InvalidConfig(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
             InvalidCsr(_) => (StatusCode::BAD_REQUEST, "invalid_csr"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            NotPrimary => (StatusCode::BAD_REQUEST, "not_primary"),
             ProviderStateReadOnly => (StatusCode::BAD_REQUEST, "provider_state_read_only"),
             CrossSigningUnsupported => (StatusCode::BAD_REQUEST, "cross_signing_unsupported"),
             PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
@@ -105,6 +110,7 @@ impl From<CaError> for ApiError {
             CaError::InvalidCsr(e) => Self::InvalidCsr(e),
             CaError::Rejected(m) => Self::BadRequest(m),
             CaError::ProviderStateReadOnly => Self::ProviderStateReadOnly,
+            CaError::NotPrimary => Self::NotPrimary,
             CaError::CrossSigningUnsupported => Self::CrossSigningUnsupported,
             CaError::Denied(m) => Self::PermissionDenied(m),
             CaError::Busy(state) => Self::CaBusy(state),

@@ -290,19 +290,27 @@ pub async fn leader(State(app): State<AppState>) -> Result<Response, ApiError> {
 
 /// `GET /v1/health`: 200 while the CA serves and its store can write; 503
 /// naming the problem when the last store write failed (signing goes on,
-/// but no change to the CA can be saved).
+/// but no change to the CA can be saved). In a secondary datacenter,
+/// `Primary` tells how following the primary goes; while it fails the
+/// status is `degraded` but the answer stays 200, since leaves are still
+/// signed (until `SigningCertNotAfter`).
 pub async fn health(State(app): State<AppState>) -> Result<Response, ApiError> {
     let p = app.ca.published();
-    let (status, body) = match app.ca.health() {
-        Ok(()) => (
-            StatusCode::OK,
-            serde_json::json!({"Status": "ok", "ActiveRootID": p.active_root_id}),
-        ),
-        Err(problem) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"Status": "degraded", "ActiveRootID": p.active_root_id, "Store": problem}),
-        ),
-    };
+    let mut body = serde_json::json!({"Status": "ok", "ActiveRootID": p.active_root_id});
+    let mut status = StatusCode::OK;
+    if let Some(link) = app.ca.primary_link() {
+        if link.error.is_some() {
+            body["Status"] = "degraded".into();
+        }
+        let link = crate::wire::PrimaryHealth::new(link, p.signer.not_after());
+        body["Primary"] =
+            serde_json::to_value(link).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    if let Err(problem) = app.ca.health() {
+        status = StatusCode::SERVICE_UNAVAILABLE;
+        body["Status"] = "degraded".into();
+        body["Store"] = problem.into();
+    }
     let mut resp = to_json(&body)?;
     *resp.status_mut() = status;
     Ok(with_index(resp, p.index))

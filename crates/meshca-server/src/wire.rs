@@ -230,3 +230,29 @@ impl From<&meshca_ca::IssuedLeaf> for IssuedCert {
         out
     }
 }
+
+/// A secondary datacenter's contact with its primary, in `GET /v1/health`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PrimaryHealth {
+    pub datacenter: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_contact: Option<OffsetDateTime>,
+    pub error: Option<String>,
+    pub failures: u64,
+    /// Until when leaves can still be signed without the primary.
+    #[serde(with = "time::serde::rfc3339")]
+    pub signing_cert_not_after: OffsetDateTime,
+}
+
+impl PrimaryHealth {
+    pub fn new(link: meshca_ca::LinkStatus, signing_cert_not_after: OffsetDateTime) -> Self {
+        Self {
+            datacenter: link.primary_datacenter,
+            last_contact: link.last_contact,
+            error: link.error,
+            failures: link.failures,
+            signing_cert_not_after,
+        }
+    }
+}

@@ -152,6 +152,7 @@ pub fn sample_state(secret: &[u8]) -> CaState {
         provider_state: BTreeMap::from([("signing_key".to_string(), "intermediate-1".to_string())]),
         private_keys,
         modify_index: 0,
+        primary_datacenter: None,
     }
 }
 

@@ -33,6 +33,9 @@ struct RootsRecord {
     /// The global index of the commit that wrote the CA records.
     modify_index: u64,
     roots: Vec<CaRoot>,
+    /// Set for a secondary datacenter's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    primary_datacenter: Option<String>,
 }
 
 /// The typed CA layer over a [`Store`] and a [`Sealer`].
@@ -143,6 +146,7 @@ impl Records {
             provider_state,
             private_keys,
             modify_index: roots.modify_index,
+            primary_datacenter: roots.primary_datacenter,
         }))
     }
 
@@ -261,6 +265,7 @@ impl Records {
             cluster_id: state.cluster_id,
             modify_index: index,
             roots: state.roots.clone(),
+            primary_datacenter: state.primary_datacenter.clone(),
         };
         let config = Zeroizing::new(encode(schema::CA_CONFIG, &state.config)?);
         let keys = Zeroizing::new(encode(schema::CA_KEYS, &state.private_keys)?);

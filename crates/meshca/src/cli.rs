@@ -186,6 +186,15 @@ pub struct ServerArgs {
     /// Datacenter name (default dc1).
     #[arg(long)]
     pub datacenter: Option<String>,
+    /// The primary datacenter (default: this one). A server whose
+    /// datacenter differs is a secondary: it gets its intermediate from the
+    /// primary at --primary-address.
+    #[arg(long = "primary-datacenter")]
+    pub primary_datacenter: Option<String>,
+    /// The primary datacenter's HTTP(S) URL, for a secondary (repeatable:
+    /// tried in turn).
+    #[arg(long = "primary-address")]
+    pub primary_address: Vec<String>,
     /// Address the HTTP API binds to (default 127.0.0.1).
     #[arg(long)]
     pub client: Option<String>,

@@ -21,17 +21,36 @@ fn read(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
+/// The certificates of a CA file: the only anchors that verify the server.
+pub fn trust_anchors(ca: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let certs = reqwest::Certificate::from_pem_bundle(&read("the CA file", ca)?)
+        .with_context(|| format!("{} holds no PEM certificates", ca.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", ca.display());
+    Ok(certs)
+}
+
+/// A client certificate and its key, as a TLS client identity.
+pub fn identity(cert: &Path, key: &Path) -> anyhow::Result<reqwest::Identity> {
+    let mut pem = read("the client certificate", cert)?;
+    pem.push(b'\n');
+    pem.extend(read("the client key", key)?);
+    reqwest::Identity::from_pem(&pem).with_context(|| {
+        format!(
+            "{} and {} are not a PEM certificate and key",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
 /// The HTTP client, with the CA and client certificate the flags or the
 /// environment name (for `https://` addresses).
 fn client(http: &HttpArgs) -> anyhow::Result<Client> {
     let mut builder = Client::builder();
     if let Some(ca) = tls_path(&http.ca_file, "MESHCA_CACERT", "CONSUL_CACERT") {
-        let certs = reqwest::Certificate::from_pem_bundle(&read("the CA file", &ca)?)
-            .with_context(|| format!("{} holds no PEM certificates", ca.display()))?;
-        anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", ca.display());
         // Only the given CA: the system's roots must not vouch for meshca.
         builder = builder.tls_built_in_root_certs(false);
-        for cert in certs {
+        for cert in trust_anchors(&ca)? {
             builder = builder.add_root_certificate(cert);
         }
     }
@@ -42,19 +61,7 @@ fn client(http: &HttpArgs) -> anyhow::Result<Client> {
     );
     let key = tls_path(&http.client_key, "MESHCA_CLIENT_KEY", "CONSUL_CLIENT_KEY");
     match (cert, key) {
-        (Some(cert), Some(key)) => {
-            let mut pem = read("the client certificate", &cert)?;
-            pem.push(b'\n');
-            pem.extend(read("the client key", &key)?);
-            let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
-                format!(
-                    "{} and {} are not a PEM certificate and key",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
-            builder = builder.identity(identity);
-        }
+        (Some(cert), Some(key)) => builder = builder.identity(identity(&cert, &key)?),
         (Some(_), None) => {
             bail!("a client certificate needs its key: set MESHCA_CLIENT_KEY or --client-key")
         }

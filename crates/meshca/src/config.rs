@@ -15,6 +15,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub datacenter: Option<String>,
     pub primary_datacenter: Option<String>,
+    /// The primary's HTTP(S) URLs, for a secondary.
+    pub primary_addresses: Option<Vec<String>>,
     pub client_addr: Option<String>,
     pub ports: Option<Ports>,
     pub connect: Option<Connect>,
@@ -197,6 +199,22 @@ pub struct Settings {
     pub acl: AclSettings,
     pub log_json: bool,
     pub log_level: String,
+    /// Set for a secondary datacenter.
+    pub secondary: Option<SecondarySettings>,
+}
+
+/// How a secondary datacenter reaches its primary.
+#[derive(Debug)]
+pub struct SecondarySettings {
+    pub primary_datacenter: String,
+    /// Base URLs, tried in turn.
+    pub primary_addresses: Vec<String>,
+    /// The replication token (`acl.tokens.replication`), sent to the primary.
+    pub replication_token: Option<secrecy::SecretString>,
+    /// For an https primary: the CA bundle that verifies it and our client
+    /// certificate (`tls.defaults` `ca_file`, `cert_file`, `key_file`).
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Reads one file as JSON (`.json`) or HCL (anything else that is not JSON).
@@ -247,9 +265,6 @@ fn acl_settings(dev: bool, acl: Option<Acl>) -> anyhow::Result<AclSettings> {
         ),
     }
     let tokens = acl.tokens.unwrap_or_default();
-    if tokens.replication.is_some() {
-        bail!("acl.tokens.replication: secondary datacenters are not supported yet");
-    }
     let initial_management = match tokens.initial_management {
         Some(t) if uuid::Uuid::parse_str(&t).is_err() => {
             bail!("acl.tokens.initial_management must be a UUID")
@@ -466,7 +481,72 @@ fn warn_if_shared(path: &Path, warnings: &mut Vec<String>) {
     }
 }
 
-fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
+/// The configuration keys about the primary datacenter.
+struct PrimaryLinkConfig {
+    primary_datacenter: Option<String>,
+    primary_addresses: Option<Vec<String>>,
+    replication: Option<String>,
+    tls_defaults: Option<TlsInterface>,
+}
+
+/// The secondary's link to its primary, or `None` for a primary (no
+/// `primary_datacenter`, or the same as `datacenter`). Settings that only a
+/// secondary uses are refused in a primary, and a secondary must be able to
+/// reach its primary.
+fn secondary_settings(
+    args: &ServerArgs,
+    file: PrimaryLinkConfig,
+    datacenter: &str,
+    initial_ca: &CaConfig,
+) -> anyhow::Result<Option<SecondarySettings>> {
+    let primary = args.primary_datacenter.clone().or(file.primary_datacenter);
+    let addresses = match args.primary_address.is_empty() {
+        true => file.primary_addresses.unwrap_or_default(),
+        false => args.primary_address.clone(),
+    };
+    let replication = file.replication;
+    let Some(primary) = primary.filter(|p| p != datacenter) else {
+        if !addresses.is_empty() {
+            bail!("primary_addresses (--primary-address) only apply to a secondary datacenter: set primary_datacenter (--primary-datacenter) to the primary's name, other than datacenter {datacenter:?}");
+        }
+        if replication.is_some() {
+            bail!("acl.tokens.replication is the token a secondary datacenter presents to its primary; this server is the primary datacenter ({datacenter:?}), where it cannot apply");
+        }
+        return Ok(None);
+    };
+    meshca_core::spiffe::validate_segment("primary_datacenter", &primary)
+        .map_err(|e| anyhow::anyhow!("invalid primary_datacenter: {e}"))?;
+    if addresses.is_empty() {
+        bail!("datacenter {datacenter:?} is a secondary of {primary:?}: set primary_addresses (--primary-address) to the primary's HTTP(S) URL");
+    }
+    for a in &addresses {
+        let url = reqwest::Url::parse(a)
+            .map_err(|e| anyhow::anyhow!("primary_addresses: {a:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            bail!("primary_addresses: {a:?} must be an http:// or https:// URL with a host");
+        }
+    }
+    if initial_ca.private_key().is_some() || initial_ca.root_cert().is_some() {
+        bail!("connect.ca_config: a secondary datacenter's root is the primary's; RootCert and PrivateKey cannot be set here");
+    }
+    if initial_ca.provider() != meshca_core::ProviderKind::Consul {
+        bail!("connect.ca_provider = {:?}: a secondary datacenter uses the consul provider (its primary may use vault)", initial_ca.provider().as_str());
+    }
+    let tls = file.tls_defaults.unwrap_or_default();
+    let client_cert = match (tls.cert_file, tls.key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        _ => None,
+    };
+    Ok(Some(SecondarySettings {
+        primary_datacenter: primary,
+        primary_addresses: addresses,
+        replication_token: replication.map(secrecy::SecretString::from),
+        ca_file: tls.ca_file,
+        client_cert,
+    }))
+}
+
+fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings> {
     let connect = file.connect.unwrap_or_default();
     if connect.enabled == Some(false) {
         bail!(
@@ -483,11 +563,18 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
         .unwrap_or_else(|| "dc1".into());
     meshca_core::spiffe::validate_segment("datacenter", &datacenter)
         .map_err(|e| anyhow::anyhow!("invalid datacenter: {e}"))?;
-    if let Some(primary) = &file.primary_datacenter {
-        if primary != &datacenter {
-            bail!("primary_datacenter {primary:?} differs from datacenter {datacenter:?}: secondary datacenters are not supported yet");
-        }
-    }
+    let replication = file
+        .acl
+        .as_mut()
+        .and_then(|a| a.tokens.as_mut())
+        .and_then(|t| t.replication.take());
+    let link = PrimaryLinkConfig {
+        primary_datacenter: file.primary_datacenter.take(),
+        primary_addresses: file.primary_addresses.take(),
+        replication,
+        tls_defaults: file.tls.as_ref().and_then(|t| t.defaults.clone()),
+    };
+    let secondary = secondary_settings(args, link, &datacenter, &initial_ca)?;
     let encrypt = file.encrypt_store.unwrap_or_default();
     let store_key_file = args.store_key_file.clone().or(encrypt.key_file);
     let old_store_key_file = args.old_store_key_file.clone().or(encrypt.old_key_file);
@@ -523,7 +610,10 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
     let domain = file.domain.unwrap_or_else(|| "consul".into());
     check_domain(&domain)?;
     let mut warnings = Vec::new();
-    let tls = match file.tls {
+    // In a secondary without an HTTPS port, the tls block only says how to
+    // reach an https primary (ca_file, client certificate).
+    let outgoing_only = secondary.is_some() && https_port.is_none();
+    let tls = match file.tls.filter(|_| !outgoing_only) {
         Some(t) => Some(tls_options(
             t,
             AutoNames {
@@ -565,6 +655,7 @@ fn settings(args: &ServerArgs, file: FileConfig) -> anyhow::Result<Settings> {
         acl: acl_settings(args.dev, file.acl)?,
         log_json: file.log_json.unwrap_or(false),
         log_level: file.log_level.unwrap_or_else(|| "info".into()),
+        secondary,
     })
 }
 
@@ -957,5 +1048,79 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--dev"), "{err}");
+    }
+
+    #[test]
+    fn a_secondary_names_its_primary_and_how_to_reach_it() {
+        let file = r#"{"datacenter":"dc2","primary_datacenter":"dc1",
+            "primary_addresses":["https://10.0.0.1:8501","http://10.0.0.2:8500"],
+            "acl":{"tokens":{"replication":"r-token"}},
+            "tls":{"defaults":{"ca_file":"/ca.pem","cert_file":"/c.pem","key_file":"/k.pem"}}}"#;
+        let s = load_text("a.json", file).unwrap();
+        let sec = s.secondary.expect("a secondary");
+        assert_eq!(sec.primary_datacenter, "dc1");
+        assert_eq!(sec.primary_addresses.len(), 2);
+        use secrecy::ExposeSecret;
+        assert_eq!(sec.replication_token.unwrap().expose_secret(), "r-token");
+        assert_eq!(sec.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert!(sec.client_cert.is_some());
+        assert!(
+            s.tls.is_none(),
+            "no HTTPS port: the tls block is for the primary only"
+        );
+
+        let flags = load(&ServerArgs {
+            datacenter: Some("dc3".into()),
+            primary_datacenter: Some("dc1".into()),
+            primary_address: vec!["http://127.0.0.1:8500".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            flags.secondary.unwrap().primary_addresses,
+            ["http://127.0.0.1:8500"]
+        );
+
+        let primary = load_text(
+            "a.json",
+            r#"{"datacenter":"dc1","primary_datacenter":"dc1"}"#,
+        );
+        assert!(primary.unwrap().secondary.is_none());
+    }
+
+    #[test]
+    fn secondary_settings_that_cannot_apply_are_refused() {
+        for (text, needle) in [
+            (
+                r#"{"datacenter":"dc2","primary_datacenter":"dc1"}"#,
+                "set primary_addresses",
+            ),
+            (
+                r#"{"primary_addresses":["http://x:1"]}"#,
+                "only apply to a secondary",
+            ),
+            (r#"{"acl":{"tokens":{"replication":"x"}}}"#, "replication"),
+            (
+                r#"{"datacenter":"dc2","primary_datacenter":"dc1","primary_addresses":["ftp://x"]}"#,
+                "http:// or https://",
+            ),
+            (
+                r#"{"datacenter":"dc2","primary_datacenter":"dc1","primary_addresses":["http://[::1"]}"#,
+                "is not a URL",
+            ),
+            (
+                r#"{"datacenter":"dc2","primary_datacenter":"d c","primary_addresses":["http://x"]}"#,
+                "invalid primary_datacenter",
+            ),
+            (
+                r#"{"datacenter":"dc2","primary_datacenter":"dc1","primary_addresses":["http://x"],
+                   "connect":{"ca_provider":"vault","ca_config":{"Address":"http://v","Token":"t",
+                   "RootPKIPath":"r","IntermediatePKIPath":"i"}}}"#,
+                "uses the consul provider",
+            ),
+        ] {
+            let err = load_text("a.json", text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! SIGINT/SIGTERM.
 
 use crate::cli::ServerArgs;
-use crate::config::{self, Settings};
+use crate::config::{self, SecondarySettings, Settings};
 use anyhow::Context;
 use meshca_acl::Acl;
 use meshca_core::{Clock, SystemClock};
@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// How often the CA checks for intermediates to renew and roots to prune.
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
+/// How long a new secondary waits for its primary at its first start.
+const PRIMARY_WAIT_AT_START: Duration = Duration::from_secs(60);
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let settings = config::load(&args)?;
@@ -199,15 +201,9 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
 async fn serve(s: Settings) -> anyhow::Result<()> {
     let store = open_store(&s)?;
     let acl_store = store.clone();
-    let ca = CaEngine::start(
-        store,
-        Arc::new(SystemClock),
-        s.datacenter.clone(),
-        s.initial_ca.clone(),
-        default_provider_factory(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
+    let ca = start_ca(&s, store)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
     let acl = open_acl(&s, &acl_store)?;
     for w in &s.warnings {
         tracing::warn!("{w}");
@@ -257,6 +253,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         ));
     }
     ca.spawn_maintenance(MAINTENANCE_PERIOD);
+    ca.spawn_follower();
     shutdown_signal().await;
     let _ = stop.send(true);
     while let Some(done) = listeners.join_next().await {
@@ -264,6 +261,58 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("meshca stopped");
     Ok(())
+}
+
+/// The CA engine: a primary's, or a secondary's that follows its primary.
+async fn start_ca(s: &Settings, store: Arc<Records>) -> anyhow::Result<Arc<CaEngine>> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (dc, initial, factory) = (
+        s.datacenter.clone(),
+        s.initial_ca.clone(),
+        default_provider_factory(),
+    );
+    let Some(sec) = &s.secondary else {
+        return Ok(CaEngine::start(store, clock, dc, initial, factory).await?);
+    };
+    tracing::info!(primary_datacenter = %sec.primary_datacenter,
+        addresses = ?sec.primary_addresses, "secondary datacenter: following the primary");
+    let link = meshca_server::PrimaryLink {
+        primary: Arc::new(meshca_server::primary::HttpPrimary::new(
+            primary_client(sec)?,
+            &sec.primary_addresses,
+            sec.replication_token.clone(),
+        )),
+        primary_datacenter: sec.primary_datacenter.clone(),
+    };
+    let ca = CaEngine::start_secondary(
+        store,
+        clock,
+        dc,
+        initial,
+        factory,
+        link,
+        PRIMARY_WAIT_AT_START,
+    )
+    .await?;
+    Ok(ca)
+}
+
+/// The HTTP client to an https primary: its CA file as the only trust
+/// anchors, and our client certificate when one is configured.
+fn primary_client(sec: &SecondarySettings) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = &sec.ca_file {
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in crate::client::trust_anchors(ca)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((cert, key)) = &sec.client_cert {
+        builder = builder.identity(crate::client::identity(cert, key)?);
+    }
+    builder
+        .build()
+        .context("building the HTTP client to the primary datacenter")
 }
 
 /// Name of the file the first start writes the management token to.

@@ -21,6 +21,9 @@ impl CaEngine {
         csr_pem: String,
         requester: Requester,
     ) -> Result<String, CaError> {
+        if self.is_secondary() {
+            return Err(CaError::NotPrimary);
+        }
         let p = self.published();
         let td = p.trust_domain.clone();
         let csr =
