@@ -199,7 +199,12 @@ pub struct ServerArgs {
     #[arg(long)]
     pub client: Option<String>,
     /// HTTP port (default 8500; 0 picks a free port; -1 turns HTTP off).
-    #[arg(long = "http-port", allow_negative_numbers = true)]
+    /// Given twice, the last one counts (as in Consul).
+    #[arg(
+        long = "http-port",
+        allow_negative_numbers = true,
+        overrides_with = "http_port"
+    )]
     pub http_port: Option<i64>,
     /// HTTPS port (off by default; needs a tls block; 0 picks a free port).
     #[arg(long = "https-port", allow_negative_numbers = true)]
