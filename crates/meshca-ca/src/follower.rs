@@ -375,11 +375,16 @@ pub(crate) async fn bootstrap_secondary(
                 backoff = std::cmp::min(backoff * 2, BACKOFF_MAX);
             }
             Err(e) => {
-                return Err(CaError::Unavailable(format!(
+                let msg = format!(
                     "the secondary datacenter could not get its first intermediate from the \
                      primary datacenter {}: {e}",
                     engine.link.primary_datacenter
-                )))
+                );
+                return Err(match e {
+                    CaError::Unavailable(_) => CaError::Unavailable(msg),
+                    CaError::Rejected(_) => CaError::Rejected(msg),
+                    other => other,
+                });
             }
         }
     }

@@ -324,6 +324,64 @@ pub async fn signs_intermediates_for_secondaries(provider: &dyn CaProvider, now:
     }
 }
 
+/// Stages an intermediate key for a primary datacenter to sign (a
+/// capability: a provider that answers `Unsupported` skips this): the CSR
+/// is one a primary accepts, the key settings are the request's (RSA under
+/// an EC primary here), the signed material opens and signs leaves that
+/// chain to the primary's root, and keys without a root refuse the root's
+/// work. A certificate for another key does not open.
+pub async fn stages_intermediates_for_a_primary(provider: &dyn CaProvider, now: OffsetDateTime) {
+    let req = request_at(KeySpec::Rsa2048, now);
+    let staged = match provider.stage_intermediate(&req).await {
+        Err(crate::ProviderError::Unsupported { .. }) => return,
+        other => other.expect("stage an intermediate"),
+    };
+    let csr =
+        meshca_core::csr::validate_intermediate_csr(&staged.csr_pem, &req.trust_domain, 64 * 1024)
+            .expect("a CSR the primary accepts");
+    assert_eq!(csr.spki_der(), staged.spki_der.as_slice());
+    assert_eq!(staged.key_spec, KeySpec::Rsa2048);
+
+    let primary = BuiltinProvider::new();
+    let root = primary
+        .generate_ca(&request_at(KeySpec::EcP256, now))
+        .await
+        .unwrap();
+    let root_keys = primary.open(&root).await.unwrap();
+    let signed = root_keys
+        .sign_intermediate(&IntermediateRequest {
+            csr,
+            cluster_id: req.cluster_id,
+            trust_domain: req.trust_domain.clone(),
+            now,
+            not_after: now + Duration::hours(8760),
+        })
+        .await
+        .unwrap();
+    let m = staged.clone().into_material(&root.root_pem, &signed);
+    let s = signer(provider, &m).await;
+    let leaf = s
+        .sign_leaf(leaf_request_at(&rcgen::PKCS_ECDSA_P256_SHA256, now))
+        .await
+        .unwrap();
+    verify_chain(&leaf.der, &[der(&signed)], &[der(&root.root_pem)], now)
+        .expect("a leaf of the staged key chains to the primary's root");
+
+    let keys = s.keys();
+    assert!(keys
+        .cross_sign_ca(&root.root_pem, now + Duration::hours(1), now)
+        .await
+        .is_err());
+    assert!(keys.renew_intermediate(&req).await.is_err());
+
+    // The primary's own intermediate certifies another key.
+    let wrong = staged.into_material(&root.root_pem, &root.signing_pem);
+    assert!(
+        provider.open(&wrong).await.is_err(),
+        "a certificate for another key opened"
+    );
+}
+
 /// Stored material opens again without creating keys, and signs with the
 /// same intermediate; material whose keys were swapped is refused.
 pub async fn restores_from_state(provider: &dyn CaProvider, now: OffsetDateTime) {
@@ -359,6 +417,7 @@ pub async fn run_all(provider: &dyn CaProvider, specs: &[KeySpec], now: OffsetDa
     renews_the_intermediate(provider, now).await;
     cross_signs_other_roots(provider, specs, now).await;
     signs_intermediates_for_secondaries(provider, now).await;
+    stages_intermediates_for_a_primary(provider, now).await;
     restores_from_state(provider, now).await;
     cleans_up(provider).await;
 }
