@@ -455,3 +455,28 @@ fn a_vault_primary_signs_a_built_in_secondary() {
     mtls(&l2, &l1, &bundle);
     mtls(&l1, &l2, &bundle);
 }
+
+#[test]
+fn a_secondary_reaches_an_https_primary_with_its_client_certificate() {
+    use common::tls::{agent_ca, agent_cert, https_addr};
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, _) = agent_ca(certs.path());
+    let (server_cert, server_key) = agent_cert(certs.path(), "--server", &[]);
+    let (client_cert, client_key) = agent_cert(certs.path(), "--client", &[]);
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+    // The primary asks every HTTPS client for a certificate of its CA.
+    let dc1 = Server::start_with_config(
+        &json!({"datacenter": DC1, "tls": {"defaults": {
+            "ca_file": p(&ca), "cert_file": p(&server_cert), "key_file": p(&server_key),
+            "verify_incoming": true}}}),
+        &["--https-port", "0"],
+    );
+    let token = replication_token(&dc1, "replication", r#"operator = "write""#);
+    let mut config = secondary_config("dc2", &format!("https://{}", https_addr(&dc1)), &token);
+    config["tls"] = json!({"defaults": {
+        "ca_file": p(&ca), "cert_file": p(&client_cert), "key_file": p(&client_key)}});
+    let dc2 = Server::start_with_config(&config, &[]);
+    assert_follows(&dc2, &dc1, "dc2 over mutual TLS");
+    let l = leaf(&dc2, "web");
+    verify_chain_against(&l.0, &roots_bundle(&dc1.roots()), "dc2 leaf");
+}
