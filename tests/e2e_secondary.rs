@@ -190,6 +190,7 @@ fn three_datacenters_issue_leaves_that_trust_each_other() {
     );
     r.assert_error(400);
     assert_eq!(r.body.trim(), "not the primary datacenter");
+    assert_eq!(r.code(), "not_primary");
 
     let health = dc2.get_json("/v1/health");
     assert_eq!(health["Status"], "ok", "{health}");
