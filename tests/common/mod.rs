@@ -187,15 +187,20 @@ impl Server {
         self.respawn();
     }
 
-    /// Sends SIGTERM and waits (bounded) for the process to exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
+    /// Sends the signal `name` (`TERM`, `INT`) without waiting.
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         // `kill` as a shell builtin: no libc (unsafe) and no procps needed.
         let status = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {pid}")])
+            .args(["-c", &format!("kill -{name} {pid}")])
             .status()
             .expect("running sh -c kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for the server") {

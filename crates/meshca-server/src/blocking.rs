@@ -59,25 +59,36 @@ fn parse_wait(s: &str) -> Result<Duration, ApiError> {
     Ok(d.as_std())
 }
 
-/// Waits until `rx`'s value exceeds `index` or `deadline` passes. Returns
-/// the latest value either way. An `index` from the future (a client that
-/// saw another server or a previous run) does not block: like Consul, the
+/// Waits until `rx`'s value exceeds `index`, `deadline` passes, or the
+/// server begins to shut down (`stop` turns true: a parked query is
+/// answered at once instead of holding the shutdown up). Returns the
+/// latest value either way. An `index` from the future (a client that saw
+/// another server or a previous run) does not block: like Consul, the
 /// query resets and answers at once.
 pub async fn wait_for_index(
     rx: &mut watch::Receiver<u64>,
     index: u64,
     deadline: tokio::time::Instant,
+    stop: &mut watch::Receiver<bool>,
 ) -> u64 {
     loop {
         let current = *rx.borrow_and_update();
         if current != index {
             return current;
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => return *rx.borrow(),
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, rx.changed()) => match changed {
+                Ok(Ok(())) => continue,
+                _ => return *rx.borrow(),
+            },
+            () = stopping(stop) => return *rx.borrow(),
         }
     }
+}
+
+/// Completes once `stop` is true (or its sender is gone).
+pub async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]
@@ -123,11 +134,17 @@ mod tests {
         assert!(matches!(q(&[("wait", "10")]), Err(ApiError::InvalidWait)));
     }
 
+    fn running() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+        watch::channel(false)
+    }
+
     #[tokio::test]
     async fn wait_returns_when_the_index_moves_past() {
         let (tx, mut rx) = watch::channel(5u64);
+        let (_s, mut stop) = running();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let waiter = tokio::spawn(async move { wait_for_index(&mut rx, 5, deadline).await });
+        let waiter =
+            tokio::spawn(async move { wait_for_index(&mut rx, 5, deadline, &mut stop).await });
         tx.send_replace(6);
         assert_eq!(waiter.await.unwrap(), 6);
     }
@@ -135,16 +152,34 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_index_from_the_future_does_not_block() {
         let (_tx, mut rx) = watch::channel(5u64);
+        let (_s, mut stop) = running();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let started = tokio::time::Instant::now();
-        assert_eq!(wait_for_index(&mut rx, 9, deadline).await, 5);
+        assert_eq!(wait_for_index(&mut rx, 9, deadline, &mut stop).await, 5);
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_gives_up_at_the_deadline() {
         let (_tx, mut rx) = watch::channel(5u64);
+        let (_s, mut stop) = running();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        assert_eq!(wait_for_index(&mut rx, 5, deadline).await, 5);
+        let started = tokio::time::Instant::now();
+        assert_eq!(wait_for_index(&mut rx, 5, deadline, &mut stop).await, 5);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_answers_a_parked_query_at_once() {
+        let (_tx, mut rx) = watch::channel(5u64);
+        let (s, mut stop) = running();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        let started = tokio::time::Instant::now();
+        let waiter =
+            tokio::spawn(async move { wait_for_index(&mut rx, 5, deadline, &mut stop).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.send_replace(true);
+        assert_eq!(waiter.await.unwrap(), 5);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

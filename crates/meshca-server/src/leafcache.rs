@@ -146,17 +146,21 @@ impl LeafCache {
     }
 
     /// Blocking query: waits until the leaf cached at `index` is due (or the
-    /// signing certificate changes, or `wait` passes), then returns the
-    /// current leaf.
+    /// signing certificate changes, or `wait` passes, or `stop` turns true
+    /// at shutdown), then returns the current leaf.
     pub async fn wait_for_newer(
         &self,
         ca: &Arc<CaEngine>,
         limiter: &CsrLimiter,
         service: &ServiceName,
         requester: &Requester,
-        index: u64,
-        wait: Duration,
+        parked: Parked,
     ) -> Result<Arc<CachedLeaf>, ApiError> {
+        let Parked {
+            index,
+            wait,
+            mut stop,
+        } = parked;
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = ca.subscribe();
         loop {
@@ -174,6 +178,7 @@ impl LeafCache {
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = changes.changed() => {}
+                () = crate::blocking::stopping(&mut stop) => return Ok(leaf),
             }
             if tokio::time::Instant::now() >= deadline {
                 return self.current(ca, limiter, service, requester).await;
@@ -190,6 +195,14 @@ impl LeafCache {
             }
         }
     }
+}
+
+/// What a blocked leaf query waits on: the index the client has, the
+/// longest wait, and the server's shutdown signal.
+pub struct Parked {
+    pub index: u64,
+    pub wait: Duration,
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Due when past its renewal point, or when it was signed by another key

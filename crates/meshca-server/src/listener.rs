@@ -38,6 +38,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
+    /// After the shutdown began, how long open requests (a signing in
+    /// flight) may take to finish before the listener stops anyway.
+    pub drain: Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(30),
             max_connections: 4096,
             max_connections_per_client: 512,
+            drain: Duration::from_secs(10),
         }
     }
 }
@@ -166,7 +170,7 @@ async fn serve_with(
         });
     }
     drop(listener);
-    let drain = Duration::from_secs(10);
+    let drain = limits.drain;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

@@ -33,6 +33,9 @@ pub struct AppState {
     pub limiter: Arc<CsrLimiter>,
     pub leaves: Arc<LeafCache>,
     roots_json: Arc<ArcSwapOption<RenderedRoots>>,
+    /// Turns true when the server begins to shut down: parked blocking
+    /// queries answer at once.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The roots answer serialised once per published CA, not per request.
@@ -51,7 +54,19 @@ impl AppState {
             limiter: Arc::new(limiter),
             leaves: Arc::new(LeafCache::default()),
             roots_json: Arc::new(ArcSwapOption::empty()),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Begins the shutdown: every parked blocking query answers now, with
+    /// the current state, and later ones do not park.
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// A receiver that turns true when the shutdown begins.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// The same state with ACLs enforced by `acl`.
@@ -153,7 +168,13 @@ pub async fn roots(
     let bq = BlockingQuery::parse(&query)?;
     if let Some(index) = bq.index {
         let deadline = tokio::time::Instant::now() + bq.wait_with_jitter();
-        wait_for_index(&mut app.ca.subscribe(), index, deadline).await;
+        wait_for_index(
+            &mut app.ca.subscribe(),
+            index,
+            deadline,
+            &mut app.stopping(),
+        )
+        .await;
     }
     let p = app.ca.published();
     let resp = if pem {
@@ -272,8 +293,11 @@ pub async fn leaf(
                     &app.limiter,
                     &service,
                     &requester,
-                    index,
-                    bq.wait_with_jitter(),
+                    crate::leafcache::Parked {
+                        index,
+                        wait: bq.wait_with_jitter(),
+                        stop: app.stopping(),
+                    },
                 )
                 .await?
         }

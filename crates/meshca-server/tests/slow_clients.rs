@@ -20,6 +20,7 @@ const LIMITS: Limits = Limits {
     body_timeout: Duration::from_secs(1),
     max_connections: 64,
     max_connections_per_client: 8,
+    drain: Duration::from_secs(10),
 };
 
 async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {

@@ -29,6 +29,9 @@ pub struct FileConfig {
     pub audit: Option<Audit>,
     pub log_json: Option<bool>,
     pub log_level: Option<String>,
+    /// After SIGTERM, how long requests in flight may take to finish (a Go
+    /// duration, default 10s, at most 5m).
+    pub shutdown_grace_period: Option<String>,
 }
 
 /// Consul's `acl` block, plus meshca's `auto_bootstrap`.
@@ -201,6 +204,7 @@ pub struct Settings {
     pub log_level: String,
     /// Set for a secondary datacenter.
     pub secondary: Option<SecondarySettings>,
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// How a secondary datacenter reaches its primary.
@@ -656,7 +660,19 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
         log_json: file.log_json.unwrap_or(false),
         log_level: file.log_level.unwrap_or_else(|| "info".into()),
         secondary,
+        shutdown_grace: shutdown_grace(file.shutdown_grace_period.as_deref())?,
     })
+}
+
+/// `shutdown_grace_period`: a Go duration up to 5m (default 10s).
+fn shutdown_grace(text: Option<&str>) -> anyhow::Result<std::time::Duration> {
+    let Some(text) = text else {
+        return Ok(std::time::Duration::from_secs(10));
+    };
+    match text.parse::<meshca_core::GoDuration>() {
+        Ok(d) if d.as_std() <= std::time::Duration::from_secs(300) => Ok(d.as_std()),
+        _ => bail!("invalid shutdown_grace_period {text:?}: expected a Go duration up to 5m, such as \"10s\""),
+    }
 }
 
 /// `encrypt_store.data_key_rotation_period`: a Go duration of at least a

@@ -213,7 +213,11 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     if let Some(acl) = acl {
         state = state.with_acl(acl);
     }
-    let router = meshca_server::router(state);
+    let router = meshca_server::router(state.clone());
+    let limits = meshca_server::listener::Limits {
+        drain: s.shutdown_grace,
+        ..Default::default()
+    };
     // One shutdown signal for every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
@@ -233,9 +237,10 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}:{port} (HTTPS)", s.bind))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "meshca listening on https://{addr}");
-        listeners.spawn(meshca_server::serve_tls(
+        listeners.spawn(meshca_server::listener::serve_tls(
             listener,
             router.clone(),
+            limits,
             tls,
             until_stopped(),
         ));
@@ -246,16 +251,27 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}:{port}", s.bind))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
-        listeners.spawn(meshca_server::serve(
+        listeners.spawn(meshca_server::listener::serve(
             listener,
             router.clone(),
+            limits,
             until_stopped(),
         ));
     }
     ca.spawn_maintenance(MAINTENANCE_PERIOD);
     ca.spawn_follower();
     shutdown_signal().await;
+    tracing::info!(grace = ?s.shutdown_grace,
+        "shutting down: parked blocking queries answer now, requests in flight may finish");
+    state.shut_down();
     let _ = stop.send(true);
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second signal: exiting now, without waiting for requests in flight");
+        // Every acknowledged change is already on disk (a commit is synced
+        // before it is acknowledged), so nothing is lost by not unwinding.
+        std::process::exit(130);
+    });
     while let Some(done) = listeners.join_next().await {
         done.context("a listener task failed")??;
     }
