@@ -279,3 +279,48 @@ fn a_store_without_its_key_is_refused_before_anything_is_created() {
         "a new key was written into the data dir"
     );
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused_naming_the_first() {
+    let server = Server::start(&[]);
+    let data = server.data_dir();
+    let out = common::run_meshca(
+        &[
+            "server",
+            "--data-dir",
+            data.to_str().expect("UTF-8 path"),
+            "--client",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+        ],
+        &[],
+        server.dir(),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second server started: {stderr}");
+    let want = format!("is in use by another meshca process (pid {})", server.pid());
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(!stderr.contains("WouldBlock"), "{stderr}");
+}
+
+#[test]
+fn a_data_dir_keeps_the_datacenter_its_leaves_name() {
+    let mut server = Server::start(&["--datacenter", "east"]);
+    let uri = server.get_json("/v1/agent/connect/ca/leaf/web")["ServiceURI"].clone();
+    assert!(uri.as_str().expect("a URI").contains("/dc/east/"), "{uri}");
+    server.stop();
+    let refused = server.try_start_again_with(&["--datacenter", "west"]);
+    assert!(refused.is_err(), "started as another datacenter");
+    let logs = server.logs();
+    assert!(
+        logs.contains("holds the CA of datacenter \"east\"") && logs.contains("--datacenter east"),
+        "{logs}"
+    );
+    server
+        .try_start_again_with(&["--datacenter", "east"])
+        .expect("the original datacenter starts");
+    let uri = server.get_json("/v1/agent/connect/ca/leaf/web")["ServiceURI"].clone();
+    assert!(uri.as_str().expect("a URI").contains("/dc/east/"), "{uri}");
+}

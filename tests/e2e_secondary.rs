@@ -419,26 +419,25 @@ fn a_secondary_the_primary_refuses_does_not_start_and_says_why() {
     assert!(stderr.contains("403"), "{stderr}");
     assert!(!stderr.contains(&weak), "the token never reaches the log");
 
-    // A primary's data dir cannot become a secondary's.
+    // A primary's data dir cannot become a secondary's (same datacenter
+    // name, now following a primary "dc0").
     let mut old_primary = primary(&[]);
     old_primary.stop();
-    let args: Vec<String> = [
+    let base = dc1.base.clone();
+    let args = [
         "--datacenter",
-        "dc2",
-        "--primary-datacenter",
         DC1,
+        "--primary-datacenter",
+        "dc0",
         "--primary-address",
-        &dc1.base,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        &base,
+    ];
     assert!(old_primary.try_start_again_with(&args).is_err());
+    let logs = old_primary.logs();
     assert!(
-        old_primary.logs().contains("use another data dir"),
-        "{}",
-        old_primary.logs()
+        logs.contains("holds the CA of a primary datacenter")
+            && logs.contains("use another data dir"),
+        "{logs}"
     );
 }
 

@@ -325,6 +325,23 @@ impl Records {
         Ok(index)
     }
 
+    /// The datacenter recorded in the store, recording `datacenter` first
+    /// when none is (a new store, or one from before it was recorded). The
+    /// caller refuses to serve a different one: a CA never changes the
+    /// datacenter its leaves name.
+    pub fn record_datacenter(&self, datacenter: &str) -> Result<String, StoreError> {
+        if let Some(raw) = self.store.get(schema::DATACENTER)? {
+            return String::from_utf8(raw).map_err(|_| {
+                StoreError::Corrupt(format!("{} is not UTF-8 text", schema::DATACENTER))
+            });
+        }
+        let txn = Txn::new()
+            .check(schema::DATACENTER, None)
+            .put(schema::DATACENTER, datacenter.as_bytes().to_vec());
+        self.store.commit(&txn)?;
+        Ok(datacenter.to_string())
+    }
+
     /// The raw store, for migrations and diagnostics.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -22,6 +22,10 @@ pub const DATA_KEY: &str = "meta/data_key";
 /// under the store key (JSON with a key check and one sealed blob).
 pub const DATA_KEYS: &str = "meta/data_keys";
 
+/// The datacenter the store's CA issues leaves for (UTF-8 text), recorded
+/// at the first start: every leaf's SPIFFE ID names it.
+pub const DATACENTER: &str = "meta/datacenter";
+
 /// Every CA record starts with this.
 pub const CA: &str = "ca/";
 /// Schema 1: the whole CA state as one sealed record. Split by migration 2.

@@ -163,7 +163,10 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
             SledStore::open(&s.data_dir, &key)
         }
     }
+    .map_err(|e| name_the_holder(&s.data_dir, e))
     .with_context(opening)?;
+    // Read by the next server that finds the data dir locked: it names us.
+    write_private(&s.data_dir.join(PID_FILE), &std::process::id().to_string())?;
     let store = Arc::new(store);
     let options = OpenOptions {
         key: key.clone(),
@@ -200,6 +203,7 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
 
 async fn serve(s: Settings) -> anyhow::Result<()> {
     let store = open_store(&s)?;
+    check_datacenter(&s, &store)?;
     let acl_store = store.clone();
     let ca = start_ca(&s, store)
         .await
@@ -275,7 +279,30 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     while let Some(done) = listeners.join_next().await {
         done.context("a listener task failed")??;
     }
+    if !s.dev {
+        let _ = std::fs::remove_file(s.data_dir.join(PID_FILE));
+    }
     tracing::info!("meshca stopped");
+    Ok(())
+}
+
+/// Refuses a data dir whose CA issues for another datacenter: the SPIFFE ID
+/// of every leaf names it, so a restart with another `--datacenter` would
+/// silently change the identities issued under the same root.
+fn check_datacenter(s: &Settings, store: &Records) -> anyhow::Result<()> {
+    let recorded = store
+        .record_datacenter(&s.datacenter)
+        .context("reading the store's datacenter")?;
+    if recorded != s.datacenter {
+        anyhow::bail!(
+            "data dir {} holds the CA of datacenter {recorded:?}, but this server is configured \
+             as datacenter {:?}: its leaves' SPIFFE IDs name the datacenter, so a CA never \
+             changes it. Start with --datacenter {recorded}, or use another data dir for {:?}",
+            s.data_dir.display(),
+            s.datacenter,
+            s.datacenter
+        );
+    }
     Ok(())
 }
 
@@ -329,6 +356,27 @@ fn primary_client(sec: &SecondarySettings) -> anyhow::Result<reqwest::Client> {
     builder
         .build()
         .context("building the HTTP client to the primary datacenter")
+}
+
+/// The file in the data dir that names the process holding it.
+const PID_FILE: &str = "meshca.pid";
+
+/// A store held by another process: say which, when its pid file tells.
+fn name_the_holder(data_dir: &std::path::Path, e: meshca_store::StoreError) -> anyhow::Error {
+    if !e.to_string().contains("in use by another process") {
+        return e.into();
+    }
+    let pid = std::fs::read_to_string(data_dir.join(PID_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok());
+    let holder = match pid {
+        Some(pid) => format!("another meshca process (pid {pid})"),
+        None => "another meshca process".to_string(),
+    };
+    anyhow::anyhow!(
+        "data dir {} is in use by {holder}: stop it first, or give this server another --data-dir",
+        data_dir.display()
+    )
 }
 
 /// Name of the file the first start writes the management token to.
