@@ -294,7 +294,7 @@ fn port(name: &str, value: Option<i64>) -> anyhow::Result<Option<Option<u16>>> {
 }
 
 /// A DNS domain as Consul's `domain` takes it (no trailing dot).
-fn check_domain(domain: &str) -> anyhow::Result<()> {
+pub(crate) fn check_domain(domain: &str) -> anyhow::Result<()> {
     let ok = !domain.is_empty()
         && domain.len() <= 253
         && domain.split('.').all(|l| {

@@ -36,6 +36,27 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest validity `--days` takes (100 years): more is a typo, and
+/// would write a NotAfter centuries away.
+const MAX_DAYS: u32 = 36_500;
+
+/// `--domain` (and `--dc`) name files and DNS names: each must be a DNS
+/// name, checked before anything is written; `--days` must be sensible.
+fn check_names(domain: &str, dc: Option<&str>, days: u32) -> anyhow::Result<()> {
+    crate::config::check_domain(domain).context("--domain")?;
+    if let Some(dc) = dc {
+        anyhow::ensure!(
+            !dc.contains('.') && crate::config::check_domain(dc).is_ok(),
+            "--dc {dc:?} is not a DNS label (letters, digits and '-')"
+        );
+    }
+    anyhow::ensure!(
+        (1..=MAX_DAYS).contains(&days),
+        "--days must be between 1 and {MAX_DAYS}, got {days}"
+    );
+    Ok(())
+}
+
 fn create_ca(args: &TlsCaCreateArgs, dir: &Path) -> anyhow::Result<()> {
     let cert_path = dir.join(format!("{}-agent-ca.pem", args.domain));
     let key_path = dir.join(format!("{}-agent-ca-key.pem", args.domain));
@@ -46,7 +67,7 @@ fn create_ca(args: &TlsCaCreateArgs, dir: &Path) -> anyhow::Result<()> {
             p.display()
         );
     }
-    anyhow::ensure!(args.days > 0, "--days must be at least 1");
+    check_names(&args.domain, None, args.days)?;
     let opts = AgentCaOptions {
         common_name: args.common_name.clone(),
         domain: args.domain.clone(),
@@ -79,7 +100,7 @@ fn create_cert(
         args.node.is_none() || kind == AgentCertKind::Server,
         "--node is only valid with --server"
     );
-    anyhow::ensure!(args.days > 0, "--days must be at least 1");
+    check_names(&args.domain, Some(&args.dc), args.days)?;
     let ca_path = args
         .ca
         .clone()
@@ -196,5 +217,31 @@ mod tests {
         let before = std::fs::read(&key).unwrap();
         assert!(create_ca(&args("consul"), dir.path()).is_err());
         assert_eq!(std::fs::read(&key).unwrap(), before, "key untouched");
+    }
+
+    #[test]
+    fn bad_domains_dcs_and_days_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = create_ca(&args("Bad Domain!"), dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("--domain"), "{err:#}");
+        let mut long = args("consul");
+        long.days = 999_999;
+        let err = create_ca(&long, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("--days must be between 1 and 36500"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        create_ca(&args("consul"), dir.path()).unwrap();
+        let mut bad_dc = cert_args("server");
+        bad_dc.dc = "dc 1/..".into();
+        let err = create_cert(&bad_dc, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("--dc"), "{err}");
+        let mut forever = cert_args("client");
+        forever.days = 0;
+        assert!(create_cert(&forever, dir.path()).is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "only the CA"
+        );
     }
 }
