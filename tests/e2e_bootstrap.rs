@@ -324,3 +324,13 @@ fn a_data_dir_keeps_the_datacenter_its_leaves_name() {
     let uri = server.get_json("/v1/agent/connect/ca/leaf/web")["ServiceURI"].clone();
     assert!(uri.as_str().expect("a URI").contains("/dc/east/"), "{uri}");
 }
+
+#[test]
+fn log_level_debug_shows_meshca_not_the_storage_engine_internals() {
+    let mut server = Server::start_with_config(&json!({"log_level": "debug"}), &[]);
+    assert_eq!(server.get("/v1/agent/connect/ca/leaf/web").status, 200);
+    server.stop();
+    let logs = server.logs();
+    assert!(!logs.contains("sled::"), "sled's debug lines: {logs}");
+    assert!(logs.contains("meshca listening"), "{logs}");
+}

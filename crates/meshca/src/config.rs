@@ -664,6 +664,22 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
     })
 }
 
+/// The log filter for `log_level`. A bare level applies to meshca's own
+/// code, with the libraries (sled, hyper, rustls…) at `info` at most, so
+/// that `debug` shows meshca's debug lines rather than the storage
+/// engine's internals. A filter with directives (`info,sled=debug`) is
+/// taken as written.
+pub fn log_filter(level: &str) -> String {
+    if level.contains([',', '=']) {
+        return level.to_string();
+    }
+    let libraries = match level {
+        "trace" | "debug" => "info",
+        other => other,
+    };
+    format!("{libraries},meshca={level}")
+}
+
 /// `shutdown_grace_period`: a Go duration up to 5m (default 10s).
 fn shutdown_grace(text: Option<&str>) -> anyhow::Result<std::time::Duration> {
     let Some(text) = text else {
@@ -1138,5 +1154,13 @@ mod tests {
             let err = load_text("a.json", text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_bare_log_level_keeps_the_libraries_at_info() {
+        assert_eq!(log_filter("debug"), "info,meshca=debug");
+        assert_eq!(log_filter("trace"), "info,meshca=trace");
+        assert_eq!(log_filter("warn"), "warn,meshca=warn");
+        assert_eq!(log_filter("info,sled=debug"), "info,sled=debug");
     }
 }

@@ -35,8 +35,11 @@ fn init_logging(s: &Settings) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&s.log_level));
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(from_env) => from_env,
+        Err(_) => tracing_subscriber::EnvFilter::try_new(config::log_filter(&s.log_level))
+            .with_context(|| format!("invalid log_level {:?}", s.log_level))?,
+    };
     let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
