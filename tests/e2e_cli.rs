@@ -222,13 +222,13 @@ fn connect_ca_commands_print_json_and_set_the_configuration() {
     let token = server.token().unwrap_or_default();
     let out = run_meshca(
         &[
+            "connect",
+            "ca",
+            "get-config",
             "--http-addr",
             &server.base,
             "--token",
             &token,
-            "connect",
-            "ca",
-            "get-config",
         ],
         &[],
         cwd.path(),
@@ -362,5 +362,81 @@ fn every_start_without_acls_warns_that_every_request_is_allowed() {
     assert!(
         default.token().is_some(),
         "the first start writes a bootstrap token"
+    );
+}
+
+#[test]
+fn consul_habits_work_and_flags_belong_to_their_commands() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let host_port = server.base.trim_start_matches("http://").to_string();
+    let token = server.token().expect("a bootstrap token");
+    let td = server.trust_domain();
+
+    // Consul's variables, and an address without a scheme.
+    let out = run_meshca(
+        &["connect", "ca", "roots"],
+        &[
+            ("CONSUL_HTTP_ADDR", host_port.as_str()),
+            ("CONSUL_HTTP_TOKEN", token.as_str()),
+        ],
+        dir.path(),
+        CLIENT_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&td), "{}", text(&out.stdout));
+
+    // Go-style flags: one dash, `=value`.
+    let out = run_meshca(
+        &[
+            "connect",
+            "ca",
+            "get-config",
+            &format!("-http-addr={host_port}"),
+            &format!("-token={token}"),
+        ],
+        &[],
+        dir.path(),
+        CLIENT_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("LeafCertTTL"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A flag that cannot apply is an error, named.
+    let out = run_meshca(
+        &["server", "-dev", "-data-dir=elsewhere", "-http-port=0"],
+        &[],
+        dir.path(),
+        CLIENT_TIMEOUT,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--dev keeps the store in memory"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("elsewhere").exists());
+    let out = run_meshca(&["server", "--token", "x"], &[], dir.path(), CLIENT_TIMEOUT);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--token"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The server's help lists the server's flags only.
+    let out = run_meshca(&["server", "--help"], &[], dir.path(), CLIENT_TIMEOUT);
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("--data-dir") && help.contains("--primary-address"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--http-addr") && !help.contains("--token"),
+        "{help}"
     );
 }

@@ -410,10 +410,12 @@ fn try_spawn_server(
     let logged_before = logs.lock().unwrap_or_else(|p| p.into_inner()).len();
     let data_dir = dir.join("data");
     let mut cmd = Command::new(BIN);
-    cmd.arg("server")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--client", "127.0.0.1", "--http-port", "0"])
+    cmd.arg("server");
+    // --dev keeps the store in memory and refuses a data dir.
+    if !args.iter().any(|a| a == "--dev") {
+        cmd.arg("--data-dir").arg(&data_dir);
+    }
+    cmd.args(["--client", "127.0.0.1", "--http-port", "0"])
         .args(args)
         .current_dir(dir)
         // The log assertions need the default `info` level.

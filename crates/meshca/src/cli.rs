@@ -3,6 +3,35 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Consul's Go-style flags (`-dev`, `-config-file=F`) as the double-dash
+/// form clap parses. A single dash followed by two or more letters is a long
+/// flag in Consul; `-1` (a value) and `-h` stay as they are, and nothing
+/// after a `--` separator changes.
+pub fn consul_style_flags(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut after_separator = false;
+    args.into_iter()
+        .map(|arg| {
+            let Some(text) = arg.to_str() else {
+                return arg;
+            };
+            after_separator |= text == "--";
+            let mut chars = text.chars();
+            let go_style = !after_separator
+                && chars.next() == Some('-')
+                && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '-');
+            match go_style {
+                true => format!("-{text}").into(),
+                false => arg,
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "meshca",
@@ -10,23 +39,18 @@ use std::path::PathBuf;
     about = "A service-mesh certificate authority speaking Consul's Connect CA API"
 )]
 pub struct Cli {
-    #[command(flatten)]
-    pub http: HttpArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// How client commands reach the server.
+/// How client commands reach the server (only client commands take these).
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
-    /// Address of the meshca HTTP API.
-    #[arg(
-        long = "http-addr",
-        env = "MESHCA_HTTP_ADDR",
-        default_value = "http://127.0.0.1:8500",
-        global = true
-    )]
-    pub addr: String,
+    /// Address of the meshca HTTP API: a URL, or host:port for http://
+    /// [env: MESHCA_HTTP_ADDR, then CONSUL_HTTP_ADDR; default
+    /// http://127.0.0.1:8500].
+    #[arg(long = "http-addr", global = true)]
+    pub addr: Option<String>,
     /// ACL token sent as X-Consul-Token.
     #[arg(
         long = "token",
@@ -55,13 +79,22 @@ pub enum Command {
     Server(ServerArgs),
     /// Connect CA commands.
     Connect {
+        #[command(flatten)]
+        http: HttpArgs,
         #[command(subcommand)]
         command: ConnectCommand,
     },
     /// Fetch a leaf certificate for a service and write it to files.
-    Leaf(LeafArgs),
+    Leaf {
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
+        args: LeafArgs,
+    },
     /// ACL commands: bootstrap, tokens and policies.
     Acl {
+        #[command(flatten)]
+        http: HttpArgs,
         #[command(subcommand)]
         command: AclCommand,
     },
@@ -330,4 +363,46 @@ pub enum AclPolicyCommand {
         #[arg(long = "id")]
         id: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn converted(args: &[&str]) -> Vec<String> {
+        consul_style_flags(args.iter().map(std::ffi::OsString::from))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_flags_become_long_flags_and_nothing_else_changes() {
+        assert_eq!(
+            converted(&[
+                "meshca",
+                "server",
+                "-dev",
+                "-config-file=a.hcl",
+                "-http-port",
+                "-1"
+            ]),
+            [
+                "meshca",
+                "server",
+                "--dev",
+                "--config-file=a.hcl",
+                "--http-port",
+                "-1"
+            ]
+        );
+        assert_eq!(
+            converted(&["meshca", "-h", "--dev"]),
+            ["meshca", "-h", "--dev"]
+        );
+        assert_eq!(
+            converted(&["meshca", "acl", "--", "-dev"]),
+            ["meshca", "acl", "--", "-dev"]
+        );
+    }
 }

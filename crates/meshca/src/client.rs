@@ -73,13 +73,30 @@ fn client(http: &HttpArgs) -> anyhow::Result<Client> {
     builder.build().context("building the HTTP client")
 }
 
+/// The server's base URL: the flag, else `MESHCA_HTTP_ADDR`, else Consul's
+/// `CONSUL_HTTP_ADDR`, else `http://127.0.0.1:8500`. A bare `host:port`
+/// (as Consul accepts) means `http://host:port`.
+fn base_url(flag: Option<&str>) -> String {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let addr = flag
+        .map(str::to_string)
+        .or_else(|| var("MESHCA_HTTP_ADDR"))
+        .or_else(|| var("CONSUL_HTTP_ADDR"))
+        .unwrap_or_else(|| "http://127.0.0.1:8500".into());
+    let addr = addr.trim_end_matches('/');
+    match addr.contains("://") {
+        true => addr.to_string(),
+        false => format!("http://{addr}"),
+    }
+}
+
 pub(crate) fn request(
     http: &HttpArgs,
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<RequestBuilder> {
     let client = client(http)?;
-    let url = format!("{}{path}", http.addr.trim_end_matches('/'));
+    let url = format!("{}{path}", base_url(http.addr.as_deref()));
     let mut req = client.request(method, url);
     // Consul's variable works too when meshca's is unset.
     let token = http

@@ -593,6 +593,9 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
              store under the new one"
         );
     }
+    if args.dev && (args.data_dir.is_some() || file.data_dir.is_some()) {
+        bail!("--dev keeps the store in memory: a data dir (--data-dir, data_dir) cannot apply");
+    }
     if args.dev && (store_key_file.is_some() || old_store_key_file.is_some()) {
         bail!(
             "--dev keeps the store in memory under a throw-away key: a store key file \

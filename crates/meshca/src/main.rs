@@ -12,12 +12,12 @@ mod tls;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(cli::consul_style_flags(std::env::args_os()));
     let result = match cli.command {
         cli::Command::Server(args) => server::run(args),
-        cli::Command::Connect { command } => client::connect(&cli.http, command),
-        cli::Command::Leaf(args) => client::leaf(&cli.http, args),
-        cli::Command::Acl { command } => acl_cli::run(&cli.http, command),
+        cli::Command::Connect { http, command } => client::connect(&http, command),
+        cli::Command::Leaf { http, args } => client::leaf(&http, args),
+        cli::Command::Acl { http, command } => acl_cli::run(&http, command),
         cli::Command::Tls { command } => tls::run(command),
         cli::Command::Keygen(args) => keygen::run(&args),
     };
