@@ -440,3 +440,76 @@ fn consul_habits_work_and_flags_belong_to_their_commands() {
         "{help}"
     );
 }
+
+#[test]
+fn a_changed_ca_config_in_the_file_is_reported_not_silently_ignored() {
+    let config = |ttl: &str| json!({"connect": {"ca_config": {"leaf_cert_ttl": ttl}}});
+    let mut server = Server::start_with_config(&config("24h"), &[]);
+    const SEEDS: &str = "only seed a new CA";
+    assert!(!server.logs().contains(SEEDS), "{}", server.logs());
+    server.stop();
+    std::fs::write(server.dir().join("config.json"), config("48h").to_string()).unwrap();
+    server.start_again();
+    assert!(server.logs().contains(SEEDS), "{}", server.logs());
+    assert_eq!(server.config()["Config"]["LeafCertTTL"], json!("24h0m0s"));
+}
+
+#[test]
+fn set_config_merge_changes_one_key_and_keeps_the_others() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = dir.path().join("ttl.json");
+    std::fs::write(
+        &ttl,
+        json!({"Provider": "consul", "Config": {"LeafCertTTL": "24h"}}).to_string(),
+    )
+    .unwrap();
+    assert!(set_config(&server, dir.path(), &ttl).status.success());
+    let root_before = server.roots()["ActiveRootID"].clone();
+
+    let key = dir.path().join("key.json");
+    std::fs::write(
+        &key,
+        json!({"Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}}).to_string(),
+    )
+    .unwrap();
+    let file = key.to_str().unwrap();
+    let out = client(
+        &server,
+        dir.path(),
+        &[
+            "connect",
+            "ca",
+            "set-config",
+            "--config-file",
+            file,
+            "--merge",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config = server.config()["Config"].clone();
+    assert_eq!(config["LeafCertTTL"], json!("24h0m0s"), "kept: {config}");
+    assert_eq!(config["PrivateKeyBits"], json!(384), "{config}");
+    assert_ne!(
+        server.roots()["ActiveRootID"],
+        root_before,
+        "the key change rotated"
+    );
+
+    // Without --merge the whole configuration is replaced, as in Consul.
+    let file = ttl.to_str().unwrap();
+    std::fs::write(
+        &ttl,
+        json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}})
+            .to_string(),
+    )
+    .unwrap();
+    assert!(client(
+        &server,
+        dir.path(),
+        &["connect", "ca", "set-config", "--config-file", file]
+    )
+    .status
+    .success());
+    assert_eq!(server.config()["Config"]["LeafCertTTL"], json!("72h0m0s"));
+}

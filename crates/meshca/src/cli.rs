@@ -269,8 +269,16 @@ pub enum CaCommand {
     GetConfig,
     /// Replace the CA configuration from a JSON file.
     SetConfig {
+        /// The whole configuration as the API takes it:
+        /// {"Provider": …, "Config": {…}}.
         #[arg(long = "config-file")]
         config_file: PathBuf,
+        /// Change only the keys the file names: the current configuration
+        /// is read first and the file's `Config` keys replace their
+        /// counterparts (without it, keys the file leaves out return to
+        /// their defaults, as in Consul).
+        #[arg(long)]
+        merge: bool,
     },
 }
 

@@ -138,16 +138,49 @@ pub fn connect(http: &HttpArgs, cmd: ConnectCommand) -> anyhow::Result<()> {
     match command {
         CaCommand::Roots => print_json(&get_json(http, "/v1/connect/ca/roots")?),
         CaCommand::GetConfig => print_json(&get_json(http, "/v1/connect/ca/configuration")?),
-        CaCommand::SetConfig { config_file } => {
+        CaCommand::SetConfig { config_file, merge } => {
             let body = std::fs::read(&config_file)
                 .with_context(|| format!("reading {}", config_file.display()))?;
-            serde_json::from_slice::<Value>(&body)
+            let mut change = serde_json::from_slice::<Value>(&body)
                 .with_context(|| format!("{} is not valid JSON", config_file.display()))?;
+            if merge {
+                let current = get_json(http, "/v1/connect/ca/configuration")?;
+                change = merged(&current, change)?;
+            }
+            let body = serde_json::to_vec(&change)?;
             send(request(http, reqwest::Method::PUT, "/v1/connect/ca/configuration")?.body(body))?;
             println!("Configuration updated!");
             Ok(())
         }
     }
+}
+
+/// `change` laid over the `current` configuration (as `GET` shows it): the
+/// change's `Config` keys replace theirs, whatever their spelling
+/// (`leaf_cert_ttl` replaces `LeafCertTTL`). Secrets `GET` shows as
+/// `"hidden"` go back as such, which keeps the stored ones.
+fn merged(current: &Value, change: Value) -> anyhow::Result<Value> {
+    let provider = current["Provider"].clone();
+    if change
+        .get("Provider")
+        .is_some_and(|p| p.as_str() != provider.as_str())
+    {
+        bail!("--merge keeps the current provider ({provider}): to switch providers, send the whole configuration without --merge");
+    }
+    let spelling = |k: &str| k.replace('_', "").to_ascii_lowercase();
+    let mut config = current["Config"].as_object().cloned().unwrap_or_default();
+    let Some(new) = change.get("Config").and_then(Value::as_object) else {
+        bail!("the file has no \"Config\" object to merge");
+    };
+    for (key, value) in new {
+        config.retain(|k, _| spelling(k) != spelling(key));
+        config.insert(key.clone(), value.clone());
+    }
+    let mut out = serde_json::json!({"Provider": provider, "Config": config});
+    if let Some(force) = change.get("ForceWithoutCrossSigning") {
+        out["ForceWithoutCrossSigning"] = force.clone();
+    }
+    Ok(out)
 }
 
 /// Writes `contents` to `path`, creating it with `mode` (never wider).
@@ -191,4 +224,34 @@ pub fn leaf(http: &HttpArgs, args: LeafArgs) -> anyhow::Result<()> {
     println!("==> Saved {}", key_path.display());
     println!("==> Saved {}", ca_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_replaces_only_the_named_keys_in_any_spelling() {
+        let current = json!({"Provider": "consul", "Config": {
+            "LeafCertTTL": "24h", "PrivateKeyType": "ec", "PrivateKey": "hidden"},
+            "CreateIndex": 4, "ModifyIndex": 9});
+        let change = json!({"Config": {"private_key_type": "rsa", "PrivateKeyBits": 4096}});
+        assert_eq!(
+            merged(&current, change).unwrap(),
+            json!({"Provider": "consul", "Config": {"LeafCertTTL": "24h",
+                "PrivateKey": "hidden", "private_key_type": "rsa", "PrivateKeyBits": 4096}})
+        );
+        let force = json!({"Config": {}, "ForceWithoutCrossSigning": true});
+        assert_eq!(
+            merged(&current, force).unwrap()["ForceWithoutCrossSigning"],
+            json!(true)
+        );
+        let switch = json!({"Provider": "vault", "Config": {}});
+        assert!(merged(&current, switch)
+            .unwrap_err()
+            .to_string()
+            .contains("whole configuration"));
+        assert!(merged(&current, json!({})).is_err());
+    }
 }

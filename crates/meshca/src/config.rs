@@ -198,6 +198,8 @@ pub struct Settings {
     pub old_store_key_file: Option<PathBuf>,
     pub data_key_rotation_period: time::Duration,
     pub initial_ca: CaConfig,
+    /// Whether the file set `connect.ca_provider` or `connect.ca_config`.
+    pub ca_config_given: bool,
     pub audit_path: Option<PathBuf>,
     pub acl: AclSettings,
     pub log_json: bool,
@@ -557,6 +559,7 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
             "connect.enabled = false: meshca is a Connect CA and cannot run with Connect disabled"
         );
     }
+    let ca_config_given = connect.ca_provider.is_some() || connect.ca_config.is_some();
     let provider = connect.ca_provider.unwrap_or_else(|| "consul".into());
     let initial_ca = CaConfig::from_wire(&provider, &connect.ca_config.unwrap_or_default(), None)
         .map_err(|e| anyhow::anyhow!("invalid connect.ca_config: {e}"))?;
@@ -658,6 +661,7 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
         old_store_key_file,
         data_key_rotation_period,
         initial_ca,
+        ca_config_given,
         audit_path: file.audit.and_then(|a| a.path),
         acl: acl_settings(args.dev, file.acl)?,
         log_json: file.log_json.unwrap_or(false),

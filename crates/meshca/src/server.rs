@@ -211,6 +211,13 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let ca = start_ca(&s, store)
         .await
         .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
+    if s.ca_config_given && ca.published().config != s.initial_ca {
+        tracing::warn!(
+            "connect.ca_config (and ca_provider) in the configuration file only seed a new CA: \
+             this CA's configuration differs from the file's and stays as it is; change it with \
+             PUT /v1/connect/ca/configuration (meshca connect ca set-config)"
+        );
+    }
     let acl = open_acl(&s, &acl_store)?;
     for w in &s.warnings {
         tracing::warn!("{w}");
