@@ -294,6 +294,11 @@ fn secondaries_keep_signing_while_the_primary_is_stopped() {
     assert!(dc2
         .logs()
         .contains("could not follow its primary datacenter"));
+    let metrics = dc2.get("/v1/agent/metrics?format=prometheus").body;
+    assert!(
+        metrics.contains("\nmeshca_primary_link_up 0\n"),
+        "{metrics}"
+    );
 
     // Restarted while the primary is still down: the stored intermediate.
     dc2.restart();

@@ -3,6 +3,7 @@
 //! provider chose.
 
 use crate::keygen::LeafKey;
+use crate::observe::IssueKind;
 use crate::published::Published;
 use crate::{blocking, provider_call, CaEngine, CaError};
 use meshca_core::csr::{validate_csr, ValidatedCsr};
@@ -56,7 +57,7 @@ impl CaEngine {
     ) -> Result<IssuedLeaf, CaError> {
         let p = self.published();
         let policy = p.policy.clone();
-        self.issue(p, requester, move || {
+        self.issue(IssueKind::Csr, p, requester, move || {
             let csr = validate_csr(&csr_pem, &policy)?;
             authorize(csr.spiffe_id()).map_err(CaError::Denied)?;
             Ok((csr, None))
@@ -80,7 +81,7 @@ impl CaEngine {
         )
         .map_err(|e| CaError::Rejected(e.to_string()))?;
         let needs_csr = p.signer.keys().local().is_none();
-        self.issue(p, requester, move || {
+        self.issue(IssueKind::AgentLeaf, p, requester, move || {
             let key = LeafKey::generate_p256_now()?;
             let csr = ValidatedCsr::for_public_key(id, &key.spki_der)?;
             Ok((key.carry_in_csr(csr, needs_csr)?, Some(key)))
@@ -107,7 +108,7 @@ impl CaEngine {
             ..Requester::default()
         };
         let needs_csr = p.signer.keys().local().is_none();
-        self.issue(p, requester, move || {
+        self.issue(IssueKind::ServerTls, p, requester, move || {
             let key = LeafKey::generate_p256_now()?;
             let csr =
                 ValidatedCsr::for_public_key(id, &key.spki_der)?.with_names(&dns_names, &ips)?;
@@ -123,6 +124,26 @@ impl CaEngine {
     /// step off the async runtime (each hop to a blocking thread costs about
     /// as much as a signature); remote keys are awaited afterwards.
     async fn issue(
+        &self,
+        kind: IssueKind,
+        p: Arc<Published>,
+        requester: Requester,
+        prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
+    ) -> Result<IssuedLeaf, CaError> {
+        let started = std::time::Instant::now();
+        let root_id = p.active_root_id.clone();
+        let result = self.sign_and_record(p, requester, prepare).await;
+        if let Some(observer) = self.observer.get() {
+            match &result {
+                Ok(leaf) => observer.issued(kind, &root_id, leaf.valid_before, started.elapsed()),
+                Err(e) => observer.failed(kind, e.reaction(), started.elapsed()),
+            }
+        }
+        result
+    }
+
+    /// [`CaEngine::issue`]'s work.
+    async fn sign_and_record(
         &self,
         p: Arc<Published>,
         requester: Requester,

@@ -21,6 +21,7 @@ mod follower;
 mod issue;
 pub mod keygen;
 mod maintain;
+mod observe;
 mod persist;
 pub mod primary;
 mod published;
@@ -32,6 +33,7 @@ mod writer;
 pub use error::{CaError, Reaction};
 pub use follower::{LinkStatus, PrimaryLink};
 pub use issue::{IssuedLeaf, Requester};
+pub use observe::{IssueKind, IssueObserver};
 pub use published::Published;
 pub use reconfigure::ConfigChange;
 
@@ -79,6 +81,8 @@ pub struct CaEngine {
     issue_index: AtomicU64,
     /// Set in a secondary datacenter.
     follower: Option<follower::Follower>,
+    /// Told about every issuance, once set.
+    observer: std::sync::OnceLock<Arc<dyn IssueObserver>>,
 }
 
 impl CaEngine {
@@ -156,7 +160,14 @@ impl CaEngine {
             writer: WriterLock::new(),
             issue_index: AtomicU64::new(leaf_base),
             follower,
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells `observer` about every issuance from now on. Set once; a
+    /// second observer is refused (`false`).
+    pub fn observe_issuance(&self, observer: Arc<dyn IssueObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// The CA as it is published now.

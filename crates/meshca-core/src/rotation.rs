@@ -208,15 +208,7 @@ pub fn prune(state: &CaState, now: OffsetDateTime, index: u64) -> Option<CaState
 /// longest TTL is unknown. Returns whether anything changed.
 pub fn prune_roots(roots: &mut Vec<CaRoot>, leaf_ttl: GoDuration, now: OffsetDateTime) -> bool {
     let before = (roots.len(), chain_len(roots));
-    roots.retain(|r| {
-        let longest = if r.max_leaf_cert_ttl.as_std().is_zero() {
-            leaf_ttl
-        } else {
-            r.max_leaf_cert_ttl
-        };
-        let grace = longest.as_time() * 2;
-        r.active || (r.not_after > now && r.rotated_out_at.is_none_or(|t| t + grace > now))
-    });
+    roots.retain(|r| prunable_at(r, leaf_ttl).is_none_or(|at| at > now));
     for root in roots.iter_mut().filter(|r| r.active) {
         let n = root.intermediate_certs.len();
         let mut kept = Vec::with_capacity(n);
@@ -230,6 +222,26 @@ pub fn prune_roots(roots: &mut Vec<CaRoot>, leaf_ttl: GoDuration, now: OffsetDat
         root.intermediate_certs = kept;
     }
     (roots.len(), chain_len(roots)) != before
+}
+
+/// When [`prune_roots`] drops `root`: at its NotAfter, or once it has been
+/// rotated out for 2×LeafCertTTL (the longest TTL in force while it was
+/// active; `leaf_ttl` when unknown), whichever comes first. `None` for the
+/// active root, which is never pruned.
+pub fn prunable_at(root: &CaRoot, leaf_ttl: GoDuration) -> Option<OffsetDateTime> {
+    if root.active {
+        return None;
+    }
+    let longest = if root.max_leaf_cert_ttl.as_std().is_zero() {
+        leaf_ttl
+    } else {
+        root.max_leaf_cert_ttl
+    };
+    let grace = longest.as_time() * 2;
+    Some(match root.rotated_out_at {
+        Some(out) => std::cmp::min(root.not_after, out + grace),
+        None => root.not_after,
+    })
 }
 
 fn chain_len(roots: &[CaRoot]) -> usize {

@@ -11,6 +11,7 @@ pub mod blocking;
 pub mod error;
 pub mod leafcache;
 pub mod listener;
+pub mod metrics;
 pub mod primary;
 pub mod ratelimit;
 pub mod routes;
@@ -46,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/agent/connect/ca/leaf/{service}"),
     ("GET", "/v1/status/leader"),
     ("GET", "/v1/health"),
+    ("GET", "/v1/agent/metrics"),
     ("PUT", "/v1/acl/bootstrap"),
     ("PUT", "/v1/acl/token"),
     ("GET", "/v1/acl/token/self"),
@@ -77,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/connect/ca/leaf/{service}", get(routes::leaf))
         .route("/v1/status/leader", get(routes::leader))
         .route("/v1/health", get(routes::health))
+        .route("/v1/agent/metrics", get(routes::metrics))
         .route("/v1/acl/bootstrap", put(acl_routes::bootstrap))
         .route("/v1/acl/token", put(acl_routes::create_token))
         .route("/v1/acl/token/self", get(acl_routes::token_self))
@@ -97,6 +100,10 @@ pub fn router(state: AppState) -> Router {
             get(acl_routes::read_policy_by_name),
         )
         .route("/v1/acl/policies", get(acl_routes::list_policies))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
@@ -105,6 +112,24 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(assign_request_id))
         .layer(panic_guard())
         .with_state(state)
+}
+
+/// Counts each request of a matched route, by its pattern, method and
+/// status (unmatched ones are counted by the fallback).
+async fn count_requests(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    path: axum::extract::MatchedPath,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    state.metrics.http_request(metrics::HttpLabels {
+        route: path.as_str().to_string(),
+        method,
+        status: resp.status().as_u16(),
+    });
+    resp
 }
 
 /// Gives every request an ID: in its extensions (the audit lines carry it),

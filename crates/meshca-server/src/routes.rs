@@ -5,6 +5,7 @@ use crate::auth::{Caller, Remote};
 use crate::blocking::{wait_for_index, BlockingQuery};
 use crate::error::ApiError;
 use crate::leafcache::LeafCache;
+use crate::metrics::Metrics;
 use crate::ratelimit::CsrLimiter;
 use crate::wire::{
     CaConfiguration, CaConfigurationUpdate, IndexedCaRoots, IssuedCert, SignRequest,
@@ -36,6 +37,7 @@ pub struct AppState {
     /// Turns true when the server begins to shut down: parked blocking
     /// queries answer at once.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The roots answer serialised once per published CA, not per request.
@@ -48,6 +50,9 @@ impl AppState {
     pub fn new(ca: Arc<CaEngine>) -> Self {
         let cfg = &ca.published().config;
         let limiter = CsrLimiter::new(cfg.csr_max_per_second(), cfg.csr_max_concurrent());
+        let metrics = Arc::new(Metrics::new());
+        // The first state made for an engine sees its issuance.
+        ca.observe_issuance(metrics.clone());
         Self {
             ca,
             acl: None,
@@ -55,6 +60,7 @@ impl AppState {
             leaves: Arc::new(LeafCache::default()),
             roots_json: Arc::new(ArcSwapOption::empty()),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            metrics,
         }
     }
 
@@ -167,6 +173,7 @@ pub async fn roots(
     };
     let bq = BlockingQuery::parse(&query)?;
     if let Some(index) = bq.index {
+        let _open = app.metrics.blocking_query();
         let deadline = tokio::time::Instant::now() + bq.wait_with_jitter();
         wait_for_index(
             &mut app.ca.subscribe(),
@@ -287,6 +294,7 @@ pub async fn leaf(
                 .await?
         }
         Some(index) => {
+            let _open = app.metrics.blocking_query();
             app.leaves
                 .wait_for_newer(
                     &app.ca,
@@ -304,6 +312,37 @@ pub async fn leaf(
     };
     let index = leaf.issued.index;
     Ok(with_index(to_json(&IssuedCert::from(&leaf.issued))?, index))
+}
+
+/// `GET /v1/agent/metrics?format=prometheus` (operator:read): the metrics
+/// in Prometheus's text format.
+pub async fn metrics(
+    State(app): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(&Permission::operator(Access::Read))?;
+    let query = parse_query(raw)?;
+    match query.get("format").map(String::as_str) {
+        Some("prometheus") => {}
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "metrics are served in the Prometheus format only: ask for \
+                 ?format=prometheus (got format={})",
+                other.unwrap_or("<none>")
+            )))
+        }
+    }
+    let text = app
+        .metrics
+        .render(&app.ca)
+        .map_err(|e| ApiError::Internal(format!("encoding the metrics: {e}")))?;
+    let mut resp = Response::new(axum::body::Body::from(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    Ok(resp)
 }
 
 /// `GET /v1/status/leader`: this server leads itself (single node).
@@ -340,6 +379,15 @@ pub async fn health(State(app): State<AppState>) -> Result<Response, ApiError> {
     Ok(with_index(resp, p.index))
 }
 
-pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+pub async fn not_found(
+    State(app): State<AppState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    app.metrics.http_request(crate::metrics::HttpLabels {
+        route: "unmatched".into(),
+        method: method.to_string(),
+        status: 404,
+    });
     ApiError::NotFound(uri.path().to_string())
 }
