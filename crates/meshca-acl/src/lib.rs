@@ -118,6 +118,15 @@ impl Acl {
         })
     }
 
+    /// Reads every ACL record again (after the store was restored from a
+    /// snapshot) and swaps the table in whole.
+    pub fn reload(&self) -> Result<(), AclError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let table = load(&*self.store)?;
+        self.table.store(Arc::new(table));
+        Ok(())
+    }
+
     /// The token `secret` belongs to.
     pub fn resolve(&self, secret: &str) -> Result<Arc<ResolvedToken>, AclError> {
         self.table

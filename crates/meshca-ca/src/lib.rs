@@ -28,11 +28,13 @@ mod published;
 mod reconfigure;
 mod rotate;
 mod sign_intermediate;
+mod snapshot;
 mod writer;
 
 pub use error::{CaError, Reaction};
 pub use follower::{LinkStatus, PrimaryLink};
 pub use issue::{IssuedLeaf, Requester};
+pub use meshca_store::{snapshot_file, Snapshot};
 pub use observe::{IssueKind, IssueObserver};
 pub use published::Published;
 pub use reconfigure::ConfigChange;

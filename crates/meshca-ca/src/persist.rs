@@ -25,6 +25,35 @@ impl Persistence {
         blocking(move || Ok(store.load_ca()?)).await
     }
 
+    /// The store as a whole (sealed records stay sealed).
+    pub(crate) async fn snapshot(&self) -> Result<meshca_store::Snapshot, CaError> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.snapshot()?)).await
+    }
+
+    /// What a snapshot holds, opened under this store's key; writes nothing.
+    pub(crate) async fn open_snapshot(
+        &self,
+        snapshot: Arc<meshca_store::Snapshot>,
+    ) -> Result<meshca_store::SnapshotContents, CaError> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.open_snapshot(&snapshot)?)).await
+    }
+
+    pub(crate) async fn schema_version(&self) -> Result<u64, CaError> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.schema_version()?)).await
+    }
+
+    /// Replaces the whole store with `snapshot`; the new index.
+    pub(crate) async fn restore(
+        &self,
+        snapshot: Arc<meshca_store::Snapshot>,
+    ) -> Result<u64, CaError> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.restore(&snapshot)?)).await
+    }
+
     pub(crate) async fn index(&self) -> Result<u64, CaError> {
         let store = self.store.clone();
         blocking(move || Ok(store.index()?)).await

@@ -33,6 +33,9 @@ pub use meshca_ca::{default_provider_factory, CaEngine, ConfigChange, PrimaryLin
 
 /// Largest accepted request body (1 MiB; larger is a 413).
 pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest accepted snapshot to restore (`PUT /v1/snapshot`).
+pub const MAX_SNAPSHOT: usize = 64 * 1024 * 1024;
+const SNAPSHOT_PATH: &str = "/v1/snapshot";
 
 /// Every (method, path) the API serves. `api-docs/openapi.json` must list
 /// exactly these, and every one must be routed; a test checks both.
@@ -48,6 +51,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/status/leader"),
     ("GET", "/v1/health"),
     ("GET", "/v1/agent/metrics"),
+    ("GET", "/v1/snapshot"),
+    ("PUT", "/v1/snapshot"),
     ("PUT", "/v1/acl/bootstrap"),
     ("PUT", "/v1/acl/token"),
     ("GET", "/v1/acl/token/self"),
@@ -80,6 +85,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status/leader", get(routes::leader))
         .route("/v1/health", get(routes::health))
         .route("/v1/agent/metrics", get(routes::metrics))
+        .route(
+            SNAPSHOT_PATH,
+            get(routes::snapshot_save)
+                .put(routes::snapshot_restore)
+                .layer(DefaultBodyLimit::max(MAX_SNAPSHOT)),
+        )
         .route("/v1/acl/bootstrap", put(acl_routes::bootstrap))
         .route("/v1/acl/token", put(acl_routes::create_token))
         .route("/v1/acl/token/self", get(acl_routes::token_self))
@@ -179,7 +190,11 @@ async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    let limit = match req.uri().path() {
+        SNAPSHOT_PATH => MAX_SNAPSHOT,
+        _ => MAX_BODY,
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
         return ApiError::PayloadTooLarge.into_response();
     }
     next.run(req).await

@@ -273,6 +273,46 @@ pub async fn sign_intermediate(
     to_json(&SignedIntermediate { cert_pem })
 }
 
+/// `GET /v1/snapshot` (operator:write): the whole store as a checksummed
+/// backup file (sealed records stay sealed).
+pub async fn snapshot_save(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(&Permission::operator(Access::Write))?;
+    let snapshot = app.ca.snapshot().await?;
+    let body = meshca_ca::snapshot_file::encode(&snapshot)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(with_index(json_body(body), snapshot.index))
+}
+
+/// `PUT /v1/snapshot` (operator:write): replaces the whole store with a
+/// backup file and publishes its CA, or refuses and changes nothing.
+pub async fn snapshot_restore(
+    State(app): State<AppState>,
+    caller: Caller,
+    remote: Remote,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&Permission::operator(Access::Write))?;
+    let bytes = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::Decode(e.body_text()),
+    })?;
+    let snapshot = meshca_ca::snapshot_file::decode(&bytes)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let index = app.ca.restore_snapshot(snapshot).await?;
+    if let Some(acl) = &app.acl {
+        acl.reload()?;
+    }
+    let requester = caller.requester(remote);
+    tracing::info!(target: "audit", requester = %requester.identity,
+        remote = requester.remote.as_deref().unwrap_or("-"),
+        request_id = requester.request_id.as_deref().unwrap_or("-"), index,
+        active_root = %app.ca.published().active_root_id, "snapshot restored");
+    Ok(with_index(StatusCode::OK.into_response(), index))
+}
+
 /// `GET /v1/agent/connect/ca/leaf/<service>`.
 pub async fn leaf(
     State(app): State<AppState>,

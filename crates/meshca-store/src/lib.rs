@@ -32,11 +32,12 @@ mod records;
 pub mod schema;
 pub mod seal;
 mod sealer;
+pub mod snapshot_file;
 mod watch;
 
 pub use key::{StoreKey, StoreKeyId, KEY_FILE_NAME, KEY_ID_LEN, KEY_LEN, KEY_LENS};
 pub use memory::MemoryStore;
-pub use records::Records;
+pub use records::{Records, SnapshotContents};
 pub use seal::KeyCheck;
 pub use sealer::Sealer;
 pub use watch::Watchers;

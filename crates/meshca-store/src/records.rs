@@ -303,10 +303,40 @@ impl Records {
         self.store.snapshot()
     }
 
+    /// What `snapshot` holds, opened as this store would open it after a
+    /// restore — its data keys under this store key — without writing
+    /// anything: a snapshot of another store (another store key), or with
+    /// records that do not open, is an error here, before any restore.
+    pub fn open_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotContents, StoreError> {
+        let copy = crate::MemoryStore::new();
+        copy.restore(snapshot)?;
+        let sealer = match (&self.rotation, copy.get(schema::DATA_KEYS)?) {
+            (Some(rotation), Some(registry)) => {
+                Arc::new(Sealer::from_registry(&registry, &rotation.store_key)?)
+            }
+            _ => self.sealer(),
+        };
+        Ok(SnapshotContents {
+            schema_version: schema_version_of(&copy)?,
+            datacenter: datacenter_of(&copy)?,
+            ca: Self::load_ca_from(&copy, &sealer)?,
+        })
+    }
+
+    /// The store's schema version (0 for a new store).
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        schema_version_of(&*self.store)
+    }
+
     /// Replaces the whole store with `snapshot`; returns the new index.
     /// The snapshot's data key registry must open under this store key
     /// (when these records know it) and then replaces the data keys in use.
+    /// The restored CA's head is stamped with the new index, so that CA
+    /// indexes (`X-Consul-Index`) keep growing across a restore.
     pub fn restore(&self, snapshot: &Snapshot) -> Result<u64, StoreError> {
+        let next = std::cmp::max(self.store.index()?, snapshot.index) + 1;
+        let restamped = with_ca_head_at(snapshot, next)?;
+        let snapshot = &restamped;
         let registry = snapshot
             .records
             .iter()
@@ -346,6 +376,54 @@ impl Records {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
+}
+
+/// What a snapshot holds, as [`Records::open_snapshot`] found it.
+#[derive(Debug, Clone)]
+pub struct SnapshotContents {
+    pub schema_version: u64,
+    /// The datacenter its CA issues for (absent in stores from before it
+    /// was recorded).
+    pub datacenter: Option<String>,
+    pub ca: Option<CaState>,
+}
+
+fn schema_version_of(store: &dyn Store) -> Result<u64, StoreError> {
+    match store.get(schema::SCHEMA_VERSION)? {
+        None => Ok(0),
+        Some(raw) => schema::decode_u64(&raw).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{} is not a version number",
+                schema::SCHEMA_VERSION
+            ))
+        }),
+    }
+}
+
+fn datacenter_of(store: &dyn Store) -> Result<Option<String>, StoreError> {
+    store
+        .get(schema::DATACENTER)?
+        .map(|raw| {
+            String::from_utf8(raw).map_err(|_| {
+                StoreError::Corrupt(format!("{} is not UTF-8 text", schema::DATACENTER))
+            })
+        })
+        .transpose()
+}
+
+/// `snapshot` with its CA head record (`ca/roots`) stamped with `index`.
+fn with_ca_head_at(snapshot: &Snapshot, index: u64) -> Result<Snapshot, StoreError> {
+    let mut out = snapshot.clone();
+    for (key, value) in out
+        .records
+        .iter_mut()
+        .filter(|(k, _)| k == schema::CA_ROOTS)
+    {
+        let mut head: RootsRecord = parse(key, value)?;
+        head.modify_index = index;
+        *value = encode(key, &head)?;
+    }
+    Ok(out)
 }
 
 fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {

@@ -98,6 +98,14 @@ pub enum Command {
         #[command(subcommand)]
         command: AclCommand,
     },
+    /// Save the whole store to a file, or restore it from one (a running
+    /// server; needs operator:write).
+    Snapshot {
+        #[command(flatten)]
+        http: HttpArgs,
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// TLS helpers.
     Tls {
         #[command(subcommand)]
@@ -105,6 +113,21 @@ pub enum Command {
     },
     /// Make a new store key: print it as base64, or write it to a file.
     Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write a checksummed snapshot of the server's store to FILE (a new
+    /// file, mode 0600; secrets stay sealed under the store key).
+    ///
+    /// Example: meshca snapshot save backup.snap
+    Save { file: PathBuf },
+    /// Replace the server's whole store with the snapshot in FILE and
+    /// publish its CA. Refused, changing nothing, unless the snapshot opens
+    /// under the server's store key and matches its schema and datacenter.
+    ///
+    /// Example: meshca snapshot restore backup.snap
+    Restore { file: PathBuf },
 }
 
 #[derive(Debug, Args)]

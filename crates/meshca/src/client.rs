@@ -1,6 +1,6 @@
 //! Client commands: thin wrappers over the HTTP API.
 
-use crate::cli::{CaCommand, ConnectCommand, HttpArgs, LeafArgs};
+use crate::cli::{CaCommand, ConnectCommand, HttpArgs, LeafArgs, SnapshotCommand};
 use anyhow::{bail, Context};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::Value;
@@ -181,6 +181,61 @@ fn merged(current: &Value, change: Value) -> anyhow::Result<Value> {
         out["ForceWithoutCrossSigning"] = force.clone();
     }
     Ok(out)
+}
+
+/// `meshca snapshot save|restore FILE`. The file is checked on both sides:
+/// a damaged download is not kept, a damaged file is not sent.
+pub fn snapshot(http: &HttpArgs, cmd: SnapshotCommand) -> anyhow::Result<()> {
+    use meshca_store::snapshot_file;
+    match cmd {
+        SnapshotCommand::Save { file } => {
+            let resp = send(request(http, reqwest::Method::GET, "/v1/snapshot")?)?;
+            let bytes = resp.bytes().context("reading the snapshot")?;
+            let snapshot = snapshot_file::decode(&bytes).context("the server's snapshot")?;
+            write_new_private(&file, &bytes)?;
+            println!(
+                "Saved snapshot of index {} ({} records) to {}",
+                snapshot.index,
+                snapshot.records.len(),
+                file.display()
+            );
+        }
+        SnapshotCommand::Restore { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            snapshot_file::decode(&bytes).with_context(|| format!("{}", file.display()))?;
+            let req = request(http, reqwest::Method::PUT, "/v1/snapshot")?
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+            let resp = send(req)?;
+            let index = resp
+                .headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string();
+            println!(
+                "Restored snapshot {} (store index now {index})",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` (mode 0600) with `bytes`; an existing file is never
+/// replaced.
+fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("{} already exists or cannot be created", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// Writes `contents` to `path`, creating it with `mode` (never wider).

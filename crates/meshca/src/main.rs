@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Connect { http, command } => client::connect(&http, command),
         cli::Command::Leaf { http, args } => client::leaf(&http, args),
         cli::Command::Acl { http, command } => acl_cli::run(&http, command),
+        cli::Command::Snapshot { http, command } => client::snapshot(&http, command),
         cli::Command::Tls { command } => tls::run(command),
         cli::Command::Keygen(args) => keygen::run(&args),
     };
