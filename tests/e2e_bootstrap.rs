@@ -334,3 +334,24 @@ fn log_level_debug_shows_meshca_not_the_storage_engine_internals() {
     assert!(!logs.contains("sled::"), "sled's debug lines: {logs}");
     assert!(logs.contains("meshca listening"), "{logs}");
 }
+
+#[test]
+fn startup_says_what_runs() {
+    let server = Server::start(&["--datacenter", "east"]);
+    let logs = server.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("meshca ready"))
+        .unwrap_or_else(|| panic!("no ready line:\n{logs}"));
+    let td = server.trust_domain();
+    for part in [
+        server.data_dir().display().to_string(),
+        "datacenter east (primary)".to_string(),
+        "ACLs on".to_string(),
+        "TLS off".to_string(),
+        "encrypted at rest".to_string(),
+        td,
+    ] {
+        assert!(line.contains(&part), "{part:?} missing from: {line}");
+    }
+}

@@ -29,7 +29,9 @@ use routes::AppState;
 use std::future::Future;
 use tokio::net::TcpListener;
 
-pub use meshca_ca::{default_provider_factory, CaEngine, ConfigChange, PrimaryLink, Requester};
+pub use meshca_ca::{
+    default_provider_factory, CaEngine, ConfigChange, PrimaryLink, Published, Requester,
+};
 
 /// Largest accepted request body (1 MiB; larger is a 413).
 pub const MAX_BODY: usize = 1024 * 1024;

@@ -204,7 +204,7 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
     Ok(Arc::new(records))
 }
 
-async fn serve(s: Settings) -> anyhow::Result<()> {
+async fn serve(mut s: Settings) -> anyhow::Result<()> {
     let store = open_store(&s)?;
     check_datacenter(&s, &store)?;
     let acl_store = store.clone();
@@ -223,6 +223,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let p = ca.published();
+    let acl_enabled = acl.is_some();
     let mut state = AppState::new(ca.clone());
     if let Some(acl) = acl {
         state = state.with_acl(acl);
@@ -242,7 +243,8 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     };
     let mut listeners = tokio::task::JoinSet::new();
     // HTTPS first, so that its line is logged before HTTP's.
-    if let (Some(opts), Some(port)) = (s.tls, s.https_port) {
+    let tls_on = s.tls.is_some();
+    if let (Some(opts), Some(port)) = (s.tls.take(), s.https_port) {
         let tls = meshca_server::tls::TlsServer::start(opts, ca.clone())
             .await
             .context("setting up TLS on the HTTP API")?;
@@ -272,6 +274,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             until_stopped(),
         ));
     }
+    log_ready(&s, &p, acl_enabled, tls_on);
     ca.spawn_maintenance(MAINTENANCE_PERIOD);
     ca.spawn_follower();
     shutdown_signal().await;
@@ -366,6 +369,25 @@ fn primary_client(sec: &SecondarySettings) -> anyhow::Result<reqwest::Client> {
     builder
         .build()
         .context("building the HTTP client to the primary datacenter")
+}
+
+/// One line that says what runs: where the data is, which datacenter and
+/// trust domain, and which protections are on.
+fn log_ready(s: &Settings, p: &meshca_server::Published, acls: bool, tls: bool) {
+    let on = |b: bool| if b { "on" } else { "off" };
+    let data_dir = match s.dev {
+        true => "(in memory: --dev)".to_string(),
+        false => s.data_dir.display().to_string(),
+    };
+    let role = match &s.secondary {
+        Some(sec) => format!("secondary of {}", sec.primary_datacenter),
+        None => "primary".to_string(),
+    };
+    tracing::info!(data_dir = %data_dir, datacenter = %s.datacenter, role = %role,
+        trust_domain = %p.trust_domain, active_root = %p.active_root_id, acls = on(acls),
+        tls = on(tls), encryption_at_rest = "on",
+        "meshca ready: data dir {data_dir}, datacenter {} ({role}), ACLs {}, TLS {}, keys \
+         encrypted at rest", s.datacenter, on(acls), on(tls));
 }
 
 /// The file in the data dir that names the process holding it.
