@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod routes;
 mod strict_json;
 pub mod tls;
+pub mod ui;
 pub mod wire;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -54,6 +55,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
     ("GET", "/v1/agent/metrics"),
     ("GET", "/v1/snapshot"),
+    ("GET", "/ui"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/app.js"),
+    ("GET", "/ui/app.css"),
     ("PUT", "/v1/snapshot"),
     ("PUT", "/v1/acl/bootstrap"),
     ("PUT", "/v1/acl/token"),
@@ -87,6 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status/leader", get(routes::leader))
         .route("/v1/health", get(routes::health))
         .route("/v1/agent/metrics", get(routes::metrics))
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route(
             SNAPSHOT_PATH,
             get(routes::snapshot_save)
