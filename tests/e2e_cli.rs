@@ -513,3 +513,67 @@ fn set_config_merge_changes_one_key_and_keeps_the_others() {
     .success());
     assert_eq!(server.config()["Config"]["LeafCertTTL"], json!("72h0m0s"));
 }
+
+#[test]
+fn a_slow_answer_shows_progress_on_a_terminal_only() {
+    // A server that takes 2.5 s to answer, for one request each.
+    let slow = |port: u16| {
+        let script = format!(
+            "import http.server, time\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def do_GET(self):\n\
+             \x20       time.sleep(2.5)\n\
+             \x20       body = b'{{\"Roots\": []}}'\n\
+             \x20       self.send_response(200)\n\
+             \x20       self.send_header('Content-Length', str(len(body)))\n\
+             \x20       self.end_headers()\n\
+             \x20       self.wfile.write(body)\n\
+             \x20   def log_message(self, *a): pass\n\
+             http.server.HTTPServer(('127.0.0.1', {port}), H).handle_request()\n"
+        );
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap()
+    };
+    let free_port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    // On a terminal (script(1) gives the command a pseudo-terminal).
+    let port = free_port();
+    let mut server = slow(port);
+    std::thread::sleep(Duration::from_millis(500));
+    let cmd = format!("{} connect ca roots", common::BIN);
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("MESHCA_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let _ = server.wait();
+    let seen = text(&out.stdout);
+    assert!(out.status.success(), "{seen}");
+    assert!(seen.contains("waiting for the server… 2s"), "{seen:?}");
+
+    // Not on a terminal: only the answer.
+    let port = free_port();
+    let mut server = slow(port);
+    std::thread::sleep(Duration::from_millis(500));
+    let addr = format!("127.0.0.1:{port}");
+    let out = run_meshca(
+        &["connect", "ca", "roots"],
+        &[("MESHCA_HTTP_ADDR", addr.as_str())],
+        dir.path(),
+        CLIENT_TIMEOUT,
+    );
+    let _ = server.wait();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("waiting"),
+        "{}",
+        text(&out.stderr)
+    );
+}

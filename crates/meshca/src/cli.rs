@@ -76,8 +76,17 @@ pub struct HttpArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the meshca server.
+    #[command(after_help = "Examples:
+  meshca server                                  # ./meshca-data, 127.0.0.1:8500, ACLs on
+  meshca server -dev                             # in memory, ACLs off
+  meshca server --config-file /etc/meshca/meshca.hcl
+  meshca server --datacenter dc2 --primary-datacenter dc1 --primary-address https://10.0.0.1:8501")]
     Server(ServerArgs),
     /// Connect CA commands.
+    #[command(after_help = "Examples:
+  meshca connect ca roots
+  meshca connect ca get-config
+  meshca connect ca set-config --merge --config-file p384.json   # {\"Config\": {\"PrivateKeyBits\": 384, …}}")]
     Connect {
         #[command(flatten)]
         http: HttpArgs,
@@ -85,6 +94,9 @@ pub enum Command {
         command: ConnectCommand,
     },
     /// Fetch a leaf certificate for a service and write it to files.
+    #[command(after_help = "Examples:
+  meshca leaf web --out-dir ./certs      # web.pem, web-key.pem (0600), ca.pem
+  meshca leaf web --token $TOKEN --http-addr 10.0.0.1:8500")]
     Leaf {
         #[command(flatten)]
         http: HttpArgs,
@@ -92,6 +104,10 @@ pub enum Command {
         args: LeafArgs,
     },
     /// ACL commands: bootstrap, tokens and policies.
+    #[command(after_help = "Examples:
+  meshca acl bootstrap
+  meshca acl policy create --name web --rules 'service \"web\" { policy = \"write\" }'
+  meshca acl token list")]
     Acl {
         #[command(flatten)]
         http: HttpArgs,
@@ -100,6 +116,9 @@ pub enum Command {
     },
     /// Save the whole store to a file, or restore it from one (a running
     /// server; needs operator:write).
+    #[command(after_help = "Examples:
+  meshca snapshot save backup.snap
+  meshca snapshot restore backup.snap")]
     Snapshot {
         #[command(flatten)]
         http: HttpArgs,
@@ -107,11 +126,18 @@ pub enum Command {
         command: SnapshotCommand,
     },
     /// TLS helpers.
+    #[command(after_help = "Examples:
+  meshca tls ca create                   # consul-agent-ca.pem, consul-agent-ca-key.pem
+  meshca tls cert create --server --dc dc1
+  meshca tls cert create --client")]
     Tls {
         #[command(subcommand)]
         command: TlsCommand,
     },
     /// Make a new store key: print it as base64, or write it to a file.
+    #[command(after_help = "Examples:
+  meshca keygen --out /etc/meshca/store.key
+  meshca server --store-key-file /etc/meshca/store.key")]
     Keygen(KeygenArgs),
 }
 
@@ -405,6 +431,23 @@ mod tests {
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn every_command_shows_examples() {
+        use clap::CommandFactory;
+        for sub in Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:")
+                    && help.contains(&format!("meshca {}", sub.get_name())),
+                "{}: {help:?}",
+                sub.get_name()
+            );
+        }
     }
 
     #[test]

@@ -111,7 +111,10 @@ pub(crate) fn request(
 }
 
 pub(crate) fn send(req: RequestBuilder) -> anyhow::Result<Response> {
-    let resp = req.send().context("contacting the meshca server")?;
+    let waiting = Waiting::on_terminal();
+    let resp = req.send().context("contacting the meshca server");
+    drop(waiting);
+    let resp = resp?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().unwrap_or_default();
@@ -122,6 +125,58 @@ pub(crate) fn send(req: RequestBuilder) -> anyhow::Result<Response> {
         );
     }
     Ok(resp)
+}
+
+/// Progress for a request that takes a while (a rotation to an RSA-4096
+/// root, a snapshot restore): after a second, a line on the terminal that
+/// counts the seconds, erased when the answer comes. Nothing when stderr is
+/// not a terminal (scripts, logs).
+struct Waiting {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Waiting {
+    fn on_terminal() -> Option<Self> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let ticker = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut shown = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let secs = started.elapsed().as_secs();
+                if secs > shown {
+                    eprint!("\r{}", waiting_line(secs));
+                    shown = secs;
+                }
+            }
+            if shown > 0 {
+                eprint!("\r{}\r", " ".repeat(waiting_line(0).len() + 8));
+            }
+        });
+        Some(Self {
+            done,
+            ticker: Some(ticker),
+        })
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn waiting_line(secs: u64) -> String {
+    format!("waiting for the server… {secs}s")
 }
 
 fn get_json(http: &HttpArgs, path: &str) -> anyhow::Result<Value> {
