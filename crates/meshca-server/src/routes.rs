@@ -129,18 +129,20 @@ fn parse_query(raw: Option<String>) -> Result<HashMap<String, String>, ApiError>
         .map_err(|e| ApiError::Decode(format!("query string: {e}")))
 }
 
+/// The request body, or the error a body that did not arrive deserves.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::Decode(e.body_text()),
+    })
+}
+
 /// Decodes a JSON body, mapping an over-long body to 413 and anything else
 /// to Consul's `Request decode failed: …`.
 pub(crate) fn decode_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::Decode(e.body_text())
-        }
-    })?;
+    let bytes = body_bytes(body)?;
     // Go's decoder only fills a struct from a JSON object; serde would also
     // accept an array by position, so reject anything but an object first.
     // A key given twice is refused rather than silently resolved.
@@ -295,10 +297,7 @@ pub async fn snapshot_restore(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(&Permission::operator(Access::Write))?;
-    let bytes = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        _ => ApiError::Decode(e.body_text()),
-    })?;
+    let bytes = body_bytes(body)?;
     let snapshot = meshca_ca::snapshot_file::decode(&bytes)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let index = app.ca.restore_snapshot(snapshot).await?;
