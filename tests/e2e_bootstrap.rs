@@ -256,21 +256,7 @@ fn a_store_without_its_key_is_refused_before_anything_is_created() {
     let mut server = Server::start(&["--store-key-file", &key_arg]);
     server.stop();
     let data = server.data_dir();
-    let data_arg = data.to_str().expect("UTF-8 path").to_string();
-    let out = common::run_meshca(
-        &[
-            "server",
-            "--data-dir",
-            &data_arg,
-            "--client",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-        ],
-        &[],
-        server.dir(),
-        Duration::from_secs(20),
-    );
+    let out = common::run_server_once(&data, &[], server.dir(), Duration::from_secs(20));
     assert!(!out.status.success(), "started without its key");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no store key"), "{stderr}");
@@ -284,20 +270,7 @@ fn a_store_without_its_key_is_refused_before_anything_is_created() {
 fn a_second_server_on_the_same_data_dir_is_refused_naming_the_first() {
     let server = Server::start(&[]);
     let data = server.data_dir();
-    let out = common::run_meshca(
-        &[
-            "server",
-            "--data-dir",
-            data.to_str().expect("UTF-8 path"),
-            "--client",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-        ],
-        &[],
-        server.dir(),
-        Duration::from_secs(30),
-    );
+    let out = common::run_server_once(&data, &[], server.dir(), Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a second server started: {stderr}");
     let want = format!("is in use by another meshca process (pid {})", server.pid());

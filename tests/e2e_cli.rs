@@ -313,19 +313,9 @@ fn unknown_config_keys_stop_the_server_naming_the_key() {
         let path = dir.path().join(name);
         std::fs::write(&path, body).unwrap();
         let data = dir.path().join(format!("data-{name}"));
-        let out = run_meshca(
-            &[
-                "server",
-                "--config-file",
-                path.to_str().unwrap(),
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--client",
-                "127.0.0.1",
-                "--http-port",
-                "0",
-            ],
-            &[],
+        let out = common::run_server_once(
+            &data,
+            &["--config-file", path.to_str().unwrap()],
             dir.path(),
             Duration::from_secs(30),
         );
@@ -529,12 +519,23 @@ fn a_slow_answer_shows_progress_on_a_terminal_only() {
              \x20       self.end_headers()\n\
              \x20       self.wfile.write(body)\n\
              \x20   def log_message(self, *a): pass\n\
-             http.server.HTTPServer(('127.0.0.1', {port}), H).handle_request()\n"
+             s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+             print('listening', flush=True)\n\
+             s.handle_request()\n"
         );
-        std::process::Command::new("python3")
+        let mut child = std::process::Command::new("python3")
             .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        // Returns once the server is bound (it says so).
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "listening");
+        child
     };
     let free_port = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -545,7 +546,6 @@ fn a_slow_answer_shows_progress_on_a_terminal_only() {
     // On a terminal (script(1) gives the command a pseudo-terminal).
     let port = free_port();
     let mut server = slow(port);
-    std::thread::sleep(Duration::from_millis(500));
     let cmd = format!("{} connect ca roots", common::BIN);
     let out = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
@@ -561,7 +561,6 @@ fn a_slow_answer_shows_progress_on_a_terminal_only() {
     // Not on a terminal: only the answer.
     let port = free_port();
     let mut server = slow(port);
-    std::thread::sleep(Duration::from_millis(500));
     let addr = format!("127.0.0.1:{port}");
     let out = run_meshca(
         &["connect", "ca", "roots"],

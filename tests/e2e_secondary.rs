@@ -399,19 +399,9 @@ fn a_secondary_the_primary_refuses_does_not_start_and_says_why() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let out = common::run_meshca(
-        &[
-            "server",
-            "--config-file",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--client",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-        ],
-        &[],
+    let out = common::run_server_once(
+        &data,
+        &["--config-file", config.to_str().unwrap()],
         dir.path(),
         Duration::from_secs(30),
     );

@@ -33,9 +33,14 @@ fn sigterm_answers_parked_blocking_queries_at_once_and_exits() {
         })
     })
     .collect();
-    // Only to let both requests reach their wait: nothing else to poll.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(parked.iter().all(|t| !t.is_finished()), "the queries park");
+    let open = |server: &Server| {
+        let m = server.get("/v1/agent/metrics?format=prometheus").body;
+        m.contains("\nmeshca_blocking_queries_open 2\n")
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || open(&server)),
+        "both queries park"
+    );
 
     let signalled = Instant::now();
     server.signal("TERM");

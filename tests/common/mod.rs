@@ -486,6 +486,24 @@ fn listening_addr(line: &str) -> Option<String> {
     (!addr.is_empty()).then_some(addr)
 }
 
+/// Runs `meshca server --data-dir <data_dir> --client 127.0.0.1
+/// --http-port 0 <args>` to completion with a deadline: for a server that
+/// must refuse to start.
+pub fn run_server_once(data_dir: &Path, args: &[&str], cwd: &Path, timeout: Duration) -> Output {
+    let data = data_dir.to_str().expect("UTF-8 path");
+    let mut all = vec![
+        "server",
+        "--data-dir",
+        data,
+        "--client",
+        "127.0.0.1",
+        "--http-port",
+        "0",
+    ];
+    all.extend_from_slice(args);
+    run_meshca(&all, &[], cwd, timeout)
+}
+
 /// Runs `meshca <args>` to completion with a deadline (the process is killed
 /// past it), without a server. For commands that must fail fast.
 pub fn run_meshca(args: &[&str], envs: &[(&str, &str)], cwd: &Path, timeout: Duration) -> Output {
