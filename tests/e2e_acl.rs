@@ -539,3 +539,32 @@ fn bad_acl_requests_are_400_and_change_nothing() {
         1
     );
 }
+
+#[test]
+fn a_token_cannot_delete_itself_but_another_management_token_can() {
+    let server = Server::start(&[]);
+    let me = server.get_json("/v1/acl/token/self")["AccessorID"]
+        .as_str()
+        .expect("the bootstrap token's AccessorID")
+        .to_string();
+    let delete_me = format!("/v1/acl/token/{me}");
+    let r = server.request(Method::DELETE, &delete_me, None);
+    r.assert_error(400);
+    assert_eq!(
+        r.body,
+        "Deletion of the request's authorization token is not permitted"
+    );
+    assert_eq!(
+        get_as(&server, server.token().as_deref(), "/v1/acl/tokens").status,
+        200
+    );
+
+    let other = token_with(
+        &server,
+        json!({"Policies": [{"Name": "global-management"}]}),
+    );
+    let r = server.request_as(Some(&other), Method::DELETE, &delete_me, None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get_as(&server, server.token().as_deref(), "/v1/acl/tokens");
+    assert_eq!((r.status, r.body.as_str()), (403, "ACL not found"));
+}

@@ -41,10 +41,34 @@ impl FromStr for GoDuration {
     type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_nanos(s.trim())
-            .map(|nanos| Self(Duration::from_nanos(nanos)))
-            .ok_or_else(|| DurationError(s.to_string()))
+        match parse_nanos(s.trim()) {
+            Ok(nanos) if nanos <= MAX_NANOS => Ok(Self(Duration::from_nanos(nanos as u64))),
+            _ => Err(DurationError(s.to_string())),
+        }
     }
+}
+
+impl GoDuration {
+    /// Parses like [`FromStr`], but a well-formed duration longer than `max`
+    /// (even past Go's range) is `max`: for limits the server clamps anyway,
+    /// such as a blocking query's `wait`. `None` when `s` is not a duration.
+    pub fn parse_at_most(s: &str, max: Duration) -> Option<Duration> {
+        let max_nanos = max.as_nanos();
+        match parse_nanos(s.trim()) {
+            Ok(nanos) if nanos < max_nanos => Some(Duration::from_nanos(nanos as u64)),
+            Ok(_) => Some(max),
+            Err(Malformed::TooLong) => Some(max),
+            Err(Malformed::Syntax) => None,
+        }
+    }
+}
+
+/// Why a string is not a duration.
+#[derive(Debug, PartialEq, Eq)]
+enum Malformed {
+    Syntax,
+    /// Well-formed, but its nanoseconds do not fit in 128 bits.
+    TooLong,
 }
 
 /// Go's largest duration, in nanoseconds (`2562047h47m16.854775807s`).
@@ -53,22 +77,23 @@ const MAX_NANOS: u128 = i64::MAX as u128;
 /// Go's `time.ParseDuration`, restricted to durations that are not
 /// negative: an optional sign, then one or more `<number><unit>` with
 /// optional fraction, units `ns`, `us`/`µs`/`μs`, `ms`, `s`, `m`, `h`; a bare
-/// `0` is zero. `None` for anything else, including values past Go's range.
+/// `0` is zero. Values past Go's range are returned as they are, for the
+/// caller to refuse or clamp.
 ///
 /// Written here because the `go-parse-duration` crate panics on a
 /// non-ASCII unit (`1µs`, `1és`): a request with such a `wait` closed the
 /// connection without an answer.
-fn parse_nanos(s: &str) -> Option<u64> {
+fn parse_nanos(s: &str) -> Result<u128, Malformed> {
     let (negative, mut rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
     if rest == "0" {
-        return Some(0);
+        return Ok(0);
     }
     if rest.is_empty() {
-        return None;
+        return Err(Malformed::Syntax);
     }
     let mut total: u128 = 0;
     while !rest.is_empty() {
@@ -78,22 +103,21 @@ fn parse_nanos(s: &str) -> Option<u64> {
             None => ("", after),
         };
         if int_part.is_empty() && frac_part.is_empty() {
-            return None;
+            return Err(Malformed::Syntax);
         }
         let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_len);
         rest = after;
-        total = total.checked_add(term_nanos(int_part, frac_part, unit_nanos(unit)?)?)?;
-        if total > MAX_NANOS {
-            return None;
-        }
+        let unit = unit_nanos(unit).ok_or(Malformed::Syntax)?;
+        let term = term_nanos(int_part, frac_part, unit).ok_or(Malformed::TooLong)?;
+        total = total.checked_add(term).ok_or(Malformed::TooLong)?;
     }
     if negative && total != 0 {
-        return None;
+        return Err(Malformed::Syntax);
     }
-    u64::try_from(total).ok()
+    Ok(total)
 }
 
 /// The leading ASCII digits of `s`, and the rest.
@@ -117,7 +141,7 @@ fn unit_nanos(unit: &str) -> Option<u128> {
 
 /// `<int>.<frac>` of a unit, in nanoseconds; the fraction is truncated to
 /// whole nanoseconds, as Go does. Digits past the 20th of a fraction cannot
-/// change the result.
+/// change the result. `None` when the value does not fit in 128 bits.
 fn term_nanos(int_part: &str, frac_part: &str, unit: u128) -> Option<u128> {
     let int: u128 = if int_part.is_empty() {
         0
@@ -182,6 +206,23 @@ impl<'de> Deserialize<'de> for GoDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_at_most_clamps_long_durations_and_refuses_malformed_ones() {
+        let max = Duration::from_secs(600);
+        let at_most = |s: &str| GoDuration::parse_at_most(s, max);
+        assert_eq!(at_most("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(at_most("1h"), Some(max));
+        // Past Go's range, and past 128 bits: still a duration, so clamped.
+        assert_eq!(at_most("2562048h"), Some(max));
+        assert_eq!(at_most(&format!("{}h", "9".repeat(60))), Some(max));
+        assert_eq!(at_most("0"), Some(Duration::ZERO));
+        for bad in ["", "10", "soon", "-5s", "5x", "."] {
+            assert_eq!(at_most(bad), None, "{bad:?}");
+        }
+        // FromStr still refuses what Go refuses.
+        assert!("2562048h".parse::<GoDuration>().is_err());
+    }
 
     fn check(input: &str, secs: u64, printed: &str) {
         let d: GoDuration = input.parse().unwrap();

@@ -155,8 +155,13 @@ fn created(acl: &Acl, c: CreatedToken) -> Result<Response, ApiError> {
     to_json(&token_out(acl, c.record, Some(&c.secret_id)))
 }
 
+/// A path's ID: the hyphenated form only (`8-4-4-4-12` hex digits), as
+/// Consul parses it; braces, `urn:uuid:` and bare hex are refused.
 fn parse_id(text: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| ApiError::BadRequest(format!("{what} must be a UUID")))
+    Some(text)
+        .filter(|t| t.len() == uuid::fmt::Hyphenated::LENGTH)
+        .and_then(|t| Uuid::try_parse(t).ok())
+        .ok_or_else(|| ApiError::BadRequest(format!("{what} must be a UUID")))
 }
 
 /// `PUT /v1/acl/bootstrap`: the first management token, once.
@@ -277,6 +282,13 @@ fn delete_object(
     let acl = acl_of(app)?;
     let id = parse_id(id, object.id_name())?;
     match object {
+        AclObject::Token if caller.accessor_id() == Some(id) => {
+            // Consul's rule: a client must not lock itself out by deleting
+            // the token it is using (it may be the only management token).
+            return Err(ApiError::BadRequest(
+                "Deletion of the request's authorization token is not permitted".into(),
+            ));
+        }
         AclObject::Token => acl.delete_token(id)?,
         AclObject::Policy => acl.delete_policy(id)?,
     }

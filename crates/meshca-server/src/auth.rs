@@ -96,6 +96,14 @@ impl Caller {
         }
     }
 
+    /// The AccessorID of the caller's token, when it has one.
+    pub fn accessor_id(&self) -> Option<uuid::Uuid> {
+        match self {
+            Caller::Token(t) => Some(t.accessor_id),
+            _ => None,
+        }
+    }
+
     /// What a cached agent leaf is shared by: one entry per token, as
     /// Consul caches per service and token.
     pub fn cache_key(&self) -> String {

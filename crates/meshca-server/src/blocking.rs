@@ -20,8 +20,9 @@ pub struct BlockingQuery {
 }
 
 impl BlockingQuery {
+    /// An empty value counts as absent (`?index=&wait=`), as in Consul.
     pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
-        let index = match query.get("index") {
+        let index = match non_empty(query, "index") {
             None => None,
             Some(s) => Some(
                 s.trim()
@@ -29,13 +30,13 @@ impl BlockingQuery {
                     .map_err(|_| ApiError::InvalidIndex)?,
             ),
         };
-        let wait = match query.get("wait") {
+        let wait = match non_empty(query, "wait") {
             None => DEFAULT_WAIT,
             Some(s) => parse_wait(s)?,
         };
         Ok(Self {
             index: index.filter(|i| *i > 0),
-            wait: wait.min(MAX_WAIT),
+            wait,
         })
     }
 
@@ -52,11 +53,22 @@ impl BlockingQuery {
     }
 }
 
+/// The parameter's value, or `None` when it is absent or empty: Consul
+/// ignores `?wait=` and `?index=` without a value, and so do its clients.
+pub fn non_empty<'q>(query: &'q HashMap<String, String>, name: &str) -> Option<&'q str> {
+    query
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
 /// A wait is a Go duration with a unit (`10s`, `5m`); a bare number is an
-/// invalid wait time.
+/// invalid wait time, as in Consul. Longer than [`MAX_WAIT`] is `MAX_WAIT`,
+/// even past Go's range (where Consul answers 400): the server caps the
+/// wait either way, and the OpenAPI pattern can then describe exactly what
+/// is accepted.
 fn parse_wait(s: &str) -> Result<Duration, ApiError> {
-    let d: GoDuration = s.trim().parse().map_err(|_| ApiError::InvalidWait)?;
-    Ok(d.as_std())
+    GoDuration::parse_at_most(s, MAX_WAIT).ok_or(ApiError::InvalidWait)
 }
 
 /// Waits until `rx`'s value exceeds `index`, `deadline` passes, or the
@@ -121,6 +133,17 @@ mod tests {
             }
         );
         assert_eq!(q(&[("index", "0")]).unwrap().index, None);
+    }
+
+    #[test]
+    fn empty_values_count_as_absent_as_in_consul() {
+        assert_eq!(
+            q(&[("index", ""), ("wait", "")]).unwrap(),
+            BlockingQuery {
+                index: None,
+                wait: DEFAULT_WAIT
+            }
+        );
     }
 
     #[test]

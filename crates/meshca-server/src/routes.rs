@@ -2,7 +2,7 @@
 //! domain types, calls the CA engine, and renders Consul's wire format.
 
 use crate::auth::{Caller, Remote};
-use crate::blocking::{wait_for_index, BlockingQuery};
+use crate::blocking::{non_empty, wait_for_index, BlockingQuery};
 use crate::error::ApiError;
 use crate::leafcache::LeafCache;
 use crate::metrics::Metrics;
@@ -169,7 +169,7 @@ pub async fn roots(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = parse_query(raw)?;
-    let pem = match query.get("pem") {
+    let pem = match non_empty(&query, "pem") {
         None => false,
         Some(v) => parse_go_bool(v).ok_or(ApiError::InvalidPemParam)?,
     };
