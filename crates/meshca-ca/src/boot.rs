@@ -63,11 +63,16 @@ pub(crate) async fn load_or_bootstrap(
         config: initial.clone(),
         now: clock.now(),
     };
+    // A 4096-bit RSA key takes seconds: say what the start is waiting for.
+    tracing::info!(%cluster_id, provider = initial.provider().as_str(),
+        key = %initial.key_spec(), "no CA in the store: generating the first root");
+    let started = std::time::Instant::now();
     let material = provider_call(provider.generate_ca(&req)).await?;
     let keys = provider_call(provider.open(&material)).await?;
     let state = rotation::bootstrap(cluster_id, initial, &material, expected + 1)?;
     let published = Published::build(state, provider, keys, datacenter)?;
     store.commit(published.state(), expected).await?;
-    tracing::info!(%cluster_id, "CA initialised with a new root");
+    tracing::info!(%cluster_id, elapsed_ms = started.elapsed().as_millis() as u64,
+        "CA initialised with a new root");
     Ok(published)
 }
