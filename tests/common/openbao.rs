@@ -256,7 +256,7 @@ impl FaultProxy {
                         if let Ok(c) = client.try_clone() {
                             o.lock().unwrap().push(c);
                         }
-                        forward(client, upstream_port, log.clone());
+                        forward(client, upstream_port, log.clone(), f.clone());
                     }
                 }
             }
@@ -282,31 +282,56 @@ impl FaultProxy {
             .count()
     }
 
-    /// Applies `fault` to new connections and cuts the forwarded ones.
+    /// Applies `fault` to new connections and to the forwarded ones: `Hang`
+    /// freezes them (requests are swallowed, nothing answers), anything else
+    /// cuts them. Cutting on `Hang` would race: a client could send its
+    /// next request on a pooled connection before it noticed the cut, and
+    /// see "connection closed" instead of a server that does not answer.
     pub fn set(&self, fault: Fault) {
+        let hang = matches!(fault, Fault::Hang);
         *self.fault.lock().unwrap() = fault;
-        for c in self.open.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
+        if !hang {
+            for c in self.open.lock().unwrap().drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }
 
-fn forward(client: TcpStream, upstream_port: u16, log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+fn forward(
+    client: TcpStream,
+    upstream_port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    fault: std::sync::Arc<std::sync::Mutex<Fault>>,
+) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
         return;
     };
+    // `log` is set on the client-to-server direction only, which is also
+    // the one a hang swallows.
     let pipe = |mut from: TcpStream,
                 mut to: TcpStream,
                 log: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>| {
+        let fault = fault.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16 * 1024];
             while let Ok(n) = from.read(&mut buf) {
-                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                if n == 0 {
                     break;
                 }
-                if let Some(log) = &log {
-                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                let Some(log) = &log else {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    continue;
+                };
+                if matches!(*fault.lock().unwrap(), Fault::Hang) {
+                    continue;
                 }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                log.lock().unwrap().extend_from_slice(&buf[..n]);
             }
             let _ = to.shutdown(std::net::Shutdown::Write);
         });

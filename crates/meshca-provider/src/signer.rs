@@ -24,10 +24,52 @@ pub struct Signer {
 }
 
 /// What the post-signing check needs, shared with the blocking task.
+///
+/// Every leaf's chain shares its upper part (signing certificate → root),
+/// so that part is verified once, when the signer is built, and each leaf
+/// is verified against the signing certificate as its anchor: one
+/// signature verification per leaf instead of two. A root that constrains
+/// names keeps the whole chain per leaf, since the leaf's names must then
+/// be checked against the root's constraints.
 struct ChainCheck {
-    root_der: Vec<u8>,
-    signing_der: Vec<u8>,
+    anchor_der: Vec<u8>,
+    /// Empty when the anchor is the signing certificate.
+    intermediates: Vec<Vec<u8>>,
     signing_skid: Vec<u8>,
+}
+
+impl ChainCheck {
+    fn new(
+        root_der: Vec<u8>,
+        signing_der: Vec<u8>,
+        signing_skid: Vec<u8>,
+    ) -> Result<Self, ProviderError> {
+        let root = parse(&root_der, "root")?;
+        let signing = parse(&signing_der, "signing certificate")?;
+        if signing_der != root_der {
+            signing
+                .verify_signature(Some(root.public_key()))
+                .map_err(|e| {
+                    ProviderError::Internal(format!(
+                        "the signing certificate is not signed by the root: {e}"
+                    ))
+                })?;
+        }
+        let root_constrains_names = root.name_constraints().ok().flatten().is_some();
+        Ok(if root_constrains_names {
+            Self {
+                anchor_der: root_der,
+                intermediates: vec![signing_der],
+                signing_skid,
+            }
+        } else {
+            Self {
+                anchor_der: signing_der,
+                intermediates: Vec::new(),
+                signing_skid,
+            }
+        })
+    }
 }
 
 impl Signer {
@@ -45,13 +87,14 @@ impl Signer {
         let signing_der = first_cert_der(signing_pem).map_err(ProviderError::internal)?;
         let signing = cert_facts(&signing_der).map_err(ProviderError::Internal)?;
         let signing_skid = signing.subject_key_id.unwrap_or_default();
+        let root_der = first_cert_der(root_pem).map_err(ProviderError::internal)?;
         Ok(Self {
             keys,
-            check: Arc::new(ChainCheck {
-                root_der: first_cert_der(root_pem).map_err(ProviderError::internal)?,
+            check: Arc::new(ChainCheck::new(
+                root_der,
                 signing_der,
-                signing_skid: signing_skid.clone(),
-            }),
+                signing_skid.clone(),
+            )?),
             chain_pem: chain.iter().map(|p| with_newline(p)).collect(),
             signing_key_id: colon_hex(&signing_skid),
             not_after: signing.not_after,
@@ -126,11 +169,21 @@ impl ChainCheck {
             &signed.der,
             req.csr.spiffe_id(),
             &self.signing_skid,
-            std::slice::from_ref(&self.signing_der),
-            std::slice::from_ref(&self.root_der),
+            &self.intermediates,
+            std::slice::from_ref(&self.anchor_der),
             req.not_before + meshca_core::leaf::BACKDATE,
         )
     }
+}
+
+fn parse<'a>(
+    der: &'a [u8],
+    what: &str,
+) -> Result<x509_parser::certificate::X509Certificate<'a>, ProviderError> {
+    use x509_parser::prelude::FromDer;
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .map(|(_, c)| c)
+        .map_err(|e| ProviderError::Internal(format!("the {what} does not parse: {e}")))
 }
 
 fn with_newline(pem: &str) -> String {
@@ -215,6 +268,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("serial"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_signing_certificate_another_root_signed_is_refused_when_the_signer_is_built() {
+        let p = BuiltinProvider::new();
+        let req = request(KeySpec::EcP256);
+        let (a, b) = (
+            p.generate_ca(&req).await.unwrap(),
+            p.generate_ca(&req).await.unwrap(),
+        );
+        let keys = p.open(&b).await.unwrap();
+        let err = Signer::new(
+            keys.clone(),
+            &a.root_pem,
+            std::slice::from_ref(&b.signing_pem),
+        )
+        .err()
+        .expect("b's intermediate under a's root");
+        assert!(err.to_string().contains("not signed by the root"), "{err}");
+        let signer = Signer::new(keys, &b.root_pem, std::slice::from_ref(&b.signing_pem)).unwrap();
+        let leaf = leaf_request(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let signed = signer.sign_leaf_now(&leaf).unwrap().unwrap();
+        // The per-leaf check anchors at the signing certificate; the leaf
+        // still verifies through the whole chain to the root.
+        crate::verify::verify_chain(
+            &signed.der,
+            &[first_cert_der(&b.signing_pem).unwrap()],
+            &[first_cert_der(&b.root_pem).unwrap()],
+            leaf.not_before + meshca_core::leaf::BACKDATE,
+        )
+        .unwrap();
     }
 
     #[tokio::test]
