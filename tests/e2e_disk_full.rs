@@ -3,7 +3,8 @@
 //! says so; once space is freed, the next change goes through without a
 //! restart (regression: every later change failed until restart, the next
 //! rotation was refused with 409 `CA is already in state "RECONFIGURING"`,
-//! and `/v1/health` said ok throughout).
+//! and `/v1/health` said ok throughout). Leaves stop too while their
+//! journal entries cannot be written, and resume with the space.
 
 mod common;
 
@@ -86,10 +87,15 @@ fn a_full_disk_refuses_changes_cleanly_and_recovers_without_a_restart() {
     );
     let roots = server.roots();
     assert_eq!(roots, before, "nothing changed");
-    // Leaves are still signed by the published CA.
-    assert_eq!(server.get("/v1/agent/connect/ca/leaf/web").status, 200);
+    // No leaf without its durable journal entry: like Vault without a
+    // working audit device, issuance stops rather than go unrecorded.
+    let leaf = server.get("/v1/agent/connect/ca/leaf/web");
+    assert_eq!(leaf.status, 503, "{leaf:?}");
+    assert!(leaf.body.contains("issuance journal"), "{leaf:?}");
+    assert!(!leaf.body.contains("BEGIN"), "no certificate: {leaf:?}");
 
     std::fs::remove_file(&filler).expect("freeing the space");
+    assert_eq!(server.get("/v1/agent/connect/ca/leaf/web").status, 200);
     let r = rotate(&server, 384);
     assert_eq!(r.status, 200, "the next change goes through: {r:?}");
     let after = server.roots();

@@ -121,8 +121,10 @@ impl CaEngine {
     /// generation: CPU work), signed by `p`'s signer. Everything about the
     /// result — the key that signed, the chain, the SigningKeyID — comes
     /// from `p`. With local keys, preparing, signing and checking are one
-    /// step off the async runtime (each hop to a blocking thread costs about
-    /// as much as a signature); remote keys are awaited afterwards.
+    /// step: on the request's own worker for EC keys (about 0.3 ms of CPU;
+    /// a hop to a blocking thread costs as much as a signature), on a
+    /// blocking thread for RSA keys (milliseconds). Remote keys are awaited
+    /// afterwards.
     async fn issue(
         &self,
         kind: IssueKind,
@@ -132,7 +134,7 @@ impl CaEngine {
     ) -> Result<IssuedLeaf, CaError> {
         let started = std::time::Instant::now();
         let root_id = p.active_root_id.clone();
-        let result = self.sign_and_record(p, requester, prepare).await;
+        let result = self.sign_and_record(kind, p, requester, prepare).await;
         if let Some(observer) = self.observer.get() {
             match &result {
                 Ok(leaf) => observer.issued(kind, &root_id, leaf.valid_before, started.elapsed()),
@@ -145,24 +147,40 @@ impl CaEngine {
     /// [`CaEngine::issue`]'s work.
     async fn sign_and_record(
         &self,
+        kind: IssueKind,
         p: Arc<Published>,
         requester: Requester,
         prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
     ) -> Result<IssuedLeaf, CaError> {
         let now = self.clock.now();
         let signer = p.clone();
-        let (request, key, signed) = blocking(move || {
+        let work = move || {
             let (csr, key) = prepare()?;
             let request = leaf_request(&signer, csr, now)?;
             let signed = signer.signer.sign_leaf_now(&request).transpose()?;
             Ok((request, key, signed))
-        })
-        .await?;
+        };
+        let quick = p
+            .signer
+            .keys()
+            .local()
+            .is_some_and(|k| k.signs_in_microseconds());
+        let (request, key, signed) = if quick {
+            work()?
+        } else {
+            blocking(work).await?
+        };
         let signed = match signed {
             Some(signed) => signed,
             None => provider_call(p.signer.sign_leaf(request.clone())).await?,
         };
         let mut leaf = self.record(&p, &request, signed, &requester);
+        if let Some(journal) = self.journal.get() {
+            journal
+                .append(&journal_entry(kind, &leaf, &requester))
+                .await
+                .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        }
         leaf.private_key_pem = key.map(|k| k.private_key_pem);
         Ok(leaf)
     }
@@ -192,6 +210,25 @@ impl CaEngine {
             index,
             signing_key_id: p.signer.signing_key_id().to_string(),
         }
+    }
+}
+
+/// What the issuance journal keeps of `leaf`.
+fn journal_entry(
+    kind: IssueKind,
+    leaf: &IssuedLeaf,
+    requester: &Requester,
+) -> meshca_journal::Entry {
+    meshca_journal::Entry {
+        serial: leaf.serial.to_string(),
+        spiffe_id: leaf.spiffe_id.to_string(),
+        valid_after: leaf.valid_after,
+        valid_before: leaf.valid_before,
+        signing_key_id: leaf.signing_key_id.clone(),
+        kind: kind.as_str().to_string(),
+        requester: requester.identity.clone(),
+        remote: requester.remote.clone(),
+        request_id: requester.request_id.clone(),
     }
 }
 

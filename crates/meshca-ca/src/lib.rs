@@ -85,6 +85,8 @@ pub struct CaEngine {
     follower: Option<follower::Follower>,
     /// Told about every issuance, once set.
     observer: std::sync::OnceLock<Arc<dyn IssueObserver>>,
+    /// Every issued leaf is durable here before it is returned, once set.
+    journal: std::sync::OnceLock<Arc<meshca_journal::Journal>>,
 }
 
 impl CaEngine {
@@ -163,7 +165,15 @@ impl CaEngine {
             issue_index: AtomicU64::new(leaf_base),
             follower,
             observer: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records every issuance in `journal` from now on: a leaf is returned
+    /// only once its entry is durable. Set once; a second journal is
+    /// refused (`false`).
+    pub fn journal_issuance(&self, journal: Arc<meshca_journal::Journal>) -> bool {
+        self.journal.set(journal).is_ok()
     }
 
     /// Tells `observer` about every issuance from now on. Set once; a

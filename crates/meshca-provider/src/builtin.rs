@@ -450,6 +450,10 @@ impl LocalKeys for Keys {
     fn sign_leaf_now(&self, req: &LeafRequest) -> Result<SignedLeaf, ProviderError> {
         self.sign_leaf(req)
     }
+
+    fn signs_in_microseconds(&self) -> bool {
+        !self.spec.is_rsa()
+    }
 }
 
 #[cfg(test)]

@@ -208,6 +208,12 @@ pub trait LocalKeys: Send + Sync + 'static {
     /// [`CaKeys::sign_leaf`], on the calling thread: call it off the async
     /// runtime.
     fn sign_leaf_now(&self, req: &LeafRequest) -> Result<SignedLeaf, ProviderError>;
+
+    /// Whether a leaf signature takes tens of microseconds (EC keys) rather
+    /// than milliseconds (RSA). Such keys sign on the async worker that
+    /// took the request: handing the work to a blocking thread costs about
+    /// as much as the signature itself.
+    fn signs_in_microseconds(&self) -> bool;
 }
 
 /// Runs CPU-heavy provider work (key generation, signing) off the async

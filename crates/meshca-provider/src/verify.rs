@@ -6,6 +6,36 @@ use meshca_core::SpiffeId;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
+/// The signature algorithms chains are verified with: aws-lc-rs's, named
+/// one by one. `webpki::ALL_VERIFICATION_ALGS` lists ring's first whenever
+/// another crate in the build enables webpki's `ring` feature (reqwest's
+/// rustls does), and ring's P-256 verification then ran on every leaf.
+pub static VERIFICATION_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = {
+    use webpki::aws_lc_rs as a;
+    &[
+        a::ECDSA_P256_SHA256,
+        a::ECDSA_P256_SHA384,
+        a::ECDSA_P256_SHA512,
+        a::ECDSA_P384_SHA256,
+        a::ECDSA_P384_SHA384,
+        a::ECDSA_P384_SHA512,
+        a::ECDSA_P521_SHA256,
+        a::ECDSA_P521_SHA384,
+        a::ECDSA_P521_SHA512,
+        a::ED25519,
+        a::RSA_PKCS1_2048_8192_SHA256,
+        a::RSA_PKCS1_2048_8192_SHA384,
+        a::RSA_PKCS1_2048_8192_SHA512,
+        a::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+        a::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+        a::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+        a::RSA_PKCS1_3072_8192_SHA384,
+        a::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        a::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+        a::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+    ]
+};
+
 fn unix_time(t: OffsetDateTime) -> UnixTime {
     UnixTime::since_unix_epoch(std::time::Duration::from_secs(
         u64::try_from(t.unix_timestamp()).unwrap_or(0),
@@ -38,7 +68,7 @@ pub fn verify_chain(
     // the SVID profile check, and nothing else in path validation depends
     // on the usage, so verifying for both would only repeat the signatures.
     ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
+        VERIFICATION_ALGS,
         &anchors,
         &inters,
         unix_time(at),

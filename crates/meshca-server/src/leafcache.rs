@@ -58,8 +58,12 @@ pub struct LeafCacheLimits {
 impl Default for LeafCacheLimits {
     fn default() -> Self {
         Self {
-            max_entries: 10_000,
-            max_bytes: 64 * 1024 * 1024,
+            // About 4 KB per entry (leaf, chain, key, bookkeeping): 16 MiB
+            // keeps the server's memory under 40 MB with any number of
+            // services asked for. An evicted leaf costs one signing (about
+            // 0.3 ms) when it is asked for again.
+            max_entries: 4_096,
+            max_bytes: 16 * 1024 * 1024,
             idle: Duration::from_secs(60 * 60),
         }
     }

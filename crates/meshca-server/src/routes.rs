@@ -25,9 +25,21 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Shared state of every handler.
+/// Shared state of every handler. One `Arc`: each request clones the
+/// state several times (middleware, extractors), one reference count each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+#[derive(Clone)]
+pub struct Shared {
     pub ca: Arc<CaEngine>,
     /// The ACL system; `None` when ACLs are off (everything is allowed).
     pub acl: Option<Arc<Acl>>,
@@ -53,7 +65,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         // The first state made for an engine sees its issuance.
         ca.observe_issuance(metrics.clone());
-        Self {
+        Self(Arc::new(Shared {
             ca,
             acl: None,
             limiter: Arc::new(limiter),
@@ -61,7 +73,7 @@ impl AppState {
             roots_json: Arc::new(ArcSwapOption::empty()),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             metrics,
-        }
+        }))
     }
 
     /// Begins the shutdown: every parked blocking query answers now, with
@@ -76,9 +88,10 @@ impl AppState {
     }
 
     /// The same state with ACLs enforced by `acl`.
-    pub fn with_acl(mut self, acl: Arc<Acl>) -> Self {
-        self.acl = Some(acl);
-        self
+    pub fn with_acl(self, acl: Arc<Acl>) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.acl = Some(acl);
+        Self(Arc::new(shared))
     }
 
     /// `IndexedCARoots` of `p` as JSON, rendered the first time it is asked

@@ -810,7 +810,7 @@ fn verify_client(
 ) -> Result<(), webpki::Error> {
     let cert = webpki::EndEntityCert::try_from(ee)?;
     cert.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
+        meshca_provider::verify::VERIFICATION_ALGS,
         anchors,
         intermediates,
         now,

@@ -211,6 +211,14 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
     let ca = start_ca(&s, store)
         .await
         .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
+    if !s.dev {
+        // Opening reads only the end of the newest segment, whatever the
+        // journal's size.
+        let dir = s.data_dir.join(JOURNAL_DIR);
+        let journal = meshca_journal::Journal::open(&dir, meshca_journal::DEFAULT_SEGMENT_BYTES)
+            .map_err(|e| anyhow::anyhow!("opening {e}"))?;
+        ca.journal_issuance(Arc::new(journal));
+    }
     if s.ca_config_given && ca.published().config != s.initial_ca {
         tracing::warn!(
             "connect.ca_config (and ca_provider) in the configuration file only seed a new CA: \
@@ -392,6 +400,8 @@ fn log_ready(s: &Settings, p: &meshca_server::Published, acls: bool, tls: bool) 
 
 /// The file in the data dir that names the process holding it.
 const PID_FILE: &str = "meshca.pid";
+/// The issuance journal's segments, under the data dir.
+const JOURNAL_DIR: &str = "journal";
 
 /// A store held by another process: say which, when its pid file tells.
 fn name_the_holder(data_dir: &std::path::Path, e: meshca_store::StoreError) -> anyhow::Error {
