@@ -166,6 +166,10 @@ impl CaEngine {
             .local()
             .is_some_and(|k| k.signs_in_microseconds());
         let (request, key, signed) = if quick {
+            // Work done inline never returns Pending: count it against the
+            // task's budget, so a loop of issuances still lets the other
+            // tasks of its worker run.
+            tokio::task::consume_budget().await;
             work()?
         } else {
             blocking(work).await?
