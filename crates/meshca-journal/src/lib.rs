@@ -75,7 +75,6 @@ struct Pending {
 /// The journal of one data dir. Appends from any task; one writer thread.
 pub struct Journal {
     queue: mpsc::Sender<Pending>,
-    dir: PathBuf,
 }
 
 impl Journal {
@@ -95,10 +94,7 @@ impl Journal {
             .name("meshca-journal".into())
             .spawn(move || write_batches(segment, &rx))
             .map_err(|e| JournalError::io("starting the writer of", dir, e))?;
-        Ok(Self {
-            queue,
-            dir: dir.to_path_buf(),
-        })
+        Ok(Self { queue })
     }
 
     /// Appends `entry` and returns once it is durable, or why it is not.
@@ -112,11 +108,6 @@ impl Journal {
             .map_err(|_| JournalError("the writer has stopped".into()))?;
         wait.await
             .map_err(|_| JournalError("the writer has stopped".into()))?
-    }
-
-    /// The directory of the segments.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
@@ -255,7 +246,10 @@ impl Segment {
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
-        let bytes: Vec<u8> = batch.iter().flat_map(|p| p.line.iter().copied()).collect();
+        let mut bytes = Vec::with_capacity(batch.iter().map(|p| p.line.len()).sum());
+        for pending in batch {
+            bytes.extend_from_slice(&pending.line);
+        }
         let path = self.path();
         let written = self
             .file
