@@ -17,6 +17,7 @@
 
 mod boot;
 mod error;
+mod fair;
 mod follower;
 mod issue;
 pub mod keygen;
@@ -87,6 +88,8 @@ pub struct CaEngine {
     observer: std::sync::OnceLock<Arc<dyn IssueObserver>>,
     /// Every issued leaf is durable here before it is returned, once set.
     journal: std::sync::OnceLock<Arc<meshca_journal::Journal>>,
+    /// Turns at the signing CPU, shared fairly between clients.
+    turns: fair::FairTurns,
 }
 
 impl CaEngine {
@@ -166,6 +169,7 @@ impl CaEngine {
             follower,
             observer: std::sync::OnceLock::new(),
             journal: std::sync::OnceLock::new(),
+            turns: fair::FairTurns::per_core(),
         })
     }
 

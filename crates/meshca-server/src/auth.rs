@@ -83,6 +83,16 @@ impl Caller {
             identity: self.audit_name(),
             remote: remote.addr.map(|a| a.to_string()),
             request_id: remote.request_id,
+            client: self.fair_share_name(remote.addr),
+        }
+    }
+
+    /// Who the caller is for a fair share of the signing CPU: its
+    /// credential, or its address when it has none (ACLs off, anonymous).
+    fn fair_share_name(&self, addr: Option<SocketAddr>) -> String {
+        match (self, addr) {
+            (Caller::Token(_) | Caller::Mesh(..), _) | (_, None) => self.audit_name(),
+            (Caller::Unrestricted | Caller::Anonymous, Some(a)) => a.ip().to_string(),
         }
     }
 
@@ -216,6 +226,18 @@ mod tests {
 
     fn parts(req: Request<()>) -> Parts {
         req.into_parts().0
+    }
+
+    #[test]
+    fn without_a_credential_the_fair_share_is_the_clients_address() {
+        let from = |port| Some(SocketAddr::from(([127, 0, 0, 2], port)));
+        for caller in [Caller::Unrestricted, Caller::Anonymous] {
+            // Two connections of one client share one name; the port does
+            // not make a new client.
+            assert_eq!(caller.fair_share_name(from(4000)), "127.0.0.2");
+            assert_eq!(caller.fair_share_name(from(4001)), "127.0.0.2");
+        }
+        assert_eq!(Caller::Unrestricted.fair_share_name(None), "acl-disabled");
     }
 
     #[test]
