@@ -28,7 +28,7 @@ from compare import (REPO, SERVICE, WRK_SCRIPT, Server, free_port, http,  # noqa
                      make_csr, wait_until, write_body)
 
 
-def start_meshca(workdir, binary):
+def start_meshca(workdir, binary, cpus=None):
     port = free_port()
     management = str(uuid.uuid4())
     config = os.path.join(workdir, "meshca.json")
@@ -37,7 +37,8 @@ def start_meshca(workdir, binary):
             "acl": {"enabled": True, "tokens": {"initial_management": management}},
             "connect": {"ca_config": {"csr_max_per_second": 0, "csr_max_concurrent": 0}},
         }, f)
-    server = Server("meshca", [binary, "server", "--data-dir", os.path.join(workdir, "meshca-data"),
+    pin = ["taskset", "-c", cpus] if cpus else []
+    server = Server("meshca", pin + [binary, "server", "--data-dir", os.path.join(workdir, "meshca-data"),
                                "--client", "127.0.0.1", "--http-port", str(port),
                                "--config-file", config], workdir)
     base = f"http://127.0.0.1:{port}"
@@ -51,10 +52,11 @@ def service_token(base, management, name):
     return json.loads(out)["SecretID"]
 
 
-def start_wrk(url, conns, seconds, body_file, token):
+def start_wrk(url, conns, seconds, body_file, token, cpus=None):
     env = dict(os.environ, BENCH_METHOD="POST", BENCH_BODY_FILE=body_file,
                BENCH_HEADER=f"X-Consul-Token: {token}", BENCH_UNIQUE_PATH="0")
-    return subprocess.Popen(["wrk", "-t", str(min(2, conns)), "-c", str(conns), "-d", f"{seconds}s",
+    pin = ["taskset", "-c", cpus] if cpus else []
+    return subprocess.Popen(pin + ["wrk", "-t", str(min(2, conns)), "-c", str(conns), "-d", f"{seconds}s",
                              "--timeout", "10s", "-s", WRK_SCRIPT, url],
                             stdout=subprocess.PIPE, text=True, env=env)
 
@@ -74,11 +76,14 @@ def main():
     ap.add_argument("--meshca", default=os.path.join(REPO, "target/release/meshca"))
     ap.add_argument("--seconds", type=int, default=5, help="per phase (default 5)")
     ap.add_argument("--flood-conns", type=int, default=64)
+    ap.add_argument("--server-cpus", help="pin meshca to these CPUs (taskset list), e.g. 0")
+    ap.add_argument("--client-cpus", help="pin the load generators to these CPUs, e.g. 1")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     args = ap.parse_args()
+    args.meshca = os.path.abspath(args.meshca)
 
     with tempfile.TemporaryDirectory(prefix="meshca-fairness-") as work:
-        server, base, management = start_meshca(work, args.meshca)
+        server, base, management = start_meshca(work, args.meshca, args.server_cpus)
         try:
             flood_token = service_token(base, management, "flood")
             quiet_token = service_token(base, management, "quiet")
@@ -87,10 +92,11 @@ def main():
             body = write_body(work, "sign.json", {"CSR": csr})
             url = base + "/v1/connect/ca/sign"
 
-            alone = result(start_wrk(url, 1, args.seconds, body, quiet_token))
-            flood = start_wrk(url, args.flood_conns, args.seconds + 2, body, flood_token)
+            alone = result(start_wrk(url, 1, args.seconds, body, quiet_token, args.client_cpus))
+            flood = start_wrk(url, args.flood_conns, args.seconds + 2, body, flood_token,
+                              args.client_cpus)
             time.sleep(1)  # the flood is at full strength before quiet starts
-            loaded = result(start_wrk(url, 1, args.seconds, body, quiet_token))
+            loaded = result(start_wrk(url, 1, args.seconds, body, quiet_token, args.client_cpus))
             flooded = result(flood)
         finally:
             server.stop()

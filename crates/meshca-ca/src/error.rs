@@ -43,10 +43,6 @@ pub enum CaError {
     /// Another writer holds the CA (Consul's wording).
     #[error("CA is already in state \"{0}\"")]
     Busy(&'static str),
-    /// The requester already has as many requests waiting to be signed as
-    /// one client may have.
-    #[error("too many requests from this client are waiting to be signed")]
-    TooManyWaiting,
     /// The store could not read or write; memory is as it was before.
     #[error("{0}")]
     Store(StoreError),
@@ -67,7 +63,7 @@ impl CaError {
             | Self::NotPrimary
             | Self::CrossSigningUnsupported
             | Self::Denied(_) => Reaction::FixRequest,
-            Self::Busy(_) | Self::TooManyWaiting => Reaction::RetryLater,
+            Self::Busy(_) => Reaction::RetryLater,
             Self::Store(_) | Self::Unavailable(_) => Reaction::Unavailable,
             Self::Internal(_) => Reaction::Bug,
         }

@@ -43,10 +43,6 @@ pub struct Requester {
     pub remote: Option<String>,
     /// The ID of the request that asked, when it came through the API.
     pub request_id: Option<String>,
-    /// Whose fair share of the signing CPU the request takes: the
-    /// credential's name, or the client's address without one. Requests
-    /// the server makes for itself share the empty name.
-    pub client: String,
 }
 
 impl CaEngine {
@@ -169,25 +165,15 @@ impl CaEngine {
             .keys()
             .local()
             .is_some_and(|k| k.signs_in_microseconds());
-        if quick {
+        let (request, key, signed) = if quick {
             // Work done inline never returns Pending: count it against the
             // task's budget, so a loop of issuances still lets the other
             // tasks of its worker run.
             tokio::task::consume_budget().await;
-        }
-        let turn = self
-            .turns
-            .take(&requester.client)
-            .await
-            .map_err(|_| CaError::TooManyWaiting)?;
-        let (request, key, signed) = if quick {
             work()?
         } else {
             blocking(work).await?
         };
-        // The CPU work is done; a provider's or the journal's wait is not
-        // a turn's business.
-        drop(turn);
         let signed = match signed {
             Some(signed) => signed,
             None => provider_call(p.signer.sign_leaf(request.clone())).await?,

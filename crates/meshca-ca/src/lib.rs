@@ -17,7 +17,6 @@
 
 mod boot;
 mod error;
-mod fair;
 mod follower;
 mod issue;
 pub mod keygen;
@@ -88,8 +87,6 @@ pub struct CaEngine {
     observer: std::sync::OnceLock<Arc<dyn IssueObserver>>,
     /// Every issued leaf is durable here before it is returned, once set.
     journal: std::sync::OnceLock<Arc<meshca_journal::Journal>>,
-    /// Turns at the signing CPU, shared fairly between clients.
-    turns: fair::FairTurns,
 }
 
 impl CaEngine {
@@ -169,7 +166,6 @@ impl CaEngine {
             follower,
             observer: std::sync::OnceLock::new(),
             journal: std::sync::OnceLock::new(),
-            turns: fair::FairTurns::per_core(),
         })
     }
 

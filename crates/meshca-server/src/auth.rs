@@ -83,13 +83,12 @@ impl Caller {
             identity: self.audit_name(),
             remote: remote.addr.map(|a| a.to_string()),
             request_id: remote.request_id,
-            client: self.fair_share_name(remote.addr),
         }
     }
 
     /// Who the caller is for a fair share of the signing CPU: its
     /// credential, or its address when it has none (ACLs off, anonymous).
-    fn fair_share_name(&self, addr: Option<SocketAddr>) -> String {
+    pub fn fair_share_name(&self, addr: Option<SocketAddr>) -> String {
         match (self, addr) {
             (Caller::Token(_) | Caller::Mesh(..), _) | (_, None) => self.audit_name(),
             (Caller::Unrestricted | Caller::Anonymous, Some(a)) => a.ip().to_string(),

@@ -114,9 +114,6 @@ impl From<CaError> for ApiError {
             CaError::CrossSigningUnsupported => Self::CrossSigningUnsupported,
             CaError::Denied(m) => Self::PermissionDenied(m),
             CaError::Busy(state) => Self::CaBusy(state),
-            CaError::TooManyWaiting => Self::RateLimited {
-                retry_after_secs: 1,
-            },
             CaError::Store(e) => Self::Unavailable(e.to_string()),
             CaError::Unavailable(m) => Self::Unavailable(m),
             CaError::Internal(m) => Self::Internal(m),

@@ -9,7 +9,7 @@
 //! `SecretString`, zeroed on drop and never printed.
 
 use crate::error::ApiError;
-use crate::ratelimit::CsrLimiter;
+use crate::ratelimit::Gate;
 use meshca_ca::{CaEngine, IssuedLeaf, Requester};
 use meshca_core::leaf::{renewal_point, RENEW_FRACTION};
 use meshca_core::ServiceName;
@@ -117,7 +117,7 @@ impl LeafCache {
     pub async fn current(
         &self,
         ca: &Arc<CaEngine>,
-        limiter: &CsrLimiter,
+        gate: &Gate<'_>,
         service: &ServiceName,
         requester: &Requester,
     ) -> Result<Arc<CachedLeaf>, ApiError> {
@@ -130,7 +130,7 @@ impl LeafCache {
                         return Ok(Op::Nop);
                     }
                 }
-                let _permit = limiter.acquire()?;
+                let _admitted = gate.admit().await?;
                 let issued = ca.issue_service_leaf(service, requester.clone()).await?;
                 let fraction = rand::thread_rng().gen_range(RENEW_FRACTION.0..=RENEW_FRACTION.1);
                 Ok::<_, ApiError>(Op::Put(Arc::new(CachedLeaf {
@@ -155,7 +155,7 @@ impl LeafCache {
     pub async fn wait_for_newer(
         &self,
         ca: &Arc<CaEngine>,
-        limiter: &CsrLimiter,
+        gate: &Gate<'_>,
         service: &ServiceName,
         requester: &Requester,
         parked: Parked,
@@ -168,7 +168,7 @@ impl LeafCache {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = ca.subscribe();
         loop {
-            let leaf = self.current(ca, limiter, service, requester).await?;
+            let leaf = self.current(ca, gate, service, requester).await?;
             // A newer leaf, or an index this server never gave out (from
             // before a restart): answer at once.
             if leaf.issued.index != index {
@@ -185,7 +185,7 @@ impl LeafCache {
                 () = crate::blocking::stopping(&mut stop) => return Ok(leaf),
             }
             if tokio::time::Instant::now() >= deadline {
-                return self.current(ca, limiter, service, requester).await;
+                return self.current(ca, gate, service, requester).await;
             }
             if ca.published().signer.signing_key_id() != leaf.signed_by() {
                 // The signer changed (rotation or renewal): every proxy wakes
@@ -219,6 +219,7 @@ fn is_due(ca: &CaEngine, leaf: &CachedLeaf) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::CsrLimiter;
     use meshca_core::{CaConfig, SystemClock};
 
     async fn engine() -> Arc<CaEngine> {
@@ -263,7 +264,12 @@ mod tests {
         for i in 0..60 {
             let service: ServiceName = format!("svc-{i}").parse().unwrap();
             let leaf = cache
-                .current(&ca, &limiter, &service, &Requester::default())
+                .current(
+                    &ca,
+                    &limiter.for_client(String::new()),
+                    &service,
+                    &Requester::default(),
+                )
                 .await
                 .unwrap();
             assert_eq!(
@@ -284,7 +290,7 @@ mod tests {
         let leaf = cache
             .current(
                 &ca,
-                &CsrLimiter::new(0.0, 0),
+                &CsrLimiter::new(0.0, 0).for_client(String::new()),
                 &"web".parse().unwrap(),
                 &Requester::default(),
             )
@@ -297,7 +303,7 @@ mod tests {
         let again = cache
             .current(
                 &ca,
-                &CsrLimiter::new(0.0, 0),
+                &CsrLimiter::new(0.0, 0).for_client(String::new()),
                 &"web".parse().unwrap(),
                 &Requester::default(),
             )

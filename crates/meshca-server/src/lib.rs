@@ -9,6 +9,7 @@ pub mod acl_routes;
 pub mod auth;
 pub mod blocking;
 pub mod error;
+mod fair;
 pub mod leafcache;
 pub mod listener;
 pub mod metrics;

@@ -1,10 +1,13 @@
 //! CSR rate limiting (`CSRMaxPerSecond`, `CSRMaxConcurrent`): over the limit
-//! a request is refused at once with 429, never queued.
+//! a request is refused at once with 429, never queued. Then fair
+//! admission: signing requests inside the server at once are bounded, and
+//! the next place goes round-robin between the clients waiting for one.
 //!
 //! The per-second limit is `governor`'s GCRA limiter, the concurrency limit a
 //! tokio semaphore whose permit is held while the CSR is signed.
 
 use crate::error::ApiError;
+use crate::fair::{FairTurns, Turn, MAX_WAITING_PER_CLIENT};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -40,10 +43,51 @@ struct Limits<C: Clock> {
 pub struct CsrLimiter<C: Clock = DefaultClock> {
     clock: C,
     limits: Mutex<Limits<C>>,
+    admission: FairTurns,
+}
+
+/// Signing requests per core admitted at once: enough in flight for the
+/// journal to share each sync between many (fewer cost throughput in
+/// docs/BENCHMARKS.md), and a bound on how far ahead of a newcomer a
+/// flood's backlog can be inside the runtime.
+const ADMITTED_PER_CORE: usize = 8;
+
+/// One client's way through the limits: who it is for the fair share.
+pub struct Gate<'a, C: Clock = DefaultClock> {
+    limiter: &'a CsrLimiter<C>,
+    client: String,
+}
+
+impl<C: Clock + Clone> Gate<'_, C> {
+    /// The rate limits (refused at once), then a fair place among the
+    /// requests signing now: waits while the server is full, served
+    /// round-robin with the other waiting clients; refused when this client
+    /// already has too many waiting.
+    pub async fn admit(&self) -> Result<Admitted<'_>, ApiError> {
+        let permit = self.limiter.acquire()?;
+        let place = self
+            .limiter
+            .admission
+            .take(&self.client)
+            .await
+            .map_err(|_| ApiError::RateLimited {
+                retry_after_secs: 1,
+            })?;
+        Ok(Admitted {
+            _permit: permit,
+            _place: place,
+        })
+    }
 }
 
 /// Held while a CSR is being signed; releases a concurrency slot on drop.
 pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+/// A request admitted to sign: its rate-limit permit and its place.
+pub struct Admitted<'a> {
+    _permit: Permit,
+    _place: Turn<'a>,
+}
 
 impl CsrLimiter {
     pub fn new(per_second: f64, max_concurrent: u32) -> Self {
@@ -54,6 +98,7 @@ impl CsrLimiter {
 impl<C: Clock + Clone> CsrLimiter<C> {
     fn with_clock(per_second: f64, max_concurrent: u32, clock: C) -> Self {
         let mode = Self::mode(per_second, max_concurrent, &clock);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             clock,
             limits: Mutex::new(Limits {
@@ -61,6 +106,15 @@ impl<C: Clock + Clone> CsrLimiter<C> {
                 max_concurrent,
                 mode,
             }),
+            admission: FairTurns::new(cores * ADMITTED_PER_CORE, MAX_WAITING_PER_CLIENT),
+        }
+    }
+
+    /// The gate for `client`'s signing requests (see [`Gate::admit`]).
+    pub fn for_client(&self, client: String) -> Gate<'_, C> {
+        Gate {
+            limiter: self,
+            client,
         }
     }
 

@@ -260,7 +260,8 @@ pub async fn sign(
 ) -> Result<Response, ApiError> {
     caller.refuse_if_anonymous("sign certificates")?;
     let req: SignRequest = decode_body(body)?;
-    let _permit = app.limiter.acquire()?;
+    let gate = app.limiter.for_client(caller.fair_share_name(remote.addr));
+    let _admitted = gate.admit().await?;
     let requester = caller.requester(remote);
     let leaf = app
         .ca
@@ -337,12 +338,13 @@ pub async fn leaf(
         .parse()
         .map_err(|e: meshca_core::spiffe::SpiffeError| ApiError::BadRequest(e.to_string()))?;
     caller.require(&Permission::service(Access::Write, service.as_str()))?;
+    let gate = app.limiter.for_client(caller.fair_share_name(remote.addr));
     let requester = caller.requester(remote);
     let bq = BlockingQuery::parse(&parse_query(raw)?)?;
     let leaf = match bq.index {
         None => {
             app.leaves
-                .current(&app.ca, &app.limiter, &service, &requester)
+                .current(&app.ca, &gate, &service, &requester)
                 .await?
         }
         Some(index) => {
@@ -350,7 +352,7 @@ pub async fn leaf(
             app.leaves
                 .wait_for_newer(
                     &app.ca,
-                    &app.limiter,
+                    &gate,
                     &service,
                     &requester,
                     crate::leafcache::Parked {

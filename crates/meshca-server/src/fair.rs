@@ -1,13 +1,12 @@
-//! Fair turns at the signing CPU: one client flooding the CA must not starve
-//! the others.
+//! Fair admission: one client flooding the CA must not starve the others.
 //!
-//! Signing is CPU work, so only as many requests sign at once as there are
-//! cores; the others wait for a turn. Waiting clients take turns round-robin
-//! — each client's requests queue behind each other, not behind another
-//! client's — so a client with one request waits for at most one turn of
-//! each other client, however many requests those have queued. A turn
-//! covers the CPU work only, not the journal's sync, so many requests still
-//! share each sync.
+//! [`FairTurns`] hands out a fixed number of places; when none is free,
+//! waiting clients take turns round-robin — each client's requests queue
+//! behind each other, not behind another client's — so a client with one
+//! request waits for at most one place of each other client, however many
+//! requests those have queued. The server admits signing requests through
+//! it, so that a flood's excess waits parked instead of crowding the
+//! runtime ahead of everyone else's requests.
 //!
 //! A client is whoever the request's credential names (a token's accessor,
 //! a mesh certificate's service) or, without one, its address. A client
@@ -22,7 +21,7 @@ use tokio::sync::oneshot;
 pub const MAX_WAITING_PER_CLIENT: usize = 1024;
 
 /// Turns at the signing CPU, `slots` at a time, shared round-robin.
-pub(crate) struct FairTurns {
+pub struct FairTurns {
     state: Mutex<State>,
     max_waiting: usize,
 }
@@ -37,10 +36,10 @@ struct State {
 
 /// The client already has `max_waiting` requests waiting.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Crowded;
+pub struct Crowded;
 
 /// One turn; the next waiting client gets it when this drops.
-pub(crate) struct Turn<'a>(&'a FairTurns);
+pub struct Turn<'a>(&'a FairTurns);
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
@@ -68,7 +67,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl FairTurns {
-    pub(crate) fn new(slots: usize, max_waiting: usize) -> Self {
+    pub fn new(slots: usize, max_waiting: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 free: slots.max(1),
@@ -79,14 +78,8 @@ impl FairTurns {
         }
     }
 
-    /// One turn per core this process may use.
-    pub(crate) fn per_core() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::new(cores, MAX_WAITING_PER_CLIENT)
-    }
-
     /// Waits for `client`'s next turn.
-    pub(crate) async fn take(&self, client: &str) -> Result<Turn<'_>, Crowded> {
+    pub async fn take(&self, client: &str) -> Result<Turn<'_>, Crowded> {
         let mut waiting = match self.now_or_queue(client)? {
             None => return Ok(Turn(self)),
             Some(rx) => Waiting {
