@@ -43,6 +43,21 @@ impl Watchers {
             }
         }
     }
+
+    /// Tells every watcher that the store is at `index` now, for a backend
+    /// that lost track of which prefixes changed (a distributed store whose
+    /// history was compacted away while it was not following).
+    pub fn notify_all(&self, index: u64) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.retain(|(_, sender)| sender.receiver_count() > 0);
+        for (_, sender) in channels.iter() {
+            sender.send_if_modified(|current| {
+                let newer = index > *current;
+                *current = (*current).max(index);
+                newer
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +79,19 @@ mod tests {
         assert_eq!(*acl.borrow_and_update(), 5);
         let mut again = watchers.subscribe("ca/", 9);
         assert_eq!(*again.borrow_and_update(), 5, "shares the prefix's channel");
+    }
+
+    #[test]
+    fn notify_all_wakes_every_prefix_and_never_goes_back() {
+        let watchers = Watchers::new();
+        let mut ca = watchers.subscribe("ca/", 3);
+        let mut acl = watchers.subscribe("acl/", 3);
+        watchers.notify(8, ["acl/token/x"]);
+        acl.borrow_and_update();
+        watchers.notify_all(6);
+        assert_eq!(*ca.borrow_and_update(), 6);
+        assert!(!acl.has_changed().unwrap(), "6 is older than acl's 8");
+        assert_eq!(*acl.borrow(), 8);
     }
 
     #[test]

@@ -1,0 +1,125 @@
+//! One etcd client per cluster member, and failover between them.
+//!
+//! etcd-client's own balancer keeps sending requests to a member that has
+//! died, so each member gets a client of its own and a request that fails
+//! in a way another member might not (unreachable, no leader, timed out)
+//! moves on to the next one. Every request carries `require_leader`: a
+//! member cut off from the majority refuses at once instead of hanging.
+
+use etcd_client::{Client, ConnectOptions};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Keepalive pings more often than every 5 s make etcd drop the
+/// connection ("too many pings"); 10 s stays clear of that.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Members {
+    clients: Vec<(String, Client)>,
+    /// The member requests go to first.
+    current: AtomicUsize,
+    timeout: Duration,
+}
+
+/// Why a request failed on every member.
+#[derive(Debug)]
+pub(crate) struct Failed(pub String);
+
+impl Members {
+    /// Clients for `endpoints` (`http://host:port`). Connecting is lazy: a
+    /// member that is down now is tried when it is needed.
+    pub(crate) async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, Failed> {
+        if endpoints.is_empty() {
+            return Err(Failed("no etcd endpoints given".into()));
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_require_leader(true);
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let client = Client::connect([endpoint.as_str()], Some(options.clone()))
+                .await
+                .map_err(|e| Failed(format!("etcd endpoint {endpoint}: {e}")))?;
+            clients.push((endpoint.clone(), client));
+        }
+        Ok(Self {
+            clients,
+            current: AtomicUsize::new(0),
+            timeout,
+        })
+    }
+
+    /// The client requests go to now, and its endpoint.
+    pub(crate) fn current(&self) -> (&str, Client) {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        let (endpoint, client) = &self.clients[i];
+        (endpoint, client.clone())
+    }
+
+    /// Moves on to the next member after `failed` (an index from
+    /// [`Members::current`]'s time), unless another request already did.
+    fn advance_from(&self, failed: usize) {
+        let _ = self.current.compare_exchange(
+            failed,
+            (failed + 1) % self.clients.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn advance(&self) {
+        self.advance_from(self.current.load(Ordering::Relaxed) % self.clients.len());
+    }
+
+    /// Runs `op` on the current member and, when it fails in a way another
+    /// member may not, on each other member once. `op` must be safe to
+    /// repeat: a request that timed out may still have been applied.
+    pub(crate) async fn call<T, F, Fut>(&self, op: F) -> Result<T, Failed>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut errors = Vec::new();
+        for _ in 0..self.clients.len() {
+            let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+            let (endpoint, client) = &self.clients[i];
+            let error = match tokio::time::timeout(self.timeout, op(client.clone())).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if !another_member_may_answer(&e) => {
+                    return Err(Failed(format!("etcd {endpoint}: {e}")));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {:?}", self.timeout),
+            };
+            errors.push(format!("{endpoint}: {error}"));
+            self.advance_from(i);
+        }
+        Err(Failed(format!(
+            "no etcd member answered: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+/// Whether `e` is about the member (down, cut off, overloaded) rather than
+/// the request, so that another member may answer it.
+fn another_member_may_answer(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+                | tonic::Code::ResourceExhausted
+        ),
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,155 @@
+//! What only a distributed store does: two servers on one prefix, members
+//! dying, quorum lost and regained. Each test runs its own 3-member etcd
+//! cluster on loopback, because it kills members.
+
+#[path = "../../../tests/common/etcd.rs"]
+mod etcd;
+
+use etcd::EtcdCluster;
+use meshca_store::{Store, StoreError, Txn};
+use meshca_store_etcd::{EtcdOptions, EtcdStore};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn open(cluster: &EtcdCluster, prefix: &str, endpoints_from: usize) -> EtcdStore {
+    // Each server lists the members starting at another one, as servers
+    // configured by hand would.
+    let mut endpoints = cluster.endpoints();
+    endpoints.rotate_left(endpoints_from);
+    EtcdStore::open(EtcdOptions {
+        endpoints,
+        prefix: prefix.to_string(),
+        request_timeout: Duration::from_secs(2),
+    })
+    .expect("opening the etcd store")
+}
+
+fn put(store: &EtcdStore, key: &str, value: &[u8]) -> Result<u64, StoreError> {
+    store.commit(&Txn::new().put(key, value.to_vec()))
+}
+
+#[test]
+fn a_commit_on_one_server_wakes_the_watchers_of_another() {
+    let cluster = EtcdCluster::start(3);
+    let a = open(&cluster, "/meshca/dc1", 0);
+    let b = open(&cluster, "/meshca/dc1", 1);
+    let mut roots = b.watch("ca/");
+    let acl = b.watch("acl/");
+    let start = *roots.borrow_and_update();
+
+    let index = put(&a, "ca/roots", b"r1").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), roots.changed()).await })
+        .expect("b's watcher woke within 5 s")
+        .unwrap();
+    let delay = started.elapsed();
+    assert_eq!(*roots.borrow(), index);
+    assert!(index > start);
+    assert!(!acl.has_changed().unwrap(), "acl/ was not written");
+    assert_eq!(
+        b.get("ca/roots").unwrap().as_deref(),
+        Some(b"r1".as_slice())
+    );
+    assert_eq!(b.index().unwrap(), index);
+    eprintln!("watch delay from a's commit to b's watcher: {delay:?}");
+}
+
+#[test]
+fn two_servers_racing_on_one_state_commit_once() {
+    let cluster = EtcdCluster::start(3);
+    let a = Arc::new(open(&cluster, "/meshca/dc1", 0));
+    let b = Arc::new(open(&cluster, "/meshca/dc1", 2));
+    let base = put(&a, "ca/roots", b"old").unwrap();
+    for round in 0..10u8 {
+        let index = a.index().unwrap();
+        let txn = |who: u8| {
+            Txn::new()
+                .check_index(index)
+                .put("ca/roots", vec![who, round])
+        };
+        let (ta, tb) = (txn(1), txn(2));
+        let (sa, sb) = (a.clone(), b.clone());
+        let ha = std::thread::spawn(move || sa.commit(&ta));
+        let hb = std::thread::spawn(move || sb.commit(&tb));
+        let results = [ha.join().unwrap(), hb.join().unwrap()];
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        assert!(results
+            .iter()
+            .any(|r| matches!(r, Err(StoreError::Conflict { .. }))));
+        assert_eq!(a.index().unwrap(), index + 1);
+    }
+    assert_eq!(b.index().unwrap(), base + 10);
+}
+
+#[test]
+fn losing_the_member_in_use_moves_to_another() {
+    let mut cluster = EtcdCluster::start(3);
+    let store = open(&cluster, "/meshca/dc1", 0);
+    put(&store, "ca/roots", b"before").unwrap();
+    cluster.kill(0);
+    let started = Instant::now();
+    let index = put(&store, "ca/roots", b"after").expect("a commit with one member down");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        store.get("ca/roots").unwrap().as_deref(),
+        Some(b"after".as_slice())
+    );
+    assert_eq!(store.index().unwrap(), index);
+    assert!(store.health().is_ok());
+    // The watch moved too: a change another server makes still arrives.
+    let other = open(&cluster, "/meshca/dc1", 1);
+    let mut roots = store.watch("ca/");
+    roots.borrow_and_update();
+    let next = put(&other, "ca/roots", b"again").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *roots.borrow() < next {
+        assert!(Instant::now() < deadline, "the watch did not come back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn without_a_quorum_writes_fail_in_bounded_time_and_recover() {
+    let mut cluster = EtcdCluster::start(3);
+    let store = open(&cluster, "/meshca/dc1", 0);
+    put(&store, "ca/roots", b"before").unwrap();
+    cluster.kill(1);
+    cluster.kill(2);
+
+    let started = Instant::now();
+    let err = put(&store, "ca/roots", b"lost").unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, StoreError::WriteFailed(_)), "{err:?}");
+    assert!(err.to_string().contains("no etcd member answered"), "{err}");
+    // Three members at 2 s each, and the read that checks the outcome.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(store.health(), Err(err));
+    assert!(
+        store.get("ca/roots").is_err(),
+        "no linearizable read either"
+    );
+
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_healthy(0, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let index = loop {
+        match put(&store, "ca/roots", b"after") {
+            Ok(index) => break index,
+            Err(e) => assert!(Instant::now() < deadline, "no recovery: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(store.health().is_ok());
+    assert_eq!(
+        store.get("ca/roots").unwrap().as_deref(),
+        Some(b"after".as_slice())
+    );
+    assert_eq!(store.index().unwrap(), index);
+}

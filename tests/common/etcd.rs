@@ -1,0 +1,188 @@
+//! A real etcd cluster for tests: `etcd` members (Debian's `etcd-server`)
+//! on free loopback ports, each with its own data directory, stopped when
+//! dropped. Members can be killed and started again. Shared by the
+//! workspace's end-to-end tests and the etcd store crate's tests (which
+//! include this file by path).
+//!
+//! The binary comes from `MESHCA_ETCD`, else `etcd` on PATH.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test support: each test uses a part
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// Where the `etcd` binary is.
+pub fn etcd_binary() -> PathBuf {
+    std::env::var_os("MESHCA_ETCD").map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("the bound address")
+        .port()
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits (at most 30 s) until the cluster
+    /// has a leader and answers on every member.
+    pub fn start(size: usize) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members,
+            initial_cluster,
+            token: format!("meshca-test-{}", std::process::id()),
+            dir,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.wait_healthy(i, Duration::from_secs(30));
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let data = self.dir.path().join(&self.members[i].name);
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .expect("an etcd log file");
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new(etcd_binary())
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting etcd (apt-get install etcd-server)");
+        self.members[i].child = Some(child);
+    }
+
+    /// Waits until member `i` reports itself healthy (`/health`: it has a
+    /// leader and answers reads).
+    pub fn wait_healthy(&self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.healthy(i) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "etcd member {} not healthy within {timeout:?}; log:\n{}",
+            self.members[i].name,
+            self.log(i)
+        );
+    }
+
+    /// `GET /health` on member `i` answers `"health":"true"`.
+    pub fn healthy(&self, i: usize) -> bool {
+        use std::io::{Read, Write};
+        let addr = ("127.0.0.1", self.members[i].client_port);
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+        let request = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.contains("\"health\":\"true\"")
+    }
+
+    /// `http://127.0.0.1:<client port>` of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// SIGKILLs member `i` (its data stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data directory and ports.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
