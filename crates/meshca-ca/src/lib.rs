@@ -27,6 +27,7 @@ pub mod primary;
 mod published;
 mod reconfigure;
 mod rotate;
+mod shared_store;
 mod sign_intermediate;
 mod snapshot;
 mod writer;
@@ -237,22 +238,32 @@ impl CaEngine {
     /// committed state than memory; that state is published rather than
     /// refusing every later change.
     async fn refresh(&self) -> Result<Arc<Published>, CaError> {
+        let before = self.published().index;
+        if let Some(stored) = self.publish_stored().await? {
+            tracing::warn!(
+                published = before,
+                stored,
+                "the store holds another CA state than the one published; publishing the stored one"
+            );
+        }
+        Ok(self.published())
+    }
+
+    /// Called by a writer holding the lock: publishes the store's CA state
+    /// if it is not the published one; its index when it was published.
+    async fn publish_stored(&self) -> Result<Option<u64>, CaError> {
         let current = self.published();
         let Some(stored) = self.store.load().await? else {
             return Err(CaError::internal("the store no longer holds the CA"));
         };
         if stored.modify_index == current.index {
-            return Ok(current);
+            return Ok(None);
         }
-        tracing::warn!(
-            published = current.index,
-            stored = stored.modify_index,
-            "the store holds another CA state than the one published; publishing the stored one"
-        );
+        let index = stored.modify_index;
         let provider = (self.factory)(&stored.config.config)?;
         let published = Published::open(stored, provider, &self.datacenter).await?;
         self.install(published);
-        Ok(self.published())
+        Ok(Some(index))
     }
 }
 

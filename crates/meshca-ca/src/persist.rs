@@ -93,6 +93,12 @@ impl Persistence {
     }
 
     /// `Err` with the last write error while the store cannot write.
+    /// Changes with the index of each commit that writes a CA record,
+    /// this server's or, with a shared store, another's.
+    pub(crate) fn watch_ca(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.watch_ca()
+    }
+
     pub(crate) fn health(&self) -> Result<(), String> {
         match &*self
             .last_write_error

@@ -129,7 +129,7 @@ impl EtcdStore {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        let shared = runtime.block_on(async {
+        let shared = wait_on(&runtime, async move {
             let members = Members::connect(&options.endpoints, options.request_timeout)
                 .await
                 .map_err(unavailable)?;
@@ -142,7 +142,16 @@ impl EtcdStore {
             let read = shared.read(schema::INDEX).await?;
             shared.followed.start_at(read.index.index, read.revision);
             Ok::<_, StoreError>(shared)
-        })?;
+        })
+        .and_then(|opened| opened);
+        let shared = match shared {
+            Ok(shared) => shared,
+            Err(e) => {
+                // Dropping a runtime blocks, refused on another runtime's thread.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         runtime.spawn(follow::follow(shared.clone()));
         Ok(Self {
             runtime: Some(runtime),
@@ -161,13 +170,7 @@ impl EtcdStore {
             .runtime
             .as_ref()
             .ok_or_else(|| StoreError::Io("the etcd store is closed".into()))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let fut = work(self.shared.clone());
-        runtime.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| StoreError::Io("the etcd client's runtime stopped".into()))
+        wait_on(runtime, work(self.shared.clone()))
     }
 
     /// Remembers the outcome of a write for [`Store::health`]. A write
@@ -195,6 +198,21 @@ impl Drop for EtcdStore {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Runs `fut` on `runtime` and waits for it on this thread. Not
+/// `block_on`, which is refused on a thread of another runtime (the server
+/// opens its store from one).
+fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .map_err(|_| StoreError::Io("the etcd client's runtime stopped".into()))
 }
 
 fn unavailable(f: Failed) -> StoreError {

@@ -299,6 +299,14 @@ pub struct ServerArgs {
     /// re-sealed from it to --store-key-file.
     #[arg(long = "old-store-key-file")]
     pub old_store_key_file: Option<PathBuf>,
+    /// Store backend: `sled` (default: embedded in the data dir) or `etcd`
+    /// (shared by several servers; needs --etcd-endpoints and
+    /// --store-key-file).
+    #[arg(long = "store")]
+    pub store: Option<String>,
+    /// The etcd members, comma-separated: http://10.0.0.1:2379,http://10.0.0.2:2379
+    #[arg(long = "etcd-endpoints")]
+    pub etcd_endpoints: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

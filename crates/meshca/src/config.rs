@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub ports: Option<Ports>,
     pub connect: Option<Connect>,
     pub encrypt_store: Option<EncryptStore>,
+    pub store: Option<StoreBlock>,
     pub acl: Option<Acl>,
     pub tls: Option<Tls>,
     /// Consul's DNS domain (default `consul`): names the `auto_tls`
@@ -179,6 +180,41 @@ pub struct EncryptStore {
     pub data_key_rotation_period: Option<String>,
 }
 
+/// meshca's `store` block: where the CA's records live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreBlock {
+    /// `sled` (the default: embedded, in the data dir) or `etcd`.
+    pub backend: Option<String>,
+    pub etcd: Option<EtcdBlock>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdBlock {
+    /// `http://host:port` of each member.
+    pub endpoints: Option<Vec<String>>,
+    /// Every key starts with it (default `/meshca/<datacenter>/`).
+    pub prefix: Option<String>,
+    /// One request to one member, a Go duration (default 2s).
+    pub request_timeout: Option<String>,
+}
+
+/// Where the store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// sled in the data dir (or memory with `--dev`).
+    Embedded,
+    Etcd(EtcdSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub request_timeout: std::time::Duration,
+}
+
 /// The effective server settings.
 #[derive(Debug)]
 pub struct Settings {
@@ -197,6 +233,7 @@ pub struct Settings {
     /// The previous store key, to re-seal the store under `store_key_file`.
     pub old_store_key_file: Option<PathBuf>,
     pub data_key_rotation_period: time::Duration,
+    pub store: StoreBackend,
     pub initial_ca: CaConfig,
     /// Whether the file set `connect.ca_provider` or `connect.ca_config`.
     pub ca_config_given: bool,
@@ -606,6 +643,22 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
              cannot apply"
         );
     }
+    let store = store_backend(args, file.store.take(), &datacenter)?;
+    if let StoreBackend::Etcd(_) = &store {
+        if args.dev {
+            bail!("--dev keeps the store in memory: an etcd store (--store etcd) cannot apply");
+        }
+        if store_key_file.is_none() {
+            bail!(
+                "the etcd store needs the store key in a file every server reads (--store-key-file or encrypt_store.key_file, made once with `meshca keygen`): a key generated in one server's data dir could not open the others' records"
+            );
+        }
+        if old_store_key_file.is_some() {
+            bail!(
+                "--old-store-key-file (encrypt_store.old_key_file) cannot apply to the etcd store yet: re-sealing under a new store key works with the embedded store only"
+            );
+        }
+    }
     let bind = args
         .client
         .clone()
@@ -660,6 +713,7 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
         store_key_file,
         old_store_key_file,
         data_key_rotation_period,
+        store,
         initial_ca,
         ca_config_given,
         audit_path: file.audit.and_then(|a| a.path),
@@ -669,6 +723,95 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
         secondary,
         shutdown_grace: shutdown_grace(file.shutdown_grace_period.as_deref())?,
     })
+}
+
+/// The store backend from `--store`, `--etcd-endpoints` and the `store`
+/// block (flags win).
+fn store_backend(
+    args: &ServerArgs,
+    block: Option<StoreBlock>,
+    datacenter: &str,
+) -> anyhow::Result<StoreBackend> {
+    let block = block.unwrap_or_default();
+    let etcd = block.etcd.unwrap_or_default();
+    let backend = args
+        .store
+        .clone()
+        .or(block.backend)
+        .unwrap_or_else(|| "sled".into());
+    let endpoints = match &args.etcd_endpoints {
+        Some(list) => Some(
+            list.split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect::<Vec<_>>(),
+        ),
+        None => etcd.endpoints,
+    };
+    match backend.as_str() {
+        "sled" => {
+            if endpoints.is_some() || etcd.prefix.is_some() || etcd.request_timeout.is_some() {
+                bail!(
+                    "etcd settings (--etcd-endpoints, store.etcd) cannot apply to the embedded store: select the etcd store with --store etcd (store.backend = \"etcd\")"
+                );
+            }
+            Ok(StoreBackend::Embedded)
+        }
+        "etcd" => {
+            let endpoints = endpoints.filter(|e| !e.is_empty()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the etcd store needs its members: --etcd-endpoints http://10.0.0.1:2379,http://10.0.0.2:2379 (store.etcd.endpoints)"
+                )
+            })?;
+            for e in &endpoints {
+                check_etcd_endpoint(e)?;
+            }
+            let prefix = etcd
+                .prefix
+                .unwrap_or_else(|| format!("/meshca/{datacenter}/"));
+            if prefix.is_empty() {
+                bail!("store.etcd.prefix is empty: meshca's keys need a prefix of their own");
+            }
+            let request_timeout = match etcd.request_timeout.as_deref() {
+                None => std::time::Duration::from_secs(2),
+                Some(text) => parse_request_timeout(text)?,
+            };
+            Ok(StoreBackend::Etcd(EtcdSettings {
+                endpoints,
+                prefix,
+                request_timeout,
+            }))
+        }
+        other => bail!("unknown store backend {other:?}: expected \"sled\" or \"etcd\""),
+    }
+}
+
+/// An etcd member's client URL: `http://host:port` (no TLS to etcd yet).
+fn check_etcd_endpoint(endpoint: &str) -> anyhow::Result<()> {
+    let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
+        anyhow::anyhow!(
+            "etcd endpoint {endpoint:?}: expected http://host:port (https to etcd is not supported yet)"
+        )
+    })?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("etcd endpoint {endpoint:?}: expected http://host:port"))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        bail!("etcd endpoint {endpoint:?}: expected http://host:port");
+    }
+    Ok(())
+}
+
+/// `store.etcd.request_timeout`: a Go duration from 100ms to 1m.
+fn parse_request_timeout(text: &str) -> anyhow::Result<std::time::Duration> {
+    let range = std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(60);
+    match text.parse::<meshca_core::GoDuration>() {
+        Ok(d) if range.contains(&d.as_std()) => Ok(d.as_std()),
+        _ => bail!(
+            "invalid store.etcd.request_timeout {text:?}: expected a Go duration from 100ms to \
+             1m, such as \"2s\""
+        ),
+    }
 }
 
 /// The log filter for `log_level`. A bare level applies to meshca's own
@@ -729,6 +872,109 @@ mod tests {
             config_file: vec![path],
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn the_etcd_store_from_flags_or_the_file() {
+        let flags = load(&ServerArgs {
+            store: Some("etcd".into()),
+            etcd_endpoints: Some("http://127.0.0.1:2379, http://127.0.0.2:2379".into()),
+            store_key_file: Some("/k".into()),
+            datacenter: Some("east".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            flags.store,
+            StoreBackend::Etcd(EtcdSettings {
+                endpoints: vec![
+                    "http://127.0.0.1:2379".into(),
+                    "http://127.0.0.2:2379".into()
+                ],
+                prefix: "/meshca/east/".into(),
+                request_timeout: std::time::Duration::from_secs(2),
+            })
+        );
+        let file = load_text(
+            "a.hcl",
+            "encrypt_store { key_file = \"/k\" }\nstore {\n  backend = \"etcd\"\n  etcd {\n    endpoints = [\"http://e1:2379\"]\n    prefix = \"/ca/\"\n    request_timeout = \"500ms\"\n  }\n}\n",
+        )
+        .unwrap();
+        let StoreBackend::Etcd(etcd) = file.store else {
+            panic!("not etcd: {:?}", file.store);
+        };
+        assert_eq!(etcd.endpoints, ["http://e1:2379"]);
+        assert_eq!(etcd.prefix, "/ca/");
+        assert_eq!(etcd.request_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(
+            load(&ServerArgs::default()).unwrap().store,
+            StoreBackend::Embedded
+        );
+    }
+
+    #[test]
+    fn etcd_settings_that_cannot_apply_are_refused() {
+        let etcd = |f: fn(&mut ServerArgs)| {
+            let mut args = ServerArgs {
+                store: Some("etcd".into()),
+                etcd_endpoints: Some("http://127.0.0.1:2379".into()),
+                store_key_file: Some("/k".into()),
+                ..Default::default()
+            };
+            f(&mut args);
+            load(&args).unwrap_err().to_string()
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (etcd(|a| a.etcd_endpoints = None), "needs its members"),
+            (
+                etcd(|a| a.etcd_endpoints = Some(" , ".into())),
+                "needs its members",
+            ),
+            (
+                etcd(|a| a.etcd_endpoints = Some("https://e:2379".into())),
+                "https to etcd",
+            ),
+            (
+                etcd(|a| a.etcd_endpoints = Some("http://e".into())),
+                "http://host:port",
+            ),
+            (
+                etcd(|a| a.etcd_endpoints = Some("http://e:0".into())),
+                "http://host:port",
+            ),
+            (etcd(|a| a.store_key_file = None), "store key in a file"),
+            (
+                etcd(|a| a.old_store_key_file = Some("/old".into())),
+                "cannot apply to the etcd",
+            ),
+            (
+                etcd(|a| a.store = Some("consul".into())),
+                "unknown store backend",
+            ),
+            (
+                etcd(|a| {
+                    a.store = None;
+                }),
+                "cannot apply to the embedded store",
+            ),
+            (
+                etcd(|a| {
+                    a.store_key_file = None;
+                    a.dev = true;
+                }),
+                "--dev",
+            ),
+        ];
+        for (err, want) in cases {
+            assert!(err.contains(want), "{err:?} should say {want:?}");
+        }
+        let err = load_text(
+            "a.json",
+            r#"{"store": {"backend": "etcd", "etcd": {"endpoints": ["http://e:1"], "request_timeout": "5m"}}, "encrypt_store": {"key_file": "/k"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("request_timeout"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! SIGINT/SIGTERM.
 
 use crate::cli::ServerArgs;
-use crate::config::{self, SecondarySettings, Settings};
+use crate::config::{self, EtcdSettings, SecondarySettings, Settings, StoreBackend};
 use anyhow::Context;
 use meshca_acl::Acl;
 use meshca_core::{Clock, SystemClock};
@@ -90,6 +90,9 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
         };
         let (records, _) = meshca_migrations::open_with(Arc::new(MemoryStore::new()), &options)?;
         return Ok(Arc::new(records));
+    }
+    if let StoreBackend::Etcd(etcd) = &s.store {
+        return open_etcd_store(s, etcd, clock);
     }
     let key = match &s.store_key_file {
         Some(path) => {
@@ -204,8 +207,56 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
     Ok(Arc::new(records))
 }
 
+/// Opens the etcd store shared by every server of the cluster, migrated
+/// and unsealed with the store key they all read. The data dir keeps this
+/// server's own files (the issuance journal).
+fn open_etcd_store(
+    s: &Settings,
+    etcd: &EtcdSettings,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<Records>> {
+    let path = s
+        .store_key_file
+        .as_ref()
+        .context("the etcd store needs --store-key-file")?;
+    let key =
+        StoreKey::load(path).with_context(|| format!("loading store key {}", path.display()))?;
+    meshca_store::fs::create_private_dir_all(&s.data_dir)
+        .with_context(|| format!("creating data dir {}", s.data_dir.display()))?;
+    let opening = || {
+        format!(
+            "opening the etcd store at {} under {}",
+            etcd.endpoints.join(","),
+            etcd.prefix
+        )
+    };
+    let store = meshca_store_etcd::EtcdStore::open(meshca_store_etcd::EtcdOptions {
+        endpoints: etcd.endpoints.clone(),
+        prefix: etcd.prefix.clone(),
+        request_timeout: etcd.request_timeout,
+    })
+    .with_context(opening)?;
+    let options = OpenOptions {
+        key,
+        old_key: None,
+        data_key_rotation_period: s.data_key_rotation_period,
+        clock,
+    };
+    let (records, change) =
+        meshca_migrations::open_with(Arc::new(store), &options).with_context(opening)?;
+    if change == KeyChange::DataKeyRotated {
+        tracing::info!(
+            data_key_id = %records.sealer().data_key_id(),
+            "new data key: the previous one reached the data key rotation period"
+        );
+    }
+    tracing::info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, "the store is in etcd");
+    Ok(Arc::new(records))
+}
+
 async fn serve(mut s: Settings) -> anyhow::Result<()> {
-    let store = open_store(&s)?;
+    // Opening may block on the disk or the network: not on a worker.
+    let store = tokio::task::block_in_place(|| open_store(&s))?;
     check_datacenter(&s, &store)?;
     let acl_store = store.clone();
     let ca = start_ca(&s, store)
@@ -227,6 +278,17 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
         );
     }
     let acl = open_acl(&s, &acl_store)?;
+    if matches!(s.store, StoreBackend::Etcd(_)) {
+        // Other servers commit to the same store: publish their CA
+        // changes and load their ACL changes here too.
+        ca.spawn_store_follower();
+        if let Some(acl) = &acl {
+            spawn_acl_follower(
+                acl.clone(),
+                acl_store.store().watch(meshca_store::schema::ACL),
+            );
+        }
+    }
     for w in &s.warnings {
         tracing::warn!("{w}");
     }
@@ -305,6 +367,21 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("meshca stopped");
     Ok(())
+}
+
+/// Reloads the ACL tables whenever a commit (another server's, on a
+/// shared store) writes an ACL record.
+fn spawn_acl_follower(acl: Arc<Acl>, mut changes: tokio::sync::watch::Receiver<u64>) {
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            changes.borrow_and_update();
+            let acl = acl.clone();
+            let reloaded = tokio::task::spawn_blocking(move || acl.reload()).await;
+            if let Ok(Err(e)) = reloaded {
+                tracing::warn!(error = %e, "could not reload the ACLs another server changed");
+            }
+        }
+    });
 }
 
 /// Refuses a data dir whose CA issues for another datacenter: the SPIFFE ID

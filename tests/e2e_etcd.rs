@@ -1,0 +1,181 @@
+//! End to end: several meshca servers sharing one CA through a real
+//! 3-member etcd cluster on loopback (`--store etcd`). Every server serves
+//! the same roots and signs; a change committed through one (a rotation, a
+//! token) reaches the others; racing rotations never leave two active
+//! roots.
+
+mod common;
+#[path = "common/etcd.rs"]
+mod etcd;
+
+use common::{active_root, csr_for_uri, roots_bundle, service_uri, verify_chain_against, Server};
+use etcd::EtcdCluster;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const MANAGEMENT: &str = "6a1f3c52-3c1e-4f0e-9d5b-8f9e2a7c4b10";
+
+fn keygen(dir: &Path) -> String {
+    let path = dir.join("store.key");
+    let out = common::run_meshca(
+        &["keygen", "--out", path.to_str().expect("UTF-8 path")],
+        &[],
+        dir,
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.to_str().expect("UTF-8 path").to_string()
+}
+
+/// A meshca server on `cluster`, with ACLs on and the shared management
+/// token.
+fn server_on(cluster: &EtcdCluster, key: &str) -> Server {
+    let endpoints = cluster.endpoints().join(",");
+    let config = json!({"acl": {"enabled": true, "tokens": {"initial_management": MANAGEMENT}}});
+    let mut server = Server::start_with_config(
+        &config,
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--store-key-file",
+            key,
+        ],
+    );
+    server.set_token(Some(MANAGEMENT));
+    server
+}
+
+fn active_id(roots: &Value) -> String {
+    roots["ActiveRootID"]
+        .as_str()
+        .expect("ActiveRootID")
+        .to_string()
+}
+
+fn sign(server: &Server, roots: &Value, service: &str) -> Value {
+    let td = roots["TrustDomain"].as_str().expect("TrustDomain");
+    let csr = csr_for_uri(&service_uri(td, "dc1", service));
+    let r = server.post("/v1/connect/ca/sign", json!({"CSR": csr}).to_string());
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+/// Waits (at most 10 s) until `server` serves `active` as its active root;
+/// returns how long that took.
+fn wait_for_active(server: &Server, active: &str) -> Duration {
+    let started = Instant::now();
+    let seen = common::wait_until(Duration::from_secs(10), || {
+        active_id(&server.get_json("/v1/connect/ca/roots")) == active
+    });
+    assert!(seen, "the server did not publish root {active} within 10 s");
+    started.elapsed()
+}
+
+#[test]
+fn servers_sharing_etcd_serve_one_ca_and_follow_each_others_changes() {
+    let cluster = EtcdCluster::start(3);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keygen(keys.path());
+    let a = server_on(&cluster, &key);
+    let b = server_on(&cluster, &key);
+
+    // One CA: the second server found the first one's.
+    let roots = a.get_json("/v1/connect/ca/roots");
+    assert_eq!(b.get_json("/v1/connect/ca/roots")["Roots"], roots["Roots"]);
+    let bundle = roots_bundle(&roots);
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let leaf = sign(server, &roots, "web");
+        verify_chain_against(leaf["CertPEM"].as_str().unwrap(), &bundle, name);
+    }
+    let before = sign(&b, &roots, "api");
+
+    // A token made through a works on b.
+    let token = a.put(
+        "/v1/acl/token",
+        json!({"ServiceIdentities": [{"ServiceName": "db"}]}).to_string(),
+    );
+    assert_eq!(token.status, 200, "{token:?}");
+    let secret = token.json()["SecretID"].as_str().unwrap().to_string();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            b.request_as(
+                Some(&secret),
+                reqwest::Method::GET,
+                "/v1/agent/connect/ca/leaf/db",
+                None,
+            )
+            .status
+                == 200
+        }),
+        "b did not learn a's token within 10 s"
+    );
+
+    // A rotation through a reaches b.
+    let r = a.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}));
+    assert_eq!(r.status, 200, "{r:?}");
+    let rotated = a.get_json("/v1/connect/ca/roots");
+    let new_active = active_id(&rotated);
+    assert_ne!(new_active, active_id(&roots));
+    let delay = wait_for_active(&b, &new_active);
+    eprintln!("b published a's rotation {delay:?} after a answered");
+    let b_roots = b.get_json("/v1/connect/ca/roots");
+    assert_eq!(b_roots["Roots"], rotated["Roots"]);
+    let new_bundle = roots_bundle(&b_roots);
+    let after = sign(&b, &b_roots, "api");
+    let signer = active_root(&b_roots)["SigningKeyID"].clone();
+    assert_eq!(
+        b.get_json("/v1/connect/ca/configuration")["Config"]["PrivateKeyBits"],
+        384
+    );
+    assert_ne!(signer, active_root(&roots)["SigningKeyID"]);
+    // Leaves from before and after verify against the bundle b serves now.
+    verify_chain_against(before["CertPEM"].as_str().unwrap(), &new_bundle, "before");
+    verify_chain_against(after["CertPEM"].as_str().unwrap(), &new_bundle, "after");
+}
+
+#[test]
+fn racing_rotations_on_two_servers_leave_one_active_root() {
+    let cluster = EtcdCluster::start(3);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keygen(keys.path());
+    let a = server_on(&cluster, &key);
+    let b = server_on(&cluster, &key);
+    let start = active_id(&a.get_json("/v1/connect/ca/roots"));
+
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384})));
+        let tb = s.spawn(|| b.put_config(json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048})));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    for r in [&ra, &rb] {
+        assert!(r.status == 200 || r.status == 409, "{r:?}");
+    }
+    assert!(ra.status == 200 || rb.status == 200, "{ra:?} {rb:?}");
+
+    // Both converge on one state with exactly one active root.
+    let converged = common::wait_until(Duration::from_secs(10), || {
+        a.get_json("/v1/connect/ca/roots")["Roots"] == b.get_json("/v1/connect/ca/roots")["Roots"]
+    });
+    assert!(converged, "a and b serve different roots");
+    let roots = a.get_json("/v1/connect/ca/roots");
+    let active: Vec<&Value> = roots["Roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["Active"] == true)
+        .collect();
+    assert_eq!(active.len(), 1, "{roots:#}");
+    assert_ne!(active_id(&roots), start);
+    let bundle = roots_bundle(&roots);
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let leaf = sign(server, &roots, "web");
+        verify_chain_against(leaf["CertPEM"].as_str().unwrap(), &bundle, name);
+    }
+}
