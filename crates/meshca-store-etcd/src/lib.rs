@@ -20,13 +20,14 @@
 //! Sealing happens above the backend: values holding private keys arrive
 //! here sealed, as they reach sled.
 
+mod election;
 mod follow;
 mod members;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse};
 use follow::Followed;
 use members::{Failed, Members};
-use meshca_store::{schema, validate_snapshot, Op, Snapshot, Store, StoreError, Txn};
+use meshca_store::{schema, validate_snapshot, Leadership, Op, Snapshot, Store, StoreError, Txn};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -173,6 +174,18 @@ impl EtcdStore {
         wait_on(runtime, work(self.shared.clone()))
     }
 
+    /// Campaigns for the leadership of the servers sharing this store, as
+    /// `me` (this server's API address, which the others report), with a
+    /// lease of `ttl`. The receiver tells who leads, from now until the
+    /// store is dropped; the lease then expires on its own.
+    pub fn campaign(&self, me: String, ttl: Duration) -> watch::Receiver<Leadership> {
+        let (tx, rx) = watch::channel(Leadership::default());
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(election::campaign(self.shared.clone(), me, ttl, tx));
+        }
+        rx
+    }
+
     /// Remembers the outcome of a write for [`Store::health`]. A write
     /// that could not even read what it checks failed as a write.
     fn written<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -232,11 +245,13 @@ impl Shared {
         self.key(schema::INDEX)
     }
 
-    /// The record key of an etcd key under the prefix.
+    /// The record key of an etcd key under the prefix; `None` for keys
+    /// that are not records (the election's).
     fn record_key<'a>(&self, etcd_key: &'a [u8]) -> Option<&'a str> {
-        std::str::from_utf8(etcd_key)
+        let key = std::str::from_utf8(etcd_key)
             .ok()?
-            .strip_prefix(self.prefix.as_str())
+            .strip_prefix(self.prefix.as_str())?;
+        schema::validate_key(key).ok().map(|()| key)
     }
 
     /// The index record and the records under `prefix`, at one revision.
@@ -271,11 +286,10 @@ impl Shared {
         let mut records = BTreeMap::new();
         for kv in range.kvs() {
             match self.record_key(kv.key()) {
-                Some(schema::INDEX) => {}
+                Some(schema::INDEX) | None => {}
                 Some(key) => {
                     records.insert(key.to_string(), kv.value().to_vec());
                 }
-                None => {}
             }
         }
         Ok(Read {

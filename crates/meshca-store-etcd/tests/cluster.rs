@@ -153,3 +153,91 @@ fn without_a_quorum_writes_fail_in_bounded_time_and_recover() {
     );
     assert_eq!(store.index().unwrap(), index);
 }
+
+/// Waits (at most `timeout`) until `pick` of the leadership holds.
+fn wait_for(
+    leadership: &mut tokio::sync::watch::Receiver<meshca_store::Leadership>,
+    timeout: Duration,
+    pick: impl Fn(&meshca_store::Leadership) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if pick(&leadership.borrow_and_update()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn one_leader_at_a_time_and_another_takes_over_when_it_goes() {
+    let cluster = EtcdCluster::start(3);
+    let ttl = Duration::from_secs(2);
+    let a = open(&cluster, "/meshca/dc1", 0);
+    let mut la = a.campaign("http://a:8500".into(), ttl);
+    assert!(
+        wait_for(&mut la, Duration::from_secs(10), |l| l.is_me),
+        "the only candidate did not lead"
+    );
+    let b = open(&cluster, "/meshca/dc1", 1);
+    let mut lb = b.campaign("http://b:8500".into(), ttl);
+    assert!(
+        wait_for(&mut lb, Duration::from_secs(10), |l| {
+            l.leader.as_deref() == Some("http://a:8500") && !l.is_me
+        }),
+        "b did not see a lead: {:?}",
+        *lb.borrow()
+    );
+    // The election's key is no record.
+    assert!(b.snapshot().unwrap().records.is_empty());
+    assert!(la.borrow().is_me, "a still leads");
+
+    // a goes away without resigning (as if killed): b leads once a's lease
+    // expires, not before.
+    let gone = Instant::now();
+    drop(a);
+    assert!(
+        wait_for(&mut lb, ttl * 5, |l| l.is_me),
+        "b did not take over within {:?}",
+        ttl * 5
+    );
+    let took = gone.elapsed();
+    assert!(
+        took >= ttl / 2,
+        "b led {took:?} after a left, before a's lease could expire"
+    );
+    eprintln!("failover with a {ttl:?} lease: {took:?}");
+}
+
+#[test]
+fn a_leader_cut_off_from_the_quorum_steps_down_within_its_lease() {
+    let mut cluster = EtcdCluster::start(3);
+    let ttl = Duration::from_secs(2);
+    // Only member 0: when the other two die, it has no quorum.
+    let store = EtcdStore::open(EtcdOptions {
+        endpoints: vec![cluster.endpoints()[0].clone()],
+        prefix: "/meshca/dc1".into(),
+        request_timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    let mut leadership = store.campaign("http://a:8500".into(), ttl);
+    assert!(wait_for(&mut leadership, Duration::from_secs(10), |l| l.is_me));
+    let cut = Instant::now();
+    cluster.kill(1);
+    cluster.kill(2);
+    assert!(
+        wait_for(&mut leadership, ttl * 3, |l| !l.is_me),
+        "still leading {:?} after losing the quorum",
+        cut.elapsed()
+    );
+    // etcd's leader may renew the lease until it notices the lost quorum
+    // (about an election timeout, 1 s here); the lease then runs for `ttl` from
+    // that last renewal, and no other server can win before it expires.
+    let took = cut.elapsed();
+    assert!(
+        took <= ttl + Duration::from_secs(2),
+        "stepped down after {took:?}"
+    );
+    eprintln!("stepped down {took:?} after losing the quorum");
+}

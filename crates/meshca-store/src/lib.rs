@@ -249,6 +249,29 @@ pub struct Snapshot {
     pub records: Vec<(String, Vec<u8>)>,
 }
 
+/// Who leads the servers sharing a store: the one that runs the CA's
+/// background changes (rotation, renewal, pruning) and takes the writes
+/// that need one writer. A store one server owns (sled) is always led by
+/// that server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Leadership {
+    /// The leader's API address as it advertised it; `None` while none is
+    /// elected.
+    pub leader: Option<String>,
+    /// Whether this server is the leader.
+    pub is_me: bool,
+}
+
+impl Leadership {
+    /// This server, alone: always the leader.
+    pub fn alone(me: &str) -> Self {
+        Self {
+            leader: Some(me.to_string()),
+            is_me: true,
+        }
+    }
+}
+
 /// A storage backend: raw records under `<namespace>/<name>` keys, changed
 /// only by all-or-nothing transactions at a global index.
 ///
