@@ -36,7 +36,10 @@ fn keygen(dir: &Path) -> String {
 /// token.
 fn server_on(cluster: &EtcdCluster, key: &str) -> Server {
     let endpoints = cluster.endpoints().join(",");
-    let config = json!({"acl": {"enabled": true, "tokens": {"initial_management": MANAGEMENT}}});
+    let config = json!({
+        "acl": {"enabled": true, "tokens": {"initial_management": MANAGEMENT}},
+        "store": {"etcd": {"lease_ttl": "2s"}},
+    });
     let mut server = Server::start_with_config(
         &config,
         &[
@@ -50,6 +53,23 @@ fn server_on(cluster: &EtcdCluster, key: &str) -> Server {
     );
     server.set_token(Some(MANAGEMENT));
     server
+}
+
+/// Two servers on `cluster`, once both name the same leader.
+fn two_servers(cluster: &EtcdCluster, key: &str) -> (Server, Server) {
+    let a = server_on(cluster, key);
+    let b = server_on(cluster, key);
+    let agreed = common::wait_until(Duration::from_secs(15), || {
+        let leader = leader_of(&a);
+        !leader.is_empty() && leader == leader_of(&b)
+    });
+    assert!(
+        agreed,
+        "no leader both agree on: {:?} {:?}",
+        leader_of(&a),
+        leader_of(&b)
+    );
+    (a, b)
 }
 
 fn active_id(roots: &Value) -> String {
@@ -83,8 +103,7 @@ fn servers_sharing_etcd_serve_one_ca_and_follow_each_others_changes() {
     let cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().unwrap();
     let key = keygen(keys.path());
-    let a = server_on(&cluster, &key);
-    let b = server_on(&cluster, &key);
+    let (a, b) = two_servers(&cluster, &key);
 
     // One CA: the second server found the first one's.
     let roots = a.get_json("/v1/connect/ca/roots");
@@ -145,8 +164,7 @@ fn racing_rotations_on_two_servers_leave_one_active_root() {
     let cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().unwrap();
     let key = keygen(keys.path());
-    let a = server_on(&cluster, &key);
-    let b = server_on(&cluster, &key);
+    let (a, b) = two_servers(&cluster, &key);
     let start = active_id(&a.get_json("/v1/connect/ca/roots"));
 
     let (ra, rb) = std::thread::scope(|s| {
@@ -178,4 +196,85 @@ fn racing_rotations_on_two_servers_leave_one_active_root() {
         let leaf = sign(server, &roots, "web");
         verify_chain_against(leaf["CertPEM"].as_str().unwrap(), &bundle, name);
     }
+}
+
+fn leader_of(server: &Server) -> String {
+    server
+        .get_json("/v1/status/leader")
+        .as_str()
+        .expect("a string")
+        .to_string()
+}
+
+/// `host:port` of the server's HTTP API, as it advertises itself.
+fn address(server: &Server) -> String {
+    server
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+#[test]
+fn the_leader_takes_the_writes_and_another_server_leads_when_it_dies() {
+    let cluster = EtcdCluster::start(3);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keygen(keys.path());
+    let mut a = server_on(&cluster, &key);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || leader_of(&a) == address(&a)),
+        "the first server did not lead: {:?}",
+        leader_of(&a)
+    );
+    let b = server_on(&cluster, &key);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || leader_of(&b) == address(&a)),
+        "b does not name a as the leader: {:?}",
+        leader_of(&b)
+    );
+
+    // A configuration change sent to the follower is made by the leader.
+    let roots = b.get_json("/v1/connect/ca/roots");
+    let r = b.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        a.logs().contains("CA configuration changed"),
+        "a did not make the change"
+    );
+    assert!(
+        !b.logs().contains("CA configuration changed"),
+        "b made the change itself"
+    );
+    let rotated = active_id(&a.get_json("/v1/connect/ca/roots"));
+    assert_ne!(rotated, active_id(&roots));
+    wait_for_active(&b, &rotated);
+
+    // The leader dies: b leads after a's lease (2 s) expires, then takes
+    // writes itself, and every leaf verifies against the roots it serves.
+    let before = sign(&b, &b.get_json("/v1/connect/ca/roots"), "web");
+    a.kill();
+    let killed = Instant::now();
+    assert!(
+        common::wait_until(Duration::from_secs(15), || leader_of(&b) == address(&b)),
+        "b did not lead within 15 s: {:?}",
+        leader_of(&b)
+    );
+    let failover = killed.elapsed();
+    eprintln!("failover after SIGKILL of the leader (2 s lease): {failover:?}");
+    let r = b.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 256}));
+    assert_eq!(r.status, 200, "{r:?}");
+    let roots = b.get_json("/v1/connect/ca/roots");
+    assert_ne!(active_id(&roots), rotated);
+    let bundle = roots_bundle(&roots);
+    let after = sign(&b, &roots, "web");
+    verify_chain_against(
+        before["CertPEM"].as_str().unwrap(),
+        &bundle,
+        "before the failover",
+    );
+    verify_chain_against(
+        after["CertPEM"].as_str().unwrap(),
+        &bundle,
+        "after the failover",
+    );
 }

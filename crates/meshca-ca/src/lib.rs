@@ -88,6 +88,8 @@ pub struct CaEngine {
     observer: std::sync::OnceLock<Arc<dyn IssueObserver>>,
     /// Every issued leaf is durable here before it is returned, once set.
     journal: std::sync::OnceLock<Arc<meshca_journal::Journal>>,
+    /// Who leads the servers sharing the store; unset: this server alone.
+    leadership: std::sync::OnceLock<watch::Receiver<meshca_store::Leadership>>,
 }
 
 impl CaEngine {
@@ -167,6 +169,7 @@ impl CaEngine {
             follower,
             observer: std::sync::OnceLock::new(),
             journal: std::sync::OnceLock::new(),
+            leadership: std::sync::OnceLock::new(),
         })
     }
 
@@ -175,6 +178,23 @@ impl CaEngine {
     /// refused (`false`).
     pub fn journal_issuance(&self, journal: Arc<meshca_journal::Journal>) -> bool {
         self.journal.set(journal).is_ok()
+    }
+
+    /// Follows the election of the servers sharing the store: upkeep
+    /// (rotation, renewal, pruning, data keys) runs only while this server
+    /// leads. Set once; a second receiver is refused (`false`).
+    pub fn follow_leadership(&self, leadership: watch::Receiver<meshca_store::Leadership>) -> bool {
+        self.leadership.set(leadership).is_ok()
+    }
+
+    /// Whether this server leads (always, when it is alone on its store).
+    pub fn leads(&self) -> bool {
+        self.leadership.get().is_none_or(|l| l.borrow().is_me)
+    }
+
+    /// A receiver of the leadership, when servers share the store.
+    pub fn leadership(&self) -> Option<watch::Receiver<meshca_store::Leadership>> {
+        self.leadership.get().cloned()
     }
 
     /// Tells `observer` about every issuance from now on. Set once; a

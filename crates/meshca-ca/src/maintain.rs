@@ -16,6 +16,11 @@ impl CaEngine {
     /// One round of upkeep. Skipped (not queued) while another writer is
     /// active. Returns whether it changed anything.
     pub async fn maintain(&self) -> Result<bool, CaError> {
+        // With several servers on one store, only the leader changes the CA
+        // on its own; the others publish what it commits.
+        if !self.leads() {
+            return Ok(false);
+        }
         // Data keys age with the clock, not with CA changes: a CA that does
         // not change for weeks still gets its secrets under a fresh key.
         if let Err(e) = self.store.rotate_data_key_if_due().await {
@@ -103,6 +108,7 @@ impl CaEngine {
         let ca = self.clone();
         tokio::spawn(async move {
             let mut changes = ca.subscribe();
+            let mut leadership = ca.leadership();
             loop {
                 if let Err(e) = ca.maintain().await {
                     tracing::error!(error = %e, "CA maintenance failed; retrying later");
@@ -110,9 +116,22 @@ impl CaEngine {
                 tokio::select! {
                     _ = tokio::time::sleep(period) => {}
                     r = changes.changed() => if r.is_err() { return },
+                    // A new leader catches up on overdue upkeep at once.
+                    alive = changed(&mut leadership) => if !alive { return },
                 }
             }
         })
+    }
+}
+
+/// Waits for the next leadership change (`false`: no more will come);
+/// forever for a server alone on its store.
+async fn changed(
+    leadership: &mut Option<tokio::sync::watch::Receiver<meshca_store::Leadership>>,
+) -> bool {
+    match leadership {
+        Some(l) => l.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -61,6 +61,10 @@ pub enum ApiError {
     CaBusy(&'static str),
     #[error("Rate limit reached, try again later")]
     RateLimited { retry_after_secs: u64 },
+    /// A write that needs the leader while none is elected (Consul's
+    /// wording), or that the leader could not be reached for.
+    #[error("No cluster leader{0}")]
+    NoLeader(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("Internal error: {0}")]
@@ -95,6 +99,7 @@ impl ApiError {
             }
             CaBusy(_) => (StatusCode::CONFLICT, "ca_busy"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod blocking;
 pub mod error;
 mod fair;
+pub mod leader;
 pub mod leafcache;
 pub mod listener;
 pub mod metrics;
@@ -39,7 +40,7 @@ pub use meshca_ca::{
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Largest accepted snapshot to restore (`PUT /v1/snapshot`).
 pub const MAX_SNAPSHOT: usize = 64 * 1024 * 1024;
-const SNAPSHOT_PATH: &str = "/v1/snapshot";
+pub(crate) const SNAPSHOT_PATH: &str = "/v1/snapshot";
 
 /// Every (method, path) the API serves. `api-docs/openapi.json` must list
 /// exactly these, and every one must be routed; a test checks both.
@@ -123,6 +124,10 @@ pub fn router(state: AppState) -> Router {
             get(acl_routes::read_policy_by_name),
         )
         .route("/v1/acl/policies", get(acl_routes::list_policies))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            leader::leader_writes,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

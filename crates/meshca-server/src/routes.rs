@@ -399,10 +399,20 @@ pub async fn metrics(
     Ok(resp)
 }
 
-/// `GET /v1/status/leader`: this server leads itself (single node).
+/// `GET /v1/status/leader`: the leader's address (`host:port` of its
+/// API) as Consul answers it, or `""` while none is elected.
 pub async fn leader(State(app): State<AppState>) -> Result<Response, ApiError> {
     let p = app.ca.published();
-    Ok(with_index(to_json(&"127.0.0.1:8300")?, p.index))
+    let leader = app
+        .ca
+        .leadership()
+        .and_then(|l| l.borrow().leader.clone())
+        .unwrap_or_default();
+    let address = leader
+        .split_once("://")
+        .map_or(leader.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/');
+    Ok(with_index(to_json(&address)?, p.index))
 }
 
 /// `GET /v1/health`: 200 while the CA serves and its store can write; 503

@@ -198,6 +198,9 @@ pub struct EtcdBlock {
     pub prefix: Option<String>,
     /// One request to one member, a Go duration (default 2s).
     pub request_timeout: Option<String>,
+    /// The leader's lease, a Go duration (default 5s): how long the
+    /// servers go without a leader after the leader dies.
+    pub lease_ttl: Option<String>,
 }
 
 /// Where the store is.
@@ -213,6 +216,7 @@ pub struct EtcdSettings {
     pub endpoints: Vec<String>,
     pub prefix: String,
     pub request_timeout: std::time::Duration,
+    pub lease_ttl: std::time::Duration,
 }
 
 /// The effective server settings.
@@ -750,7 +754,11 @@ fn store_backend(
     };
     match backend.as_str() {
         "sled" => {
-            if endpoints.is_some() || etcd.prefix.is_some() || etcd.request_timeout.is_some() {
+            if endpoints.is_some()
+                || etcd.prefix.is_some()
+                || etcd.request_timeout.is_some()
+                || etcd.lease_ttl.is_some()
+            {
                 bail!(
                     "etcd settings (--etcd-endpoints, store.etcd) cannot apply to the embedded store: select the etcd store with --store etcd (store.backend = \"etcd\")"
                 );
@@ -774,12 +782,17 @@ fn store_backend(
             }
             let request_timeout = match etcd.request_timeout.as_deref() {
                 None => std::time::Duration::from_secs(2),
-                Some(text) => parse_request_timeout(text)?,
+                Some(text) => etcd_duration("request_timeout", text, 100, 60_000)?,
+            };
+            let lease_ttl = match etcd.lease_ttl.as_deref() {
+                None => std::time::Duration::from_secs(5),
+                Some(text) => etcd_duration("lease_ttl", text, 1_000, 60_000)?,
             };
             Ok(StoreBackend::Etcd(EtcdSettings {
                 endpoints,
                 prefix,
                 request_timeout,
+                lease_ttl,
             }))
         }
         other => bail!("unknown store backend {other:?}: expected \"sled\" or \"etcd\""),
@@ -802,14 +815,20 @@ fn check_etcd_endpoint(endpoint: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `store.etcd.request_timeout`: a Go duration from 100ms to 1m.
-fn parse_request_timeout(text: &str) -> anyhow::Result<std::time::Duration> {
-    let range = std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(60);
+/// `store.etcd.<key>`: a Go duration from `min_ms` to `max_ms`.
+fn etcd_duration(
+    key: &str,
+    text: &str,
+    min_ms: u64,
+    max_ms: u64,
+) -> anyhow::Result<std::time::Duration> {
+    let range = std::time::Duration::from_millis(min_ms)..=std::time::Duration::from_millis(max_ms);
     match text.parse::<meshca_core::GoDuration>() {
         Ok(d) if range.contains(&d.as_std()) => Ok(d.as_std()),
         _ => bail!(
-            "invalid store.etcd.request_timeout {text:?}: expected a Go duration from 100ms to \
-             1m, such as \"2s\""
+            "invalid store.etcd.{key} {text:?}: expected a Go duration from {:?} to {:?}",
+            range.start(),
+            range.end()
         ),
     }
 }
@@ -893,11 +912,12 @@ mod tests {
                 ],
                 prefix: "/meshca/east/".into(),
                 request_timeout: std::time::Duration::from_secs(2),
+                lease_ttl: std::time::Duration::from_secs(5),
             })
         );
         let file = load_text(
             "a.hcl",
-            "encrypt_store { key_file = \"/k\" }\nstore {\n  backend = \"etcd\"\n  etcd {\n    endpoints = [\"http://e1:2379\"]\n    prefix = \"/ca/\"\n    request_timeout = \"500ms\"\n  }\n}\n",
+            "encrypt_store { key_file = \"/k\" }\nstore {\n  backend = \"etcd\"\n  etcd {\n    endpoints = [\"http://e1:2379\"]\n    prefix = \"/ca/\"\n    request_timeout = \"500ms\"\n    lease_ttl = \"3s\"\n  }\n}\n",
         )
         .unwrap();
         let StoreBackend::Etcd(etcd) = file.store else {
@@ -906,6 +926,7 @@ mod tests {
         assert_eq!(etcd.endpoints, ["http://e1:2379"]);
         assert_eq!(etcd.prefix, "/ca/");
         assert_eq!(etcd.request_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(etcd.lease_ttl, std::time::Duration::from_secs(3));
         assert_eq!(
             load(&ServerArgs::default()).unwrap().store,
             StoreBackend::Embedded

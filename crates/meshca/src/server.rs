@@ -9,7 +9,7 @@ use meshca_core::{Clock, SystemClock};
 use meshca_migrations::{KeyChange, OpenOptions};
 use meshca_server::routes::AppState;
 use meshca_server::{default_provider_factory, CaEngine};
-use meshca_store::{MemoryStore, Records, StoreKey};
+use meshca_store::{Leadership, MemoryStore, Records, StoreKey};
 use meshca_store_sled::SledStore;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
@@ -78,7 +78,11 @@ fn init_logging(s: &Settings) -> anyhow::Result<()> {
 /// in-memory store under a random key), vetted, migrated and unsealed; the
 /// data key rotates when due, and with an old store key the store moves to
 /// the new one.
-fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
+/// The opened store, and the etcd backend's handle when the store is
+/// shared (for the election).
+type Opened = (Arc<Records>, Option<Arc<meshca_store_etcd::EtcdStore>>);
+
+fn open_store(s: &Settings) -> anyhow::Result<Opened> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if s.dev {
         tracing::warn!("dev mode: the store is in memory and everything is lost on exit");
@@ -89,7 +93,7 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
             clock,
         };
         let (records, _) = meshca_migrations::open_with(Arc::new(MemoryStore::new()), &options)?;
-        return Ok(Arc::new(records));
+        return Ok((Arc::new(records), None));
     }
     if let StoreBackend::Etcd(etcd) = &s.store {
         return open_etcd_store(s, etcd, clock);
@@ -204,7 +208,7 @@ fn open_store(s: &Settings) -> anyhow::Result<Arc<Records>> {
         ),
         KeyChange::None => {}
     }
-    Ok(Arc::new(records))
+    Ok((Arc::new(records), None))
 }
 
 /// Opens the etcd store shared by every server of the cluster, migrated
@@ -214,7 +218,7 @@ fn open_etcd_store(
     s: &Settings,
     etcd: &EtcdSettings,
     clock: Arc<dyn Clock>,
-) -> anyhow::Result<Arc<Records>> {
+) -> anyhow::Result<Opened> {
     let path = s
         .store_key_file
         .as_ref()
@@ -230,12 +234,14 @@ fn open_etcd_store(
             etcd.prefix
         )
     };
-    let store = meshca_store_etcd::EtcdStore::open(meshca_store_etcd::EtcdOptions {
-        endpoints: etcd.endpoints.clone(),
-        prefix: etcd.prefix.clone(),
-        request_timeout: etcd.request_timeout,
-    })
-    .with_context(opening)?;
+    let store = Arc::new(
+        meshca_store_etcd::EtcdStore::open(meshca_store_etcd::EtcdOptions {
+            endpoints: etcd.endpoints.clone(),
+            prefix: etcd.prefix.clone(),
+            request_timeout: etcd.request_timeout,
+        })
+        .with_context(opening)?,
+    );
     let options = OpenOptions {
         key,
         old_key: None,
@@ -243,7 +249,7 @@ fn open_etcd_store(
         clock,
     };
     let (records, change) =
-        meshca_migrations::open_with(Arc::new(store), &options).with_context(opening)?;
+        meshca_migrations::open_with(store.clone(), &options).with_context(opening)?;
     if change == KeyChange::DataKeyRotated {
         tracing::info!(
             data_key_id = %records.sealer().data_key_id(),
@@ -251,17 +257,21 @@ fn open_etcd_store(
         );
     }
     tracing::info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, "the store is in etcd");
-    Ok(Arc::new(records))
+    Ok((Arc::new(records), Some(store)))
 }
 
 async fn serve(mut s: Settings) -> anyhow::Result<()> {
     // Opening may block on the disk or the network: not on a worker.
-    let store = tokio::task::block_in_place(|| open_store(&s))?;
+    let (store, etcd) = tokio::task::block_in_place(|| open_store(&s))?;
     check_datacenter(&s, &store)?;
     let acl_store = store.clone();
     let ca = start_ca(&s, store)
         .await
         .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
+    // Nobody leads until the listeners are up: this server then leads
+    // alone, or campaigns with the others sharing the etcd store.
+    let (leadership, led) = tokio::sync::watch::channel(Leadership::default());
+    ca.follow_leadership(led);
     if !s.dev {
         // Opening reads only the end of the newest segment, whatever the
         // journal's size.
@@ -312,6 +322,8 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
         }
     };
     let mut listeners = tokio::task::JoinSet::new();
+    // The API address the other servers reach this one at (HTTP first).
+    let mut advertised = None;
     // HTTPS first, so that its line is logged before HTTP's.
     let tls_on = s.tls.is_some();
     if let (Some(opts), Some(port)) = (s.tls.take(), s.https_port) {
@@ -323,6 +335,7 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}:{port} (HTTPS)", s.bind))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "meshca listening on https://{addr}");
+        advertised = Some(format!("https://{addr}"));
         listeners.spawn(meshca_server::listener::serve_tls(
             listener,
             router.clone(),
@@ -336,6 +349,7 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}:{port}", s.bind))?;
         let addr = listener.local_addr()?;
+        advertised = Some(format!("http://{addr}"));
         tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
         listeners.spawn(meshca_server::listener::serve(
             listener,
@@ -343,6 +357,23 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
             limits,
             until_stopped(),
         ));
+    }
+    let me = advertised.context("no listener to advertise")?;
+    match (&etcd, &s.store) {
+        (Some(etcd), StoreBackend::Etcd(settings)) => {
+            let mut elected = etcd.campaign(me, settings.lease_ttl);
+            tokio::spawn(async move {
+                loop {
+                    leadership.send_replace(elected.borrow_and_update().clone());
+                    if elected.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        _ => {
+            leadership.send_replace(Leadership::alone(&me));
+        }
     }
     log_ready(&s, &p, acl_enabled, tls_on);
     ca.spawn_maintenance(MAINTENANCE_PERIOD);
