@@ -278,3 +278,50 @@ fn the_leader_takes_the_writes_and_another_server_leads_when_it_dies() {
         "after the failover",
     );
 }
+
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_at_once() {
+    let cluster = EtcdCluster::start(3);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keygen(keys.path());
+    // A lease far longer than the test may wait: only a resignation hands
+    // the leadership over in time.
+    let endpoints = cluster.endpoints().join(",");
+    let config = json!({
+        "acl": {"enabled": false},
+        "store": {"etcd": {"lease_ttl": "60s"}},
+    });
+    let args = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoints,
+        "--store-key-file",
+        &key,
+    ];
+    let mut a = Server::start_with_config(&config, &args);
+    assert!(common::wait_until(Duration::from_secs(10), || leader_of(
+        &a
+    ) == address(
+        &a
+    )));
+    let b = Server::start_with_config(&config, &args);
+    assert!(common::wait_until(Duration::from_secs(10), || leader_of(
+        &b
+    ) == address(
+        &a
+    )));
+    let stopping = Instant::now();
+    let status = a.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || leader_of(&b) == address(&b)),
+        "b did not lead after a stopped: {:?}",
+        leader_of(&b)
+    );
+    eprintln!(
+        "takeover after SIGTERM of the leader: {:?}",
+        stopping.elapsed()
+    );
+    assert!(a.logs().contains("resigned the leadership"), "{}", a.logs());
+}

@@ -36,15 +36,30 @@ pub(crate) async fn campaign(
 ) {
     let key = shared.key(LEADER_KEY);
     loop {
+        if shared.resigned.load(std::sync::atomic::Ordering::SeqCst) {
+            leadership.send_replace(Leadership::default());
+            return;
+        }
         match try_to_lead(&shared, &key, &me, ttl).await {
             Ok(Attempt::Won { lease, granted_at }) => {
                 tracing::info!(leader = %me, "this server is the leader");
+                *shared.leading.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
                 leadership.send_replace(Leadership {
                     leader: Some(me.clone()),
                     is_me: true,
                 });
                 hold(&shared, lease, ttl, granted_at).await;
-                tracing::warn!("this server lost the leadership (its lease could not be renewed)");
+                let resigned = shared
+                    .leading
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .is_none();
+                if !resigned {
+                    tracing::warn!(
+                        "this server lost the leadership (its lease could not be renewed)"
+                    );
+                }
                 leadership.send_replace(Leadership::default());
             }
             Ok(Attempt::Lost { holder, revision }) => {
@@ -140,6 +155,7 @@ async fn hold(shared: &Shared, lease: i64, ttl: Duration, granted_at: Instant) {
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(expires) => return,
+            () = shared.resign_now.notified() => return,
             renewed = renew_after(shared, lease, ttl / 3) => match renewed {
                 Ok(Some(sent_at)) => expires = sent_at + ttl,
                 Ok(None) => return,

@@ -64,6 +64,12 @@ pub(crate) struct Shared {
     prefix: String,
     followed: Followed,
     timeout: Duration,
+    /// The lease this server leads under, while it does.
+    leading: Mutex<Option<i64>>,
+    /// Set on shutdown: no more campaigns.
+    resigned: std::sync::atomic::AtomicBool,
+    /// Wakes the leader's lease holding when it resigns.
+    resign_now: tokio::sync::Notify,
 }
 
 /// The index record as read: the index, the ID of the commit that wrote
@@ -139,6 +145,9 @@ impl EtcdStore {
                 prefix,
                 followed: Followed::new(),
                 timeout: options.request_timeout,
+                leading: Mutex::new(None),
+                resigned: std::sync::atomic::AtomicBool::new(false),
+                resign_now: tokio::sync::Notify::new(),
             });
             let read = shared.read(schema::INDEX).await?;
             shared.followed.start_at(read.index.index, read.revision);
@@ -184,6 +193,34 @@ impl EtcdStore {
             runtime.spawn(election::campaign(self.shared.clone(), me, ttl, tx));
         }
         rx
+    }
+
+    /// Gives up the leadership at once (on shutdown), so that another
+    /// server need not wait for the lease to expire. Nothing when this
+    /// server does not lead.
+    pub fn resign(&self) {
+        self.shared
+            .resigned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.resign_now.notify_one();
+        let lease = self
+            .shared
+            .leading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let (Some(lease), Some(runtime)) = (lease, &self.runtime) {
+            let shared = self.shared.clone();
+            let revoked = wait_on(runtime, async move {
+                shared
+                    .members
+                    .call(|mut c| async move { c.lease_revoke(lease).await })
+                    .await
+            });
+            if let Ok(Ok(_)) = revoked {
+                tracing::info!("resigned the leadership");
+            }
+        }
     }
 
     /// Remembers the outcome of a write for [`Store::health`]. A write

@@ -241,3 +241,30 @@ fn a_leader_cut_off_from_the_quorum_steps_down_within_its_lease() {
     );
     eprintln!("stepped down {took:?} after losing the quorum");
 }
+
+#[test]
+fn a_leader_that_resigns_is_replaced_at_once_and_campaigns_no_more() {
+    let cluster = EtcdCluster::start(3);
+    // A long lease: a takeover within it can only come from the resignation.
+    let ttl = Duration::from_secs(30);
+    let a = open(&cluster, "/meshca/dc1", 0);
+    let mut la = a.campaign("http://a:8500".into(), ttl);
+    assert!(wait_for(&mut la, Duration::from_secs(10), |l| l.is_me));
+    let b = open(&cluster, "/meshca/dc1", 1);
+    let mut lb = b.campaign("http://b:8500".into(), ttl);
+    assert!(wait_for(&mut lb, Duration::from_secs(10), |l| l
+        .leader
+        .is_some()));
+
+    let resigned = Instant::now();
+    a.resign();
+    assert!(
+        wait_for(&mut lb, Duration::from_secs(5), |l| l.is_me),
+        "b did not lead after a resigned"
+    );
+    eprintln!("takeover after a resignation: {:?}", resigned.elapsed());
+    assert!(wait_for(&mut la, Duration::from_secs(5), |l| !l.is_me));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!la.borrow().is_me, "a campaigned again after resigning");
+    assert!(lb.borrow().is_me);
+}

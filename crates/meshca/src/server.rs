@@ -382,6 +382,10 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
     tracing::info!(grace = ?s.shutdown_grace,
         "shutting down: parked blocking queries answer now, requests in flight may finish");
     state.shut_down();
+    if let Some(etcd) = &etcd {
+        // Another server takes over now rather than after the lease.
+        tokio::task::block_in_place(|| etcd.resign());
+    }
     let _ = stop.send(true);
     tokio::spawn(async {
         shutdown_signal().await;
