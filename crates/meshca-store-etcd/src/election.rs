@@ -41,14 +41,21 @@ pub(crate) async fn campaign(
             return;
         }
         match try_to_lead(&shared, &key, &me, ttl).await {
-            Ok(Attempt::Won { lease, granted_at }) => {
+            Ok(Attempt::Won {
+                lease,
+                granted_at,
+                revision,
+            }) => {
                 tracing::info!(leader = %me, "this server is the leader");
                 *shared.leading.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
                 leadership.send_replace(Leadership {
                     leader: Some(me.clone()),
                     is_me: true,
                 });
-                hold(&shared, lease, ttl, granted_at).await;
+                tokio::select! {
+                    () = hold(&shared, lease, ttl, granted_at) => {}
+                    () = key_lost(&shared, &key, &me, revision) => {}
+                }
                 let resigned = shared
                     .leading
                     .lock()
@@ -89,8 +96,16 @@ pub(crate) async fn campaign(
 }
 
 enum Attempt {
-    Won { lease: i64, granted_at: Instant },
-    Lost { holder: String, revision: i64 },
+    /// `revision`: the one that put this server at the leader key.
+    Won {
+        lease: i64,
+        granted_at: Instant,
+        revision: i64,
+    },
+    Lost {
+        holder: String,
+        revision: i64,
+    },
 }
 
 /// One attempt: a new lease, and the leader key if nobody holds it.
@@ -125,7 +140,11 @@ async fn try_to_lead(
         .await
         .map_err(|f| f.0)?;
     if response.succeeded() {
-        return Ok(Attempt::Won { lease, granted_at });
+        return Ok(Attempt::Won {
+            lease,
+            granted_at,
+            revision: response.header().map_or(0, |h| h.revision()),
+        });
     }
     // Not needed: let it go rather than wait for it to expire.
     let _ = shared
@@ -190,6 +209,31 @@ async fn renew_after(
         Some(ttl) if ttl > 0 => Ok(Some(sent_at)),
         Some(_) => Ok(None),
         None => Err("the keepalive stream closed".into()),
+    }
+}
+
+/// Returns when the leader key stops naming `me` after `revision` (deleted
+/// or overwritten), watching again when the watch breaks.
+async fn key_lost(shared: &Shared, key: &str, me: &str, revision: i64) {
+    let mut from = revision + 1;
+    loop {
+        let (_, mut client) = shared.members.current();
+        let options = WatchOptions::new().with_start_revision(from);
+        if let Ok(mut stream) = client.watch(key, Some(options)).await {
+            while let Ok(Some(response)) = stream.message().await {
+                if response.compact_revision() > 0 {
+                    break;
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    from = kv.mod_revision() + 1;
+                    if event.event_type() == EventType::Delete || kv.value() != me.as_bytes() {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
 

@@ -250,6 +250,22 @@ impl Drop for EtcdStore {
     }
 }
 
+/// Whether a refused commit was refused for its leader fence: it was sent
+/// under `ours` (this server leading) and the leader key is held under
+/// another lease, or by none.
+fn fence_broken(ours: Option<i64>, key_lease: Option<i64>) -> bool {
+    ours.is_some_and(|ours| key_lease != Some(ours))
+}
+
+/// The lease the leader key is held under, from the `or_else` read of a
+/// refused commit.
+fn leader_lease(response: &etcd_client::TxnResponse) -> Option<i64> {
+    response.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
+        _ => None,
+    })
+}
+
 /// Runs `fut` on `runtime` and waits for it on this thread. Not
 /// `block_on`, which is refused on a thread of another runtime (the server
 /// opens its store from one).
@@ -352,9 +368,19 @@ impl Shared {
             IndexRecord::encode(index, &commit_id),
             None,
         ));
+        // A leader's writes are fenced by its lease: once the lease ended
+        // (the server froze past it, say) and another server leads, they
+        // fail instead of racing the new leader.
+        let lease = *self.leading.lock().unwrap_or_else(|p| p.into_inner());
+        let leader_key = self.key(election::LEADER_KEY);
+        let mut when = vec![guard.unchanged(&index_key)];
+        if let Some(lease) = lease {
+            when.push(Compare::lease(leader_key.as_str(), CompareOp::Equal, lease));
+        }
         let txn = EtcdTxn::new()
-            .when([guard.unchanged(&index_key)])
-            .and_then(ops);
+            .when(when)
+            .and_then(ops)
+            .or_else([TxnOp::get(leader_key.as_str(), None)]);
         // The same guarded transaction, repeated on another member when one
         // does not answer: at most one attempt is applied.
         let response = self
@@ -368,7 +394,16 @@ impl Shared {
             Ok(r) if r.succeeded() => {
                 return Ok(Some((index, r.header().map_or(0, |h| h.revision()))));
             }
-            Ok(_) => None,
+            Ok(r) => {
+                if fence_broken(lease, leader_lease(&r)) {
+                    return Err(StoreError::WriteFailed(
+                        "this server no longer leads (its lease ended and the leader key is \
+                         gone or another server's): the change was not made"
+                            .into(),
+                    ));
+                }
+                None
+            }
             Err(f) => Some(f),
         };
         // Refused, or not answered (then it may still have been applied):
@@ -553,6 +588,20 @@ impl Store for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_leaders_commit_meets_the_fence_and_only_when_its_key_moved() {
+        // A follower's commit carries no fence.
+        assert!(!fence_broken(None, Some(7)));
+        assert!(!fence_broken(None, None));
+        // A leader's commit refused while its key is still its own was
+        // refused for the index (another commit got in first).
+        assert!(!fence_broken(Some(7), Some(7)));
+        // Its key expired, or another server holds it: fenced.
+        assert!(fence_broken(Some(7), None));
+        assert!(fence_broken(Some(7), Some(8)));
+        assert!(fence_broken(Some(7), Some(0)));
+    }
 
     #[test]
     fn the_index_record_round_trips_and_refuses_garbage() {
