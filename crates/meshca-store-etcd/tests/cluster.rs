@@ -275,11 +275,11 @@ fn raw_leader_key(cluster: &EtcdCluster, value: Option<&str>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .expect("a runtime");
     runtime.block_on(async {
         let mut raw = etcd_client::Client::connect([cluster.endpoints()[2].as_str()], None)
             .await
-            .unwrap();
+            .expect("a raw etcd client");
         match value {
             Some(v) => drop(
                 raw.put("/meshca/dc1/_election/leader", v, None)
