@@ -284,12 +284,12 @@ fn raw_leader_key(cluster: &EtcdCluster, value: Option<&str>) {
             Some(v) => drop(
                 raw.put("/meshca/dc1/_election/leader", v, None)
                     .await
-                    .unwrap(),
+                    .expect("a put"),
             ),
             None => drop(
                 raw.delete("/meshca/dc1/_election/leader", None)
                     .await
-                    .unwrap(),
+                    .expect("a delete"),
             ),
         }
     });
