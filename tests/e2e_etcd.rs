@@ -325,3 +325,153 @@ fn a_leader_stopped_with_sigterm_hands_over_at_once() {
     );
     assert!(a.logs().contains("resigned the leadership"), "{}", a.logs());
 }
+
+/// The roots' active entries.
+fn active_roots(roots: &Value) -> usize {
+    roots["Roots"]
+        .as_array()
+        .expect("Roots")
+        .iter()
+        .filter(|r| r["Active"] == true)
+        .count()
+}
+
+/// The leader dies (a real abort) at `step` of a rotation; the other
+/// server leads and serves a whole CA — the old one if the commit had not
+/// landed, the new one if it had — and rotates again.
+fn leader_dies_during_a_rotation(step: &str, committed: bool) {
+    let cluster = EtcdCluster::start(3);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keygen(keys.path());
+    let mut a = server_on(&cluster, &key);
+    a.set_env("MESHCA_FAILPOINT", Some(step));
+    a.restart();
+    a.set_token(Some(MANAGEMENT));
+    assert!(common::wait_until(Duration::from_secs(10), || leader_of(
+        &a
+    ) == address(
+        &a
+    )));
+    let b = server_on(&cluster, &key);
+    assert!(common::wait_until(Duration::from_secs(10), || leader_of(
+        &b
+    ) == address(
+        &a
+    )));
+    let before = b.get_json("/v1/connect/ca/roots");
+    let leaf_before = sign(&b, &before, "web");
+
+    let put = a.try_put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}));
+    assert!(put.is_err(), "{step}: a answered: {put:?}");
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).is_some(),
+        "{step}: a did not abort"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(15), || leader_of(&b) == address(&b)),
+        "{step}: b did not lead"
+    );
+    let roots = b.get_json("/v1/connect/ca/roots");
+    assert_eq!(active_roots(&roots), 1, "{step}: {roots:#}");
+    if committed {
+        assert_ne!(
+            active_id(&roots),
+            active_id(&before),
+            "{step}: the commit was lost"
+        );
+    } else {
+        assert_eq!(
+            roots["Roots"], before["Roots"],
+            "{step}: a half rotation is visible"
+        );
+    }
+    let bundle = roots_bundle(&roots);
+    verify_chain_against(leaf_before["CertPEM"].as_str().unwrap(), &bundle, step);
+    verify_chain_against(
+        sign(&b, &roots, "web")["CertPEM"].as_str().unwrap(),
+        &bundle,
+        step,
+    );
+
+    // Nothing is left half done: the new leader rotates.
+    let r = b.put_config(json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}));
+    assert_eq!(r.status, 200, "{step}: {r:?}");
+    let after = b.get_json("/v1/connect/ca/roots");
+    assert_eq!(active_roots(&after), 1, "{step}");
+    assert_ne!(active_id(&after), active_id(&roots), "{step}");
+}
+
+#[test]
+fn a_leader_dying_before_its_rotation_commits_leaves_the_old_ca() {
+    leader_dies_during_a_rotation("rotation-before-commit", false);
+}
+
+#[test]
+fn a_leader_dying_after_its_rotation_commits_leaves_the_new_ca() {
+    leader_dies_during_a_rotation("rotation-committed", true);
+}
+
+#[test]
+fn service_goes_on_with_a_member_down_and_comes_back_after_a_lost_quorum() {
+    let mut cluster = EtcdCluster::start(3);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keygen(keys.path());
+    let (a, b) = two_servers(&cluster, &key);
+
+    // One member down: signing, blocking queries and rotations go on.
+    cluster.kill(0);
+    let roots = b.get_json("/v1/connect/ca/roots");
+    let index = b.get("/v1/connect/ca/roots").index();
+    let waiter = {
+        let url = b.url(&format!("/v1/connect/ca/roots?index={index}&wait=30s"));
+        let http = b.http();
+        std::thread::spawn(move || http.send(reqwest::Method::GET, &url, None))
+    };
+    sign(&a, &roots, "web");
+    let r = b.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}));
+    assert_eq!(r.status, 200, "{r:?}");
+    let woke = waiter.join().unwrap();
+    assert_eq!(woke.status, 200);
+    assert!(
+        woke.index() > index,
+        "b's blocked roots query did not see the rotation"
+    );
+    let rotated = active_id(&a.get_json("/v1/connect/ca/roots"));
+    wait_for_active(&b, &rotated);
+
+    // No quorum: a change fails in bounded time with a clear error, and
+    // leaves are still signed with the published CA.
+    cluster.kill(1);
+    let started = Instant::now();
+    let leader = if leader_of(&a) == address(&a) { &a } else { &b };
+    let r = leader.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 256}));
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    eprintln!("a change without quorum failed after {took:?}: {}", r.body);
+    let roots = a.get_json("/v1/connect/ca/roots");
+    assert_eq!(active_id(&roots), rotated);
+    sign(&a, &roots, "api");
+    sign(&b, &roots, "api");
+
+    // The quorum is back: a change goes through again.
+    cluster.restart(0);
+    cluster.restart(1);
+    let ok = common::wait_until(Duration::from_secs(60), || {
+        let leader = [&a, &b].into_iter().find(|s| leader_of(s) == address(s));
+        leader.is_some_and(|l| {
+            l.put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 256}))
+                .status
+                == 200
+        })
+    });
+    assert!(ok, "no change went through after the quorum came back");
+    let leader = [&a, &b]
+        .into_iter()
+        .find(|s| leader_of(s) == address(s))
+        .expect("a leader");
+    let now = active_id(&leader.get_json("/v1/connect/ca/roots"));
+    assert_ne!(now, rotated);
+    wait_for_active(&a, &now);
+    wait_for_active(&b, &now);
+}

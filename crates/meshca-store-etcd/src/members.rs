@@ -90,9 +90,9 @@ impl Members {
             let error = match tokio::time::timeout(self.timeout, op(client.clone())).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) if !another_member_may_answer(&e) => {
-                    return Err(Failed(format!("etcd {endpoint}: {e}")));
+                    return Err(Failed(format!("etcd {endpoint}: {}", describe(&e))));
                 }
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => describe(&e),
                 Err(_) => format!("no answer within {:?}", self.timeout),
             };
             errors.push(format!("{endpoint}: {error}"));
@@ -102,6 +102,17 @@ impl Members {
             "no etcd member answered: {}",
             errors.join("; ")
         )))
+    }
+}
+
+/// `e` in a few words: a gRPC status's message, not its debug form.
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) if status.message().is_empty() => {
+            format!("{:?}", status.code())
+        }
+        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
+        other => other.to_string(),
     }
 }
 
