@@ -341,7 +341,7 @@ fn active_roots(roots: &Value) -> usize {
 /// landed, the new one if it had — and rotates again.
 fn leader_dies_during_a_rotation(step: &str, committed: bool) {
     let cluster = EtcdCluster::start(3);
-    let keys = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().expect("a temporary directory");
     let key = keygen(keys.path());
     let mut a = server_on(&cluster, &key);
     a.set_env("MESHCA_FAILPOINT", Some(step));
@@ -386,9 +386,15 @@ fn leader_dies_during_a_rotation(step: &str, committed: bool) {
         );
     }
     let bundle = roots_bundle(&roots);
-    verify_chain_against(leaf_before["CertPEM"].as_str().unwrap(), &bundle, step);
     verify_chain_against(
-        sign(&b, &roots, "web")["CertPEM"].as_str().unwrap(),
+        leaf_before["CertPEM"].as_str().expect("CertPEM"),
+        &bundle,
+        step,
+    );
+    verify_chain_against(
+        sign(&b, &roots, "web")["CertPEM"]
+            .as_str()
+            .expect("CertPEM"),
         &bundle,
         step,
     );
