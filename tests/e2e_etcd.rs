@@ -336,9 +336,11 @@ fn active_roots(roots: &Value) -> usize {
         .count()
 }
 
-/// The leader dies (a real abort) at `step` of a rotation; the other
-/// server leads and serves a whole CA — the old one if the commit had not
-/// landed, the new one if it had — and rotates again.
+/// The leader of three servers dies (a real abort) at `step` of a
+/// rotation; another server leads, and all serve one whole CA — the old
+/// one if the commit had not landed, the new one if it had — against which
+/// the leaves every server issued before and after verify; the new leader
+/// then rotates.
 fn leader_dies_during_a_rotation(step: &str, committed: bool) {
     let cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().expect("a temporary directory");
@@ -352,14 +354,15 @@ fn leader_dies_during_a_rotation(step: &str, committed: bool) {
     ) == address(
         &a
     )));
-    let b = server_on(&cluster, &key);
-    assert!(common::wait_until(Duration::from_secs(10), || leader_of(
-        &b
-    ) == address(
-        &a
-    )));
-    let before = b.get_json("/v1/connect/ca/roots");
-    let leaf_before = sign(&b, &before, "web");
+    let others = [server_on(&cluster, &key), server_on(&cluster, &key)];
+    for s in &others {
+        assert!(common::wait_until(Duration::from_secs(10), || leader_of(s) == address(&a)));
+    }
+    let before = a.get_json("/v1/connect/ca/roots");
+    let mut leaves: Vec<Value> = std::iter::once(&a)
+        .chain(&others)
+        .map(|s| sign(s, &before, "web"))
+        .collect();
 
     let put = a.try_put_config(json!({"PrivateKeyType": "ec", "PrivateKeyBits": 384}));
     assert!(put.is_err(), "{step}: a answered: {put:?}");
@@ -367,11 +370,16 @@ fn leader_dies_during_a_rotation(step: &str, committed: bool) {
         a.wait_exit(Duration::from_secs(20)).is_some(),
         "{step}: a did not abort"
     );
-    assert!(
-        common::wait_until(Duration::from_secs(15), || leader_of(&b) == address(&b)),
-        "{step}: b did not lead"
-    );
-    let roots = b.get_json("/v1/connect/ca/roots");
+    let new_leader = common::wait_until(Duration::from_secs(15), || {
+        others.iter().any(|s| leader_of(s) == address(s))
+    });
+    assert!(new_leader, "{step}: no server took over");
+    let converged = common::wait_until(Duration::from_secs(10), || {
+        others[0].get_json("/v1/connect/ca/roots")["Roots"]
+            == others[1].get_json("/v1/connect/ca/roots")["Roots"]
+    });
+    assert!(converged, "{step}: the servers serve different roots");
+    let roots = others[0].get_json("/v1/connect/ca/roots");
     assert_eq!(active_roots(&roots), 1, "{step}: {roots:#}");
     if committed {
         assert_ne!(
@@ -385,26 +393,27 @@ fn leader_dies_during_a_rotation(step: &str, committed: bool) {
             "{step}: a half rotation is visible"
         );
     }
-    let bundle = roots_bundle(&roots);
-    verify_chain_against(
-        leaf_before["CertPEM"].as_str().expect("CertPEM"),
-        &bundle,
-        step,
-    );
-    verify_chain_against(
-        sign(&b, &roots, "web")["CertPEM"]
-            .as_str()
-            .expect("CertPEM"),
-        &bundle,
-        step,
-    );
+    leaves.extend(others.iter().map(|s| sign(s, &roots, "web")));
 
     // Nothing is left half done: the new leader rotates.
-    let r = b.put_config(json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}));
+    let leader = others
+        .iter()
+        .find(|s| leader_of(s) == address(s))
+        .expect("a leader");
+    let r = leader.put_config(json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}));
     assert_eq!(r.status, 200, "{step}: {r:?}");
-    let after = b.get_json("/v1/connect/ca/roots");
+    let after = leader.get_json("/v1/connect/ca/roots");
     assert_eq!(active_roots(&after), 1, "{step}");
     assert_ne!(active_id(&after), active_id(&roots), "{step}");
+    for s in &others {
+        wait_for_active(s, &active_id(&after));
+        leaves.push(sign(s, &after, "web"));
+        let bundle = roots_bundle(&s.get_json("/v1/connect/ca/roots"));
+        for (i, leaf) in leaves.iter().enumerate() {
+            let pem = leaf["CertPEM"].as_str().expect("CertPEM");
+            verify_chain_against(pem, &bundle, &format!("{step}: leaf {i}"));
+        }
+    }
 }
 
 #[test]
