@@ -280,6 +280,10 @@ pub struct ServerArgs {
     /// Address the HTTP API binds to (default 127.0.0.1).
     #[arg(long)]
     pub client: Option<String>,
+    /// With the etcd store: the IP the other servers reach this one's API
+    /// at (default: the address it binds to; needed when that is 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// HTTP port (default 8500; 0 picks a free port; -1 turns HTTP off).
     /// Given twice, the last one counts (as in Consul).
     #[arg(

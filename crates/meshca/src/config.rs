@@ -18,6 +18,9 @@ pub struct FileConfig {
     /// The primary's HTTP(S) URLs, for a secondary.
     pub primary_addresses: Option<Vec<String>>,
     pub client_addr: Option<String>,
+    /// The address the other servers sharing the store reach this one at
+    /// (default: the address the API is bound to).
+    pub advertise_addr: Option<String>,
     pub ports: Option<Ports>,
     pub connect: Option<Connect>,
     pub encrypt_store: Option<EncryptStore>,
@@ -226,6 +229,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub datacenter: String,
     pub bind: String,
+    /// What the other servers on a shared store reach this one at.
+    pub advertise_addr: Option<std::net::IpAddr>,
     /// `None`: the HTTP listener is off (`ports.http = -1`).
     pub http_port: Option<u16>,
     /// `Some` exactly when `tls` is.
@@ -668,6 +673,26 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
         .clone()
         .or(file.client_addr)
         .unwrap_or_else(|| "127.0.0.1".into());
+    let advertise_addr = match args.advertise.clone().or(file.advertise_addr.take()) {
+        Some(text) => Some(text.parse::<std::net::IpAddr>().map_err(|_| {
+            anyhow::anyhow!("invalid advertise_addr {text:?}: expected an IP address")
+        })?),
+        None => None,
+    };
+    let unspecified = bind
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    match (&store, advertise_addr) {
+        (StoreBackend::Embedded, Some(_)) => bail!(
+            "advertise_addr (--advertise) tells the other servers on an etcd store where this \
+             one is: it cannot apply to the embedded store"
+        ),
+        (StoreBackend::Etcd(_), None) if unspecified => bail!(
+            "the API binds to {bind}, which the other servers sharing the etcd store cannot \
+             reach: set advertise_addr (--advertise) to this server's address"
+        ),
+        _ => {}
+    }
     let ports = file.ports.unwrap_or_default();
     let http_port = match port("ports.http", args.http_port.or(ports.http))? {
         None => Some(8500),
@@ -710,6 +735,7 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
             .unwrap_or_else(|| "meshca-data".into()),
         datacenter,
         bind,
+        advertise_addr,
         http_port,
         https_port,
         tls,
@@ -989,6 +1015,30 @@ mod tests {
         for (err, want) in cases {
             assert!(err.contains(want), "{err:?} should say {want:?}");
         }
+        let everywhere = etcd(|a| a.client = Some("0.0.0.0".into()));
+        assert!(everywhere.contains("set advertise_addr"), "{everywhere}");
+        let embedded = load(&ServerArgs {
+            advertise: Some("10.0.0.1".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            embedded.contains("cannot apply to the embedded"),
+            "{embedded}"
+        );
+        let garbage = etcd(|a| a.advertise = Some("meshca.example".into()));
+        assert!(garbage.contains("expected an IP address"), "{garbage}");
+        let ok = load(&ServerArgs {
+            store: Some("etcd".into()),
+            etcd_endpoints: Some("http://127.0.0.1:2379".into()),
+            store_key_file: Some("/k".into()),
+            client: Some("0.0.0.0".into()),
+            advertise: Some("10.0.0.1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.advertise_addr, Some("10.0.0.1".parse().unwrap()));
         let err = load_text(
             "a.json",
             r#"{"store": {"backend": "etcd", "etcd": {"endpoints": ["http://e:1"], "request_timeout": "5m"}}, "encrypt_store": {"key_file": "/k"}}"#,

@@ -335,7 +335,7 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}:{port} (HTTPS)", s.bind))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "meshca listening on https://{addr}");
-        advertised = Some(format!("https://{addr}"));
+        advertised = Some(format!("https://{}", advertise(&s, addr)));
         listeners.spawn(meshca_server::listener::serve_tls(
             listener,
             router.clone(),
@@ -349,7 +349,7 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}:{port}", s.bind))?;
         let addr = listener.local_addr()?;
-        advertised = Some(format!("http://{addr}"));
+        advertised = Some(format!("http://{}", advertise(&s, addr)));
         tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
         listeners.spawn(meshca_server::listener::serve(
             listener,
@@ -402,6 +402,11 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("meshca stopped");
     Ok(())
+}
+
+/// The listener address `bound` as the other servers reach it.
+fn advertise(s: &Settings, bound: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(s.advertise_addr.unwrap_or(bound.ip()), bound.port())
 }
 
 /// Reloads the ACL tables whenever a commit (another server's, on a
