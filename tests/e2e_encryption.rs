@@ -14,23 +14,6 @@ use std::time::Duration;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// `meshca keygen --out <dir>/<name>`; returns the path as a string.
-fn keygen(dir: &Path, name: &str) -> String {
-    let path = dir.join(name);
-    let out = common::run_meshca(
-        &["keygen", "--out", path.to_str().expect("UTF-8 path")],
-        &[],
-        dir,
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "keygen failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path.to_str().expect("UTF-8 path").to_string()
-}
-
 /// SHA-256 of every file under `dir`, by path, sorted.
 fn file_hashes(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
@@ -116,7 +99,7 @@ fn keygen_prints_base64_and_writes_a_private_raw_file_without_overwriting() {
     assert_eq!(printed[0].len(), 64, "32-byte key ID + 32-byte key");
     assert_ne!(printed[0], printed[1], "every key is new");
 
-    let path = keygen(dir.path(), "store.key");
+    let path = common::keygen(dir.path(), "store.key");
     let raw = std::fs::read(&path).expect("the key file");
     assert_eq!(raw.len(), 64, "binary layout");
     let mode = std::fs::metadata(&path)
@@ -151,9 +134,9 @@ fn keygen_prints_base64_and_writes_a_private_raw_file_without_overwriting() {
 #[test]
 fn refused_starts_name_the_problem_and_change_no_file() {
     let keys = tempfile::tempdir().expect("a temporary directory");
-    let key = keygen(keys.path(), "store.key");
-    let other = keygen(keys.path(), "other.key");
-    let third = keygen(keys.path(), "third.key");
+    let key = common::keygen(keys.path(), "store.key");
+    let other = common::keygen(keys.path(), "other.key");
+    let third = common::keygen(keys.path(), "third.key");
     let mut server = Server::start(&["--store-key-file", &key]);
     leaf(&server, "web");
     let roots = server.roots();
@@ -218,7 +201,7 @@ fn refused_starts_name_the_problem_and_change_no_file() {
 fn a_damaged_sealed_registry_is_refused_without_writing() {
     use meshca_store::{schema, Store, StoreKey, Txn};
     let keys = tempfile::tempdir().expect("a temporary directory");
-    let key_file = keygen(keys.path(), "store.key");
+    let key_file = common::keygen(keys.path(), "store.key");
     let mut server = Server::start(&["--store-key-file", &key_file]);
     leaf(&server, "web");
     server.stop();
@@ -253,8 +236,8 @@ fn a_damaged_sealed_registry_is_refused_without_writing() {
 #[test]
 fn the_store_key_changes_with_the_old_key_and_then_only_the_new_key_opens_it() {
     let keys = tempfile::tempdir().expect("a temporary directory");
-    let old = keygen(keys.path(), "old.key");
-    let new = keygen(keys.path(), "new.key");
+    let old = common::keygen(keys.path(), "old.key");
+    let new = common::keygen(keys.path(), "new.key");
     let mut server = Server::start(&["--store-key-file", &old]);
     leaf(&server, "web");
     let roots = server.roots();
@@ -338,7 +321,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn no_private_key_is_on_disk_in_plaintext() {
     let keys = tempfile::tempdir().expect("a temporary directory");
-    let key_file = keygen(keys.path(), "store.key");
+    let key_file = common::keygen(keys.path(), "store.key");
     let mut server = Server::start(&["--store-key-file", &key_file]);
     let mut known: Vec<(String, String)> = Vec::new();
     for service in ["web", "api", "db"] {

@@ -11,26 +11,9 @@ mod etcd;
 use common::{active_root, csr_for_uri, roots_bundle, service_uri, verify_chain_against, Server};
 use etcd::EtcdCluster;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const MANAGEMENT: &str = "6a1f3c52-3c1e-4f0e-9d5b-8f9e2a7c4b10";
-
-fn keygen(dir: &Path) -> String {
-    let path = dir.join("store.key");
-    let out = common::run_meshca(
-        &["keygen", "--out", path.to_str().expect("UTF-8 path")],
-        &[],
-        dir,
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path.to_str().expect("UTF-8 path").to_string()
-}
 
 /// A meshca server on `cluster`, with ACLs on and the shared management
 /// token.
@@ -102,7 +85,7 @@ fn wait_for_active(server: &Server, active: &str) -> Duration {
 fn servers_sharing_etcd_serve_one_ca_and_follow_each_others_changes() {
     let cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().unwrap();
-    let key = keygen(keys.path());
+    let key = common::keygen(keys.path(), "store.key");
     let (a, b) = two_servers(&cluster, &key);
 
     // One CA: the second server found the first one's.
@@ -163,7 +146,7 @@ fn servers_sharing_etcd_serve_one_ca_and_follow_each_others_changes() {
 fn racing_rotations_on_two_servers_leave_one_active_root() {
     let cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().unwrap();
-    let key = keygen(keys.path());
+    let key = common::keygen(keys.path(), "store.key");
     let (a, b) = two_servers(&cluster, &key);
     let start = active_id(&a.get_json("/v1/connect/ca/roots"));
 
@@ -219,7 +202,7 @@ fn address(server: &Server) -> String {
 fn the_leader_takes_the_writes_and_another_server_leads_when_it_dies() {
     let cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().unwrap();
-    let key = keygen(keys.path());
+    let key = common::keygen(keys.path(), "store.key");
     let mut a = server_on(&cluster, &key);
     assert!(
         common::wait_until(Duration::from_secs(10), || leader_of(&a) == address(&a)),
@@ -283,7 +266,7 @@ fn the_leader_takes_the_writes_and_another_server_leads_when_it_dies() {
 fn a_leader_stopped_with_sigterm_hands_over_at_once() {
     let cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().unwrap();
-    let key = keygen(keys.path());
+    let key = common::keygen(keys.path(), "store.key");
     // A lease far longer than the test may wait: only a resignation hands
     // the leadership over in time.
     let endpoints = cluster.endpoints().join(",");
@@ -344,7 +327,7 @@ fn active_roots(roots: &Value) -> usize {
 fn leader_dies_during_a_rotation(step: &str, committed: bool) {
     let cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().expect("a temporary directory");
-    let key = keygen(keys.path());
+    let key = common::keygen(keys.path(), "store.key");
     let mut a = server_on(&cluster, &key);
     a.set_env("MESHCA_FAILPOINT", Some(step));
     a.restart();
@@ -430,7 +413,7 @@ fn a_leader_dying_after_its_rotation_commits_leaves_the_new_ca() {
 fn service_goes_on_with_a_member_down_and_comes_back_after_a_lost_quorum() {
     let mut cluster = EtcdCluster::start(3);
     let keys = tempfile::tempdir().unwrap();
-    let key = keygen(keys.path());
+    let key = common::keygen(keys.path(), "store.key");
     let (a, b) = two_servers(&cluster, &key);
 
     // One member down: signing, blocking queries and rotations go on.

@@ -504,6 +504,23 @@ pub fn run_server_once(data_dir: &Path, args: &[&str], cwd: &Path, timeout: Dura
     run_meshca(&all, &[], cwd, timeout)
 }
 
+/// `meshca keygen --out <dir>/<name>`; returns the path as a string.
+pub fn keygen(dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    let out = run_meshca(
+        &["keygen", "--out", path.to_str().expect("UTF-8 path")],
+        &[],
+        dir,
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.to_str().expect("UTF-8 path").to_string()
+}
+
 /// Runs `meshca <args>` to completion with a deadline (the process is killed
 /// past it), without a server. For commands that must fail fast.
 pub fn run_meshca(args: &[&str], envs: &[(&str, &str)], cwd: &Path, timeout: Duration) -> Output {
