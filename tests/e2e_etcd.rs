@@ -299,8 +299,10 @@ fn a_leader_stopped_with_sigterm_hands_over_at_once() {
     assert!(status.success(), "{status:?}");
     assert!(
         common::wait_until(Duration::from_secs(10), || leader_of(&b) == address(&b)),
-        "b did not lead after a stopped: {:?}",
-        leader_of(&b)
+        "b did not lead after a stopped: {:?}\na:\n{}\nb:\n{}",
+        leader_of(&b),
+        a.logs(),
+        b.logs()
     );
     eprintln!(
         "takeover after SIGTERM of the leader: {:?}",
@@ -472,4 +474,47 @@ fn service_goes_on_with_a_member_down_and_comes_back_after_a_lost_quorum() {
     assert_ne!(now, rotated);
     wait_for_active(&a, &now);
     wait_for_active(&b, &now);
+}
+
+#[test]
+fn two_servers_starting_at_once_on_an_empty_store_make_one_ca() {
+    let cluster = EtcdCluster::start(3);
+    let keys = tempfile::tempdir().expect("a temporary directory");
+    let key = common::keygen(keys.path(), "store.key");
+    let endpoints = cluster.endpoints().join(",");
+    // ACLs on with auto-bootstrap: both race to create the data key, the
+    // first root and the management token.
+    let config = json!({"store": {"etcd": {"lease_ttl": "2s"}}});
+    let args = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        endpoints.as_str(),
+        "--store-key-file",
+        key.as_str(),
+    ];
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Server::start_with_config(&config, &args));
+        let b = s.spawn(|| Server::start_with_config(&config, &args));
+        (a.join().expect("a started"), b.join().expect("b started"))
+    });
+    let tokens: Vec<String> = [&a, &b].into_iter().filter_map(|s| s.token()).collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one server bootstraps the ACLs: {tokens:?}"
+    );
+    let roots = a.get_json("/v1/connect/ca/roots");
+    assert_eq!(active_roots(&roots), 1);
+    assert_eq!(b.get_json("/v1/connect/ca/roots")["Roots"], roots["Roots"]);
+    // The one management token works on both.
+    for server in [&a, &b] {
+        let r = server.request_as(
+            Some(&tokens[0]),
+            reqwest::Method::GET,
+            "/v1/agent/connect/ca/leaf/web",
+            None,
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
 }

@@ -56,15 +56,23 @@ pub(crate) async fn campaign(
                     () = hold(&shared, lease, ttl, granted_at) => {}
                     () = key_lost(&shared, &key, &me, revision) => {}
                 }
-                let resigned = shared
+                let still_held = shared
                     .leading
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .is_none();
-                if !resigned {
+                    .take();
+                if shared.resigned.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Won just as the server resigned: let this lease go too.
+                    if let Some(lease) = still_held {
+                        let _ = shared
+                            .members
+                            .call(|mut c| async move { c.lease_revoke(lease).await })
+                            .await;
+                    }
+                } else if still_held.is_some() {
                     tracing::warn!(
-                        "this server lost the leadership (its lease could not be renewed)"
+                        "this server lost the leadership (its lease could not be renewed, or \
+                         its key is gone)"
                     );
                 }
                 leadership.send_replace(Leadership::default());

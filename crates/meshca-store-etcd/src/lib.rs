@@ -199,16 +199,17 @@ impl EtcdStore {
     /// server need not wait for the lease to expire. Nothing when this
     /// server does not lead.
     pub fn resign(&self) {
-        self.shared
-            .resigned
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.shared.resign_now.notify_one();
+        // The lease first: once told, the campaign would take it itself.
         let lease = self
             .shared
             .leading
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        self.shared
+            .resigned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.resign_now.notify_one();
         if let (Some(lease), Some(runtime)) = (lease, &self.runtime) {
             let shared = self.shared.clone();
             let revoked = wait_on(runtime, async move {

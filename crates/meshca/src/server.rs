@@ -248,8 +248,7 @@ fn open_etcd_store(
         data_key_rotation_period: s.data_key_rotation_period,
         clock,
     };
-    let (records, change) =
-        meshca_migrations::open_with(store.clone(), &options).with_context(opening)?;
+    let (records, change) = open_shared(&store, &options).with_context(opening)?;
     if change == KeyChange::DataKeyRotated {
         tracing::info!(
             data_key_id = %records.sealer().data_key_id(),
@@ -258,6 +257,25 @@ fn open_etcd_store(
     }
     tracing::info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, "the store is in etcd");
     Ok((Arc::new(records), Some(store)))
+}
+
+/// Opens (migrates, unseals) a store other servers may be opening at the
+/// same moment: when another one's first write gets in first, this one
+/// opens what that one wrote.
+fn open_shared(
+    store: &Arc<meshca_store_etcd::EtcdStore>,
+    options: &OpenOptions,
+) -> Result<(Records, KeyChange), meshca_store::StoreError> {
+    let mut attempts = 0;
+    loop {
+        match meshca_migrations::open_with(store.clone(), options) {
+            Err(meshca_store::StoreError::Conflict { .. }) if attempts < 5 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn serve(mut s: Settings) -> anyhow::Result<()> {
