@@ -339,44 +339,35 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let mut listeners = tokio::task::JoinSet::new();
-    // The API address the other servers reach this one at (HTTP first).
-    let mut advertised = None;
-    // HTTPS first, so that its line is logged before HTTP's.
+    // Bind every listener first: who leads is settled before any request
+    // is served (a server alone on its store leads from its first request).
     let tls_on = s.tls.is_some();
-    if let (Some(opts), Some(port)) = (s.tls.take(), s.https_port) {
-        let tls = meshca_server::tls::TlsServer::start(opts, ca.clone())
-            .await
-            .context("setting up TLS on the HTTP API")?;
-        let listener = tokio::net::TcpListener::bind((s.bind.as_str(), port))
-            .await
-            .with_context(|| format!("binding {}:{port} (HTTPS)", s.bind))?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, "meshca listening on https://{addr}");
-        advertised = Some(format!("https://{}", advertise(&s, addr)));
-        listeners.spawn(meshca_server::listener::serve_tls(
-            listener,
-            router.clone(),
-            limits,
-            tls,
-            until_stopped(),
-        ));
-    }
-    if let Some(port) = s.http_port {
-        let listener = tokio::net::TcpListener::bind((s.bind.as_str(), port))
-            .await
-            .with_context(|| format!("binding {}:{port}", s.bind))?;
-        let addr = listener.local_addr()?;
-        advertised = Some(format!("http://{}", advertise(&s, addr)));
-        tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
-        listeners.spawn(meshca_server::listener::serve(
-            listener,
-            router.clone(),
-            limits,
-            until_stopped(),
-        ));
-    }
-    let me = advertised.context("no listener to advertise")?;
+    let https = match (s.tls.take(), s.https_port) {
+        (Some(opts), Some(port)) => {
+            let tls = meshca_server::tls::TlsServer::start(opts, ca.clone())
+                .await
+                .context("setting up TLS on the HTTP API")?;
+            let listener = tokio::net::TcpListener::bind((s.bind.as_str(), port))
+                .await
+                .with_context(|| format!("binding {}:{port} (HTTPS)", s.bind))?;
+            Some((listener, tls))
+        }
+        _ => None,
+    };
+    let http = match s.http_port {
+        Some(port) => Some(
+            tokio::net::TcpListener::bind((s.bind.as_str(), port))
+                .await
+                .with_context(|| format!("binding {}:{port}", s.bind))?,
+        ),
+        None => None,
+    };
+    // The API address the other servers reach this one at (HTTP first).
+    let me = match (&http, &https) {
+        (Some(l), _) => format!("http://{}", advertise(&s, l.local_addr()?)),
+        (None, Some((l, _))) => format!("https://{}", advertise(&s, l.local_addr()?)),
+        (None, None) => anyhow::bail!("no listener to advertise"),
+    };
     match (&etcd, &s.store) {
         (Some(etcd), StoreBackend::Etcd(settings)) => {
             let mut elected = etcd.campaign(me, settings.lease_ttl);
@@ -392,6 +383,29 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
         _ => {
             leadership.send_replace(Leadership::alone(&me));
         }
+    }
+    let mut listeners = tokio::task::JoinSet::new();
+    // HTTPS first, so that its line is logged before HTTP's.
+    if let Some((listener, tls)) = https {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "meshca listening on https://{addr}");
+        listeners.spawn(meshca_server::listener::serve_tls(
+            listener,
+            router.clone(),
+            limits,
+            tls,
+            until_stopped(),
+        ));
+    }
+    if let Some(listener) = http {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, trust_domain = %p.trust_domain, datacenter = %s.datacenter, "meshca listening on http://{addr}");
+        listeners.spawn(meshca_server::listener::serve(
+            listener,
+            router.clone(),
+            limits,
+            until_stopped(),
+        ));
     }
     log_ready(&s, &p, acl_enabled, tls_on);
     ca.spawn_maintenance(MAINTENANCE_PERIOD);
