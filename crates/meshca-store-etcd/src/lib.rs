@@ -434,8 +434,8 @@ impl Shared {
     }
 
     async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
-        for _ in 0..MAX_ATTEMPTS {
-            let read = self.read_checked(&txn).await?;
+        self.write(|read| {
+            check(&txn, read)?;
             let ops = txn
                 .ops
                 .iter()
@@ -444,34 +444,9 @@ impl Shared {
                     Op::Delete(key) => TxnOp::delete(self.key(key), None),
                 })
                 .collect();
-            let index = Self::next_index(read.index.index)?;
-            if let Some((index, revision)) = self.apply(&read.index, index, ops).await? {
-                self.followed.wait_until_seen(revision, self.timeout).await;
-                return Ok(index);
-            }
-        }
-        Err(StoreError::WriteFailed(format!(
-            "other servers' commits got in first {MAX_ATTEMPTS} times in a row"
-        )))
-    }
-
-    /// Reads what `txn` checks and fails with a conflict if a check does
-    /// not hold.
-    async fn read_checked(&self, txn: &Txn) -> Result<Read, StoreError> {
-        // The checked keys may be anywhere: read everything under the
-        // prefix (a CA's records are few).
-        let read = self.read("").await?;
-        for check in &txn.checks {
-            let actual = if check.key == schema::INDEX {
-                Some(schema::encode_u64(read.index.index).to_vec())
-            } else {
-                read.records.get(&check.key).cloned()
-            };
-            if !check.holds(actual.as_deref()) {
-                return Err(check.conflict(read.index.index));
-            }
-        }
-        Ok(read)
+            Ok((Self::next_index(read.index.index)?, ops))
+        })
+        .await
     }
 
     async fn restore(&self, snapshot: Snapshot) -> Result<u64, StoreError> {
@@ -480,8 +455,7 @@ impl Shared {
             .iter()
             .map(|(k, v)| (k.as_str(), v))
             .collect();
-        for _ in 0..MAX_ATTEMPTS {
-            let read = self.read("").await?;
+        self.write(|read| {
             let mut ops = Vec::new();
             for key in read.records.keys() {
                 if !wanted.contains_key(key.as_str()) {
@@ -495,7 +469,24 @@ impl Shared {
             }
             // The index never goes back: above both the store's and the
             // snapshot's.
-            let index = Self::next_index(read.index.index.max(snapshot.index))?;
+            Ok((Self::next_index(read.index.index.max(snapshot.index))?, ops))
+        })
+        .await
+    }
+
+    /// Reads the store, asks `plan` for the new index and the changes,
+    /// and applies them guarded by what was read; again from a fresh read
+    /// when another server's commit got in first. Returns once the commit
+    /// was followed (its watchers told).
+    async fn write(
+        &self,
+        plan: impl Fn(&Read) -> Result<(u64, Vec<TxnOp>), StoreError>,
+    ) -> Result<u64, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            // What a commit checks may be anywhere: read everything under
+            // the prefix (a CA's records are few).
+            let read = self.read("").await?;
+            let (index, ops) = plan(&read)?;
             if let Some((index, revision)) = self.apply(&read.index, index, ops).await? {
                 self.followed.wait_until_seen(revision, self.timeout).await;
                 return Ok(index);
@@ -505,6 +496,21 @@ impl Shared {
             "other servers' commits got in first {MAX_ATTEMPTS} times in a row"
         )))
     }
+}
+
+/// Fails with a conflict if a check of `txn` does not hold in `read`.
+fn check(txn: &Txn, read: &Read) -> Result<(), StoreError> {
+    for check in &txn.checks {
+        let actual = if check.key == schema::INDEX {
+            Some(schema::encode_u64(read.index.index).to_vec())
+        } else {
+            read.records.get(&check.key).cloned()
+        };
+        if !check.holds(actual.as_deref()) {
+            return Err(check.conflict(read.index.index));
+        }
+    }
+    Ok(())
 }
 
 impl Store for EtcdStore {

@@ -16,6 +16,11 @@ use std::time::Duration;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Rounds over every member before a request fails, and the pause between
+/// rounds: long enough for etcd to elect a new leader of its own.
+const ROUNDS: usize = 3;
+const ROUND_PAUSE: Duration = Duration::from_millis(500);
+
 pub(crate) struct Members {
     clients: Vec<(String, Client)>,
     /// The member requests go to first.
@@ -76,7 +81,7 @@ impl Members {
     }
 
     /// Runs `op` on the current member and, when it fails in a way another
-    /// member may not, on each other member once. `op` must be safe to
+    /// member may not, on each other member — up to [`ROUNDS`] times over. `op` must be safe to
     /// repeat: a request that timed out may still have been applied.
     pub(crate) async fn call<T, F, Fut>(&self, op: F) -> Result<T, Failed>
     where
@@ -84,7 +89,13 @@ impl Members {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let mut errors = Vec::new();
-        for _ in 0..self.clients.len() {
+        for attempt in 0..self.clients.len() * ROUNDS {
+            if attempt > 0 && attempt % self.clients.len() == 0 {
+                // Every member failed: etcd may be electing its own leader
+                // (a second or so after its leader died). Once more, later.
+                tokio::time::sleep(ROUND_PAUSE).await;
+                errors.clear();
+            }
             let i = self.current.load(Ordering::Relaxed) % self.clients.len();
             let (endpoint, client) = &self.clients[i];
             let error = match tokio::time::timeout(self.timeout, op(client.clone())).await {

@@ -264,8 +264,21 @@ fn a_leader_that_resigns_is_replaced_at_once_and_campaigns_no_more() {
     );
     eprintln!("takeover after a resignation: {:?}", resigned.elapsed());
     assert!(wait_for(&mut la, Duration::from_secs(5), |l| !l.is_me));
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!la.borrow().is_me, "a campaigned again after resigning");
+    // The campaign has ended (its sender is gone), so a cannot lead again.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let ended = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while la.changed().await.is_ok() {
+                assert!(!la.borrow().is_me, "a campaigned again after resigning");
+            }
+        })
+        .await
+    });
+    assert!(ended.is_ok(), "a's campaign did not end after it resigned");
+    assert!(!la.borrow().is_me);
     assert!(lb.borrow().is_me);
 }
 
