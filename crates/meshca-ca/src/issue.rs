@@ -153,6 +153,9 @@ impl CaEngine {
         prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
     ) -> Result<IssuedLeaf, CaError> {
         let now = self.clock.now();
+        // Announced before the signing work, so that the journal's writer
+        // can wait for this entry to share a sync with others.
+        let expected = self.journal.get().map(|j| j.expect());
         let signer = p.clone();
         let work = move || {
             let (csr, key) = prepare()?;
@@ -179,9 +182,9 @@ impl CaEngine {
             None => provider_call(p.signer.sign_leaf(request.clone())).await?,
         };
         let mut leaf = self.record(&p, &request, signed, &requester);
-        if let Some(journal) = self.journal.get() {
+        if let (Some(journal), Some(expected)) = (self.journal.get(), expected) {
             journal
-                .append(&journal_entry(kind, &leaf, &requester))
+                .append_expected(&journal_entry(kind, &leaf, &requester), expected)
                 .await
                 .map_err(|e| CaError::Unavailable(e.to_string()))?;
         }

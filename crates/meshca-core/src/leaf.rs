@@ -2,6 +2,7 @@
 //! freshly signed leaf passes before it leaves the CA.
 
 use crate::duration::GoDuration;
+use crate::serial::Serial;
 use crate::spiffe::SpiffeId;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
@@ -50,15 +51,24 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, LeafProfileError> {
 /// serverAuth+clientAuth, no keyCertSign, AKID = `issuer_key_id`, and a
 /// validity window inside the issuer's. This is a self-check against CA bugs,
 /// not input validation.
+///
+/// The serial is checked here too (it must be the one the provider
+/// reported), so that a leaf is parsed once on the hot path.
 pub fn check_issued_leaf(
     der: &[u8],
     expected: &SpiffeId,
     issuer_key_id: &[u8],
+    reported_serial: &Serial,
 ) -> Result<(), LeafProfileError> {
     let (rest, cert) =
         X509Certificate::from_der(der).map_err(|e| LeafProfileError(e.to_string()))?;
     if !rest.is_empty() {
         return fail("trailing data");
+    }
+    if Serial::from_bytes(cert.raw_serial()).ok().as_ref() != Some(reported_serial) {
+        return fail(format!(
+            "the provider reported serial {reported_serial} for a certificate with another serial"
+        ));
     }
     if cert.is_ca() {
         return fail("leaf is a CA");
@@ -137,6 +147,12 @@ mod tests {
     fn garbage_is_not_a_valid_leaf() {
         let td = crate::spiffe::TrustDomain::for_cluster(&uuid::Uuid::nil());
         let id = SpiffeId::server(&td, "dc1").expect("valid id");
-        assert!(check_issued_leaf(b"\x30\x03\x02\x01\x01", &id, b"k").is_err());
+        assert!(check_issued_leaf(
+            b"\x30\x03\x02\x01\x01",
+            &id,
+            b"k",
+            &Serial::from_bytes(&[1]).unwrap()
+        )
+        .is_err());
     }
 }

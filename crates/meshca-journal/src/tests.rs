@@ -124,3 +124,70 @@ async fn segments_are_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// A writer over a bare channel, and the journal that feeds it.
+fn writer(linger: Duration) -> (Writer, mpsc::Sender<Message>, Journal) {
+    let (tx, rx) = mpsc::channel();
+    let coming = Arc::new(AtomicUsize::new(0));
+    let journal = Journal {
+        queue: tx.clone(),
+        coming: coming.clone(),
+    };
+    let writer = Writer {
+        queue: rx,
+        coming,
+        linger,
+    };
+    (writer, tx, journal)
+}
+
+fn pending(n: u8) -> Pending {
+    Pending {
+        line: vec![n],
+        done: oneshot::channel().0,
+    }
+}
+
+#[test]
+fn a_batch_waits_for_an_announced_entry() {
+    let (writer, tx, journal) = writer(Duration::from_secs(30));
+    let expected = journal.expect();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        expected.arrive();
+        tx.send(Message::Entry(pending(2))).unwrap();
+    });
+    let batch = writer.gather(pending(1));
+    let lines: Vec<_> = batch.iter().map(|p| p.line[0]).collect();
+    assert_eq!(lines, [1, 2]);
+}
+
+#[test]
+fn a_lone_entry_is_not_delayed() {
+    let (writer, _tx, _journal) = writer(Duration::from_secs(30));
+    let started = Instant::now();
+    assert_eq!(writer.gather(pending(1)).len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_withdrawn_announcement_ends_the_wait() {
+    let (writer, _tx, journal) = writer(Duration::from_secs(30));
+    let expected = journal.expect();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(expected);
+    });
+    let started = Instant::now();
+    assert_eq!(writer.gather(pending(1)).len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn the_wait_is_bounded_by_the_linger() {
+    let (writer, _tx, journal) = writer(Duration::from_millis(50));
+    let _never_comes = journal.expect();
+    let started = Instant::now();
+    assert_eq!(writer.gather(pending(1)).len(), 1);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+}

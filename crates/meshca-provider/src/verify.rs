@@ -1,7 +1,7 @@
 //! Post-signing checks: every certificate a provider returns is parsed again
 //! and its chain verified with rustls-webpki before anyone sees it.
 
-use crate::ProviderError;
+use crate::{ProviderError, SignedLeaf};
 use meshca_core::SpiffeId;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
@@ -89,16 +89,16 @@ pub fn verify_chain(
 
 /// The full self-check of a freshly issued leaf: SVID profile, then chain.
 pub fn check_leaf(
-    leaf: &[u8],
+    signed: &SignedLeaf,
     expected: &SpiffeId,
     issuer_key_id: &[u8],
     intermediates: &[Vec<u8>],
     roots: &[Vec<u8>],
     at: OffsetDateTime,
 ) -> Result<(), ProviderError> {
-    meshca_core::leaf::check_issued_leaf(leaf, expected, issuer_key_id)
+    meshca_core::leaf::check_issued_leaf(&signed.der, expected, issuer_key_id, &signed.serial)
         .map_err(ProviderError::internal)?;
-    verify_chain(leaf, intermediates, roots, at)
+    verify_chain(&signed.der, intermediates, roots, at)
 }
 
 /// The check of an intermediate CA a provider signed (its own signing
