@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::routes::AppState;
 use crate::SNAPSHOT_PATH;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -46,9 +46,9 @@ pub fn needs_leader(method: &Method, path: &str) -> bool {
             || path.starts_with("/v1/acl/"))
 }
 
-/// Middleware: passes a write that needs the leader on to it when this
-/// server is not the leader.
-pub async fn leader_writes(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// Passes a write that needs the leader on to it when this server is not
+/// the leader; anything else goes to `next`.
+pub async fn leader_writes(app: &AppState, req: Request, next: Next) -> Response {
     if !needs_leader(req.method(), req.uri().path()) || app.ca.leads() {
         return next.run(req).await;
     }

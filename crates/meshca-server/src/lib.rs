@@ -126,32 +126,28 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/acl/policies", get(acl_routes::list_policies))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            leader::leader_writes,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
+            matched_route,
         ))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(refuse_declared_oversize))
-        .layer(axum::middleware::from_fn(refuse_non_json_bodies))
-        .layer(axum::middleware::from_fn(explain_method_not_allowed))
-        .layer(axum::middleware::from_fn(assign_request_id))
+        .layer(axum::middleware::from_fn(edge))
         .layer(panic_guard())
         .with_state(state)
 }
 
-/// Counts each request of a matched route, by its pattern, method and
-/// status (unmatched ones are counted by the fallback).
-async fn count_requests(
+/// What every request of a matched route goes through: a write that needs
+/// the leader goes to it ([`leader::leader_writes`]), and the request is
+/// counted by its route pattern, method and status (unmatched ones are
+/// counted by the fallback). One layer, not two: each layer costs a boxed
+/// future and a clone of the service per request.
+async fn matched_route(
     axum::extract::State(state): axum::extract::State<AppState>,
     path: axum::extract::MatchedPath,
     req: Request,
     next: Next,
 ) -> Response {
     let method = req.method().to_string();
-    let resp = next.run(req).await;
+    let resp = leader::leader_writes(&state, req, next).await;
     state.metrics.http_request(metrics::HttpLabels {
         route: path.as_str().to_string(),
         method,
@@ -160,19 +156,31 @@ async fn count_requests(
     resp
 }
 
-/// Gives every request an ID: in its extensions (the audit lines carry it),
-/// in a span around its handling (so every log line of the request names
-/// it), and in the `X-Request-Id` response header, so an operator can match
-/// an answer to its log and audit lines. A client's own `X-Request-Id` is
-/// not trusted. The span has the path but not the query, which may hold a
+/// What every request goes through before routing, as one layer (see
+/// [`matched_route`] for why one): its ID, a body refused by its declared
+/// size or media type, and our error body on a wrong method.
+///
+/// The ID goes in the request's extensions (the audit lines carry it), in
+/// a span around its handling (so every log line of the request names it),
+/// and in the `X-Request-Id` response header, so an operator can match an
+/// answer to its log and audit lines. A client's own `X-Request-Id` is not
+/// trusted. The span has the path but not the query, which may hold a
 /// token.
-async fn assign_request_id(mut req: Request, next: Next) -> Response {
+async fn edge(mut req: Request, next: Next) -> Response {
     use tracing::Instrument as _;
     let id = uuid::Uuid::new_v4().to_string();
     req.extensions_mut().insert(auth::RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(),
         path = %req.uri().path());
-    let mut resp = next.run(req).instrument(span).await;
+    let handled = async move {
+        if let Some(refused) = refuse_declared_oversize(&req).or_else(|| refuse_non_json_body(&req))
+        {
+            return refused;
+        }
+        let method = req.method().clone();
+        explain_method_not_allowed(&method, next.run(req).await)
+    };
+    let mut resp = handled.instrument(span).await;
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -196,12 +204,10 @@ fn panic_guard(
     tower_http::catch_panic::CatchPanicLayer::custom(answer)
 }
 
-/// axum answers a wrong method with a bare 405 and `Allow`; give it our
-/// error body and code too, keeping `Allow`.
 /// A body declared larger than the limit is refused before any of it is
 /// read: a client announcing 64 MiB and sending one byte gets its 413 now,
 /// not after a timeout.
-async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
+fn refuse_declared_oversize(req: &Request) -> Option<Response> {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -211,26 +217,22 @@ async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
         SNAPSHOT_PATH => MAX_SNAPSHOT,
         _ => MAX_BODY,
     };
-    if declared.is_some_and(|n| n > limit as u64) {
-        return ApiError::PayloadTooLarge.into_response();
-    }
-    next.run(req).await
+    declared
+        .is_some_and(|n| n > limit as u64)
+        .then(|| ApiError::PayloadTooLarge.into_response())
 }
 
 /// A body the client labels as something other than JSON is refused (415)
 /// rather than parsed anyway. No label is fine, and so is curl's default for
 /// `--data`, `application/x-www-form-urlencoded`, which Consul's own
 /// documentation uses to send JSON.
-async fn refuse_non_json_bodies(req: Request, next: Next) -> Response {
+fn refuse_non_json_body(req: &Request) -> Option<Response> {
     use axum::http::Method;
     let has_body = matches!(*req.method(), Method::PUT | Method::POST);
-    let Some(value) = req
+    let value = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .filter(|_| has_body)
-    else {
-        return next.run(req).await;
-    };
+        .filter(|_| has_body)?;
     let text = value.to_str().unwrap_or("");
     let essence = text
         .split(';')
@@ -242,23 +244,20 @@ async fn refuse_non_json_bodies(req: Request, next: Next) -> Response {
         || essence.ends_with("+json")
         || essence == "application/x-www-form-urlencoded"
         || essence == "text/plain";
-    if json_like {
-        next.run(req).await
-    } else {
-        ApiError::UnsupportedMediaType(text.chars().take(64).collect()).into_response()
-    }
+    (!json_like)
+        .then(|| ApiError::UnsupportedMediaType(text.chars().take(64).collect()).into_response())
 }
 
-async fn explain_method_not_allowed(req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let resp = next.run(req).await;
+/// axum answers a wrong method with a bare 405 and `Allow`; give it our
+/// error body and code too, keeping `Allow`.
+fn explain_method_not_allowed(method: &axum::http::Method, resp: Response) -> Response {
     if resp.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED
         || resp.headers().contains_key(ERROR_HEADER)
     {
         return resp;
     }
     let allow = resp.headers().get(axum::http::header::ALLOW).cloned();
-    let mut out = ApiError::MethodNotAllowed(method).into_response();
+    let mut out = ApiError::MethodNotAllowed(method.to_string()).into_response();
     if let Some(allow) = allow {
         out.headers_mut().insert(axum::http::header::ALLOW, allow);
     }
