@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
             let (ca, csr) = (ca.clone(), csrs[i % csrs.len()].clone());
             async move {
                 let _ = ca
-                    .sign_csr(csr, meshca_server::Requester::default(), |_| Ok(()))
+                    .sign_csr(csr, meshca_server::Requester::default(), |_| Ok(()), || {})
                     .await;
             }
         })

@@ -48,29 +48,35 @@ pub struct Requester {
 impl CaEngine {
     /// `POST /v1/connect/ca/sign`: validates a CSR, asks `authorize`
     /// whether the requester may have a certificate for its SPIFFE ID (an
-    /// `Err` is the denial message), and signs it.
+    /// `Err` is the denial message), and signs it. `signed` runs once the
+    /// signing is over, before the journal entry is awaited (see
+    /// [`CaEngine::issue`]).
     pub async fn sign_csr(
         &self,
         csr_pem: String,
         requester: Requester,
         authorize: impl FnOnce(&SpiffeId) -> Result<(), String> + Send + 'static,
+        signed: impl FnOnce() + Send,
     ) -> Result<IssuedLeaf, CaError> {
         let p = self.published();
         let policy = p.policy.clone();
-        self.issue(IssueKind::Csr, p, requester, move || {
+        let prepare = move || {
             let csr = validate_csr(&csr_pem, &policy)?;
             authorize(csr.spiffe_id()).map_err(CaError::Denied)?;
             Ok((csr, None))
-        })
-        .await
+        };
+        self.issue(IssueKind::Csr, p, requester, prepare, signed)
+            .await
     }
 
     /// The agent leaf endpoint: a leaf for `service` with a fresh key the CA
     /// generates (EC P-256, whatever the CA's key type, as Consul does).
+    /// `signed` as for [`CaEngine::sign_csr`].
     pub async fn issue_service_leaf(
         &self,
         service: &ServiceName,
         requester: Requester,
+        signed: impl FnOnce() + Send,
     ) -> Result<IssuedLeaf, CaError> {
         let p = self.published();
         let id = SpiffeId::service(
@@ -81,12 +87,13 @@ impl CaEngine {
         )
         .map_err(|e| CaError::Rejected(e.to_string()))?;
         let needs_csr = p.signer.keys().local().is_none();
-        self.issue(IssueKind::AgentLeaf, p, requester, move || {
+        let prepare = move || {
             let key = LeafKey::generate_p256_now()?;
             let csr = ValidatedCsr::for_public_key(id, &key.spki_der)?;
             Ok((key.carry_in_csr(csr, needs_csr)?, Some(key)))
-        })
-        .await
+        };
+        self.issue(IssueKind::AgentLeaf, p, requester, prepare, signed)
+            .await
     }
 
     /// A TLS certificate for this server's own HTTPS listener (`auto_tls`):
@@ -108,13 +115,14 @@ impl CaEngine {
             ..Requester::default()
         };
         let needs_csr = p.signer.keys().local().is_none();
-        self.issue(IssueKind::ServerTls, p, requester, move || {
+        let prepare = move || {
             let key = LeafKey::generate_p256_now()?;
             let csr =
                 ValidatedCsr::for_public_key(id, &key.spki_der)?.with_names(&dns_names, &ips)?;
             Ok((key.carry_in_csr(csr, needs_csr)?, Some(key)))
-        })
-        .await
+        };
+        self.issue(IssueKind::ServerTls, p, requester, prepare, || {})
+            .await
     }
 
     /// Issues a leaf for the request `prepare` makes (CSR validation or key
@@ -125,16 +133,24 @@ impl CaEngine {
     /// a hop to a blocking thread costs as much as a signature), on a
     /// blocking thread for RSA keys (milliseconds). Remote keys are awaited
     /// afterwards.
+    ///
+    /// `signed` runs when the signing is over, whether it succeeded or not,
+    /// and before the journal entry is awaited: a caller bounding how many
+    /// requests sign at once gives its place back there, since waiting for
+    /// a disk sync takes no CPU and must not keep others from signing.
     async fn issue(
         &self,
         kind: IssueKind,
         p: Arc<Published>,
         requester: Requester,
         prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
+        signed: impl FnOnce() + Send,
     ) -> Result<IssuedLeaf, CaError> {
         let started = std::time::Instant::now();
         let root_id = p.active_root_id.clone();
-        let result = self.sign_and_record(kind, p, requester, prepare).await;
+        let result = self
+            .sign_and_record(kind, p, requester, prepare, signed)
+            .await;
         if let Some(observer) = self.observer.get() {
             match &result {
                 Ok(leaf) => observer.issued(kind, &root_id, leaf.valid_before, started.elapsed()),
@@ -151,11 +167,33 @@ impl CaEngine {
         p: Arc<Published>,
         requester: Requester,
         prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
+        signed: impl FnOnce() + Send,
     ) -> Result<IssuedLeaf, CaError> {
-        let now = self.clock.now();
         // Announced before the signing work, so that the journal's writer
         // can wait for this entry to share a sync with others.
         let expected = self.journal.get().map(|j| j.expect());
+        let signing = self.sign(&p, prepare).await;
+        signed();
+        let (request, key, signed_leaf) = signing?;
+        let mut leaf = self.record(&p, &request, signed_leaf, &requester);
+        if let (Some(journal), Some(expected)) = (self.journal.get(), expected) {
+            journal
+                .append_expected(&journal_entry(kind, &leaf, &requester), expected)
+                .await
+                .map_err(|e| CaError::Unavailable(e.to_string()))?;
+        }
+        leaf.private_key_pem = key.map(|k| k.private_key_pem);
+        Ok(leaf)
+    }
+
+    /// The CPU (or provider) part of [`CaEngine::issue`]: prepares the
+    /// request, signs it with `p`'s signer and checks the result.
+    async fn sign(
+        &self,
+        p: &Arc<Published>,
+        prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
+    ) -> Result<(LeafRequest, Option<LeafKey>, SignedLeaf), CaError> {
+        let now = self.clock.now();
         let signer = p.clone();
         let work = move || {
             let (csr, key) = prepare()?;
@@ -181,15 +219,7 @@ impl CaEngine {
             Some(signed) => signed,
             None => provider_call(p.signer.sign_leaf(request.clone())).await?,
         };
-        let mut leaf = self.record(&p, &request, signed, &requester);
-        if let (Some(journal), Some(expected)) = (self.journal.get(), expected) {
-            journal
-                .append_expected(&journal_entry(kind, &leaf, &requester), expected)
-                .await
-                .map_err(|e| CaError::Unavailable(e.to_string()))?;
-        }
-        leaf.private_key_pem = key.map(|k| k.private_key_pem);
-        Ok(leaf)
+        Ok((request, key, signed))
     }
 
     /// The issued leaf as the API returns it, with its index, audit-logged.

@@ -75,9 +75,13 @@ fn ders(pem: &str) -> Vec<Vec<u8>> {
 }
 
 async fn leaf(ca: &CaEngine) -> IssuedLeaf {
-    ca.issue_service_leaf(&"web".parse().unwrap(), meshca_ca::Requester::default())
-        .await
-        .unwrap()
+    ca.issue_service_leaf(
+        &"web".parse().unwrap(),
+        meshca_ca::Requester::default(),
+        || {},
+    )
+    .await
+    .unwrap()
 }
 
 /// Verifies an issued chain (leaf + the intermediates the API served)
@@ -384,7 +388,11 @@ async fn an_expired_ca_recovers_by_rotating_without_a_dead_cross_signature() {
     let ca = env.start_with(short, default_provider_factory()).await;
     env.clock.advance(Duration::hours(4));
     let err = ca
-        .issue_service_leaf(&"web".parse().unwrap(), meshca_ca::Requester::default())
+        .issue_service_leaf(
+            &"web".parse().unwrap(),
+            meshca_ca::Requester::default(),
+            || {},
+        )
         .await
         .unwrap_err();
     assert_eq!(err.reaction(), Reaction::Unavailable, "{err}");

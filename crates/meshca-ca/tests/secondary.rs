@@ -137,7 +137,7 @@ fn link(engine: &Arc<CaEngine>) -> Arc<InProcess> {
 /// A dc2 leaf, verified through its chain against the primary's roots.
 async fn leaf_verifies(dc2: &CaEngine, dc1: &CaEngine, now: OffsetDateTime) {
     let leaf = dc2
-        .issue_service_leaf(&"web".parse().unwrap(), Requester::default())
+        .issue_service_leaf(&"web".parse().unwrap(), Requester::default(), || {})
         .await
         .unwrap();
     assert!(leaf.spiffe_id.to_string().contains("/dc/dc2/"));
@@ -211,7 +211,7 @@ async fn an_unreachable_primary_is_reported_and_signing_goes_on_until_expiry() {
     // a reason, instead of issuing a dead leaf.
     clock.set(not_after + Duration::minutes(1));
     let err = dc2
-        .issue_service_leaf(&"web".parse().unwrap(), Requester::default())
+        .issue_service_leaf(&"web".parse().unwrap(), Requester::default(), || {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");

@@ -46,10 +46,10 @@ pub struct CsrLimiter<C: Clock = DefaultClock> {
     admission: FairTurns,
 }
 
-/// Signing requests per core admitted at once: enough in flight for the
-/// journal to share each sync between many (fewer cost throughput in
-/// docs/BENCHMARKS.md), and a bound on how far ahead of a newcomer a
-/// flood's backlog can be inside the runtime.
+/// Signing requests per core admitted at once: a bound on how far ahead of
+/// a newcomer a flood's backlog can be inside the runtime. A place is held
+/// while the leaf is signed and given back before the journal's sync is
+/// awaited (the engine's `signed` hook), so the sync never holds one.
 const ADMITTED_PER_CORE: usize = 8;
 
 /// One client's way through the limits: who it is for the fair share.

@@ -185,7 +185,11 @@ async fn verify_and_map_maps_mesh_leaves_only() {
 
     // A mesh leaf for web, with its chain.
     let leaf = ca
-        .issue_service_leaf(&"web".parse().unwrap(), meshca_server::Requester::default())
+        .issue_service_leaf(
+            &"web".parse().unwrap(),
+            meshca_server::Requester::default(),
+            || {},
+        )
         .await
         .unwrap();
     let creds = mesh_leaf_creds(
