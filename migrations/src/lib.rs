@@ -858,6 +858,66 @@ mod tests {
         );
     }
 
+    /// Fault double: another server records its datacenter just before
+    /// this one's first commit — the race of two servers starting at once
+    /// on an empty etcd store, which a unit test cannot time for real.
+    struct AnotherServerRecordsFirst {
+        inner: Arc<dyn Store>,
+        theirs: &'static str,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for AnotherServerRecordsFirst {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.inner.scan(prefix)
+        }
+        fn index(&self) -> Result<u64, StoreError> {
+            self.inner.index()
+        }
+        fn commit(&self, txn: &Txn) -> Result<u64, StoreError> {
+            if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let theirs = self.theirs.as_bytes().to_vec();
+                self.inner
+                    .commit(&Txn::new().put(schema::DATACENTER, theirs))?;
+            }
+            self.inner.commit(txn)
+        }
+        fn snapshot(&self) -> Result<meshca_store::Snapshot, StoreError> {
+            self.inner.snapshot()
+        }
+        fn restore(&self, snapshot: &meshca_store::Snapshot) -> Result<u64, StoreError> {
+            self.inner.restore(snapshot)
+        }
+        fn watch(&self, prefix: &str) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.watch(prefix)
+        }
+        fn health(&self) -> Result<(), StoreError> {
+            self.inner.health()
+        }
+    }
+
+    #[test]
+    fn a_datacenter_another_server_recorded_first_is_the_one_returned() {
+        for (theirs, ours) in [("dc1", "dc1"), ("dc2", "dc1")] {
+            let plain = new_store();
+            let racing = Arc::new(AnotherServerRecordsFirst {
+                inner: plain.clone(),
+                theirs,
+                raced: Default::default(),
+            });
+            let records = Records::new(racing, Sealer::generate(NOW).unwrap());
+            // The caller compares and refuses a different one.
+            assert_eq!(records.record_datacenter(ours).unwrap(), theirs);
+            assert_eq!(
+                plain.get(schema::DATACENTER).unwrap().unwrap(),
+                theirs.as_bytes()
+            );
+        }
+    }
+
     #[test]
     fn changing_the_store_key_reseals_the_registry_and_adds_a_data_key() {
         let old = StoreKey::generate().unwrap();

@@ -359,17 +359,32 @@ impl Records {
     /// when none is (a new store, or one from before it was recorded). The
     /// caller refuses to serve a different one: a CA never changes the
     /// datacenter its leaves name.
+    ///
+    /// Servers starting at once on an empty shared store race to record
+    /// theirs: the loser reads the winner's and is judged by it.
     pub fn record_datacenter(&self, datacenter: &str) -> Result<String, StoreError> {
-        if let Some(raw) = self.store.get(schema::DATACENTER)? {
-            return String::from_utf8(raw).map_err(|_| {
-                StoreError::Corrupt(format!("{} is not UTF-8 text", schema::DATACENTER))
-            });
+        if let Some(recorded) = self.recorded_datacenter()? {
+            return Ok(recorded);
         }
         let txn = Txn::new()
             .check(schema::DATACENTER, None)
             .put(schema::DATACENTER, datacenter.as_bytes().to_vec());
-        self.store.commit(&txn)?;
-        Ok(datacenter.to_string())
+        match self.store.commit(&txn) {
+            Ok(_) => Ok(datacenter.to_string()),
+            Err(conflict @ StoreError::Conflict { .. }) => {
+                self.recorded_datacenter()?.ok_or(conflict)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn recorded_datacenter(&self) -> Result<Option<String>, StoreError> {
+        let Some(raw) = self.store.get(schema::DATACENTER)? else {
+            return Ok(None);
+        };
+        String::from_utf8(raw)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(format!("{} is not UTF-8 text", schema::DATACENTER)))
     }
 
     /// The raw store, for migrations and diagnostics.
