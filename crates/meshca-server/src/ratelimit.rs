@@ -46,10 +46,9 @@ pub struct CsrLimiter<C: Clock = DefaultClock> {
     admission: FairTurns,
 }
 
-/// Signing requests per core admitted at once: a bound on how far ahead of
-/// a newcomer a flood's backlog can be inside the runtime. A place is held
-/// while the leaf is signed and given back before the journal's sync is
-/// awaited (the engine's `signed` hook), so the sync never holds one.
+/// Signing requests per core admitted at once: enough in flight for the
+/// journal to share each sync between many, and a bound on how far ahead
+/// of a newcomer a flood's backlog can be inside the runtime.
 const ADMITTED_PER_CORE: usize = 8;
 
 /// One client's way through the limits: who it is for the fair share.
@@ -74,7 +73,7 @@ impl<C: Clock + Clone> Gate<'_, C> {
                 retry_after_secs: 1,
             })?;
         Ok(Admitted {
-            _permit: permit,
+            permit: Some(permit),
             _place: place,
         })
     }
@@ -85,8 +84,20 @@ pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 /// A request admitted to sign: its rate-limit permit and its place.
 pub struct Admitted<'a> {
-    _permit: Permit,
+    permit: Option<Permit>,
     _place: Turn<'a>,
+}
+
+impl Admitted<'_> {
+    /// The leaf is signed: `CSRMaxConcurrent` counts signings, so its
+    /// permit goes back now, before the journal's sync is awaited (with a
+    /// limit of 1, holding it made every signing wait for its own sync).
+    /// The fair place is kept until the answer: it bounds how much of a
+    /// flood is inside the server, and a quiet client's turns came
+    /// 1.5–2× later when it was given back here too (docs/BENCHMARKS.md).
+    pub fn signed(&mut self) {
+        self.permit = None;
+    }
 }
 
 impl CsrLimiter {
