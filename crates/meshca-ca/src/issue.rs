@@ -136,8 +136,8 @@ impl CaEngine {
     ///
     /// `signed` runs when the signing is over, whether it succeeded or not,
     /// and before the journal entry is awaited: a caller bounding how many
-    /// requests sign at once gives its place back there, since waiting for
-    /// a disk sync takes no CPU and must not keep others from signing.
+    /// requests sign at once (`CSRMaxConcurrent`) gives its permit back
+    /// there, since waiting for a disk sync is not signing.
     async fn issue(
         &self,
         kind: IssueKind,

@@ -44,9 +44,9 @@ fn journal_lines(dir: &Path) -> usize {
         .sum()
 }
 
-/// The server gives its admission place back in `signed`: it must run
-/// after the signing and before the leaf's journal entry is written, so
-/// that a request waiting for a disk sync holds no place.
+/// The server gives its `CSRMaxConcurrent` permit back in `signed`: it
+/// must run after the signing and before the leaf's journal entry is
+/// written, so that a request waiting for a disk sync holds no permit.
 #[tokio::test]
 async fn signed_runs_once_the_leaf_is_signed_and_before_its_entry_is_durable() {
     let dir = tempfile::tempdir().unwrap();
@@ -69,7 +69,7 @@ async fn signed_runs_once_the_leaf_is_signed_and_before_its_entry_is_durable() {
     assert!(leaf.cert_pem.contains("BEGIN CERTIFICATE"));
 }
 
-/// A refused request gives its place back too, and journals nothing.
+/// A refused request gives its permit back too, and journals nothing.
 #[tokio::test]
 async fn signed_runs_when_the_request_is_refused() {
     let dir = tempfile::tempdir().unwrap();

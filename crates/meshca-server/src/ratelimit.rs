@@ -93,8 +93,9 @@ impl Admitted<'_> {
     /// permit goes back now, before the journal's sync is awaited (with a
     /// limit of 1, holding it made every signing wait for its own sync).
     /// The fair place is kept until the answer: it bounds how much of a
-    /// flood is inside the server, and a quiet client's turns came
-    /// 1.5–2× later when it was given back here too (docs/BENCHMARKS.md).
+    /// flood is inside the server, and a quiet client's median latency
+    /// beside a flood doubled or worse when it was given back here too
+    /// (docs/BENCHMARKS.md).
     pub fn signed(&mut self) {
         self.permit = None;
     }
