@@ -26,7 +26,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -88,44 +89,56 @@ struct Pending {
     done: oneshot::Sender<Result<(), JournalError>>,
 }
 
-/// What the writer is told.
-enum Message {
-    Entry(Pending),
-    /// An announced entry will not come: stop waiting for it.
-    Withdrawn,
+/// Entries announced by [`Journal::expect`] and not yet queued, and the
+/// writer thread to wake when the last of them settles.
+///
+/// The writer parks while it lingers and only the last announced entry
+/// wakes it, not every entry: at 16 connections a wake-up per entry cost a
+/// context switch per certificate, and the woken writer preempted a worker.
+#[derive(Default)]
+struct Announced {
+    count: AtomicUsize,
+    writer: OnceLock<Thread>,
+}
+
+impl Announced {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One announced entry was queued or withdrawn; if it was the last one,
+    /// the lingering writer stops waiting.
+    fn settle(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(writer) = self.writer.get() {
+                writer.unpark();
+            }
+        }
+    }
+
+    fn none(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
 }
 
 /// The journal of one data dir. Appends from any task; one writer thread.
 pub struct Journal {
-    queue: mpsc::Sender<Message>,
-    /// Entries announced by [`Journal::expect`] and not yet queued.
-    coming: Arc<AtomicUsize>,
+    queue: mpsc::Sender<Pending>,
+    announced: Arc<Announced>,
 }
 
 /// An entry on its way: while it lives, the writer knows one more entry is
-/// coming and may wait a little for it. Dropping it (the issuance failed)
-/// withdraws the announcement.
+/// coming and may wait a little for it. It is dropped once the entry is
+/// queued, or early when the issuance failed (withdrawing the announcement).
 pub struct Expected {
-    coming: Arc<AtomicUsize>,
-    queue: mpsc::Sender<Message>,
-    arrived: bool,
-}
-
-impl Expected {
-    /// The entry is about to be queued. Withdrawn before it is queued,
-    /// never after: the writer must not wait for an entry it already holds.
-    fn arrive(mut self) {
-        self.arrived = true;
-        self.coming.fetch_sub(1, Ordering::AcqRel);
-    }
+    announced: Arc<Announced>,
 }
 
 impl Drop for Expected {
+    /// Called once the entry is queued (so the writer takes it into the
+    /// batch it is gathering), or when the issuance failed.
     fn drop(&mut self) {
-        if !self.arrived {
-            self.coming.fetch_sub(1, Ordering::AcqRel);
-            let _ = self.queue.send(Message::Withdrawn);
-        }
+        self.announced.settle();
     }
 }
 
@@ -142,27 +155,26 @@ impl Journal {
             .map_err(|e| JournalError::io("creating", dir, e))?;
         let segment = Segment::open_newest(dir, segment_bytes)?;
         let (queue, rx) = mpsc::channel();
-        let coming = Arc::new(AtomicUsize::new(0));
+        let announced = Arc::new(Announced::default());
         let writer = Writer {
             queue: rx,
-            coming: coming.clone(),
+            announced: announced.clone(),
             linger: LINGER,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("meshca-journal".into())
             .spawn(move || writer.run(segment))
             .map_err(|e| JournalError::io("starting the writer of", dir, e))?;
-        Ok(Self { queue, coming })
+        let _ = announced.writer.set(thread.thread().clone());
+        Ok(Self { queue, announced })
     }
 
     /// Announces an entry that [`Journal::append_expected`] will bring
     /// shortly (call it before the work that produces the entry).
     pub fn expect(&self) -> Expected {
-        self.coming.fetch_add(1, Ordering::AcqRel);
+        self.announced.add();
         Expected {
-            coming: self.coming.clone(),
-            queue: self.queue.clone(),
-            arrived: false,
+            announced: self.announced.clone(),
         }
     }
 
@@ -181,10 +193,10 @@ impl Journal {
             .map_err(|e| JournalError(format!("encoding an entry: {e}")))?;
         line.push(b'\n');
         let (done, wait) = oneshot::channel();
-        expected.arrive();
         self.queue
-            .send(Message::Entry(Pending { line, done }))
+            .send(Pending { line, done })
             .map_err(|_| JournalError("the writer has stopped".into()))?;
+        drop(expected);
         wait.await
             .map_err(|_| JournalError("the writer has stopped".into()))?
     }
@@ -367,18 +379,15 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 
 /// The writer thread's side of the journal.
 struct Writer {
-    queue: mpsc::Receiver<Message>,
-    coming: Arc<AtomicUsize>,
+    queue: mpsc::Receiver<Pending>,
+    announced: Arc<Announced>,
     linger: Duration,
 }
 
 impl Writer {
     /// Syncs batches until the journal is dropped.
     fn run(self, mut segment: Segment) {
-        while let Ok(message) = self.queue.recv() {
-            let Message::Entry(first) = message else {
-                continue;
-            };
+        while let Ok(first) = self.queue.recv() {
             let batch = self.gather(first);
             let result = segment.append(&batch);
             if let Err(e) = &result {
@@ -395,24 +404,20 @@ impl Writer {
     fn gather(&self, first: Pending) -> Vec<Pending> {
         let deadline = Instant::now() + self.linger;
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            if let Ok(message) = self.queue.try_recv() {
-                if let Message::Entry(more) = message {
-                    batch.push(more);
-                }
-                continue;
-            }
-            if self.coming.load(Ordering::Acquire) == 0 {
-                break;
+        loop {
+            let room = MAX_BATCH - batch.len();
+            batch.extend(self.queue.try_iter().take(room));
+            if batch.len() >= MAX_BATCH || self.announced.none() {
+                return batch;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.queue.recv_timeout(left) {
-                Ok(Message::Entry(more)) => batch.push(more),
-                Ok(Message::Withdrawn) => {}
-                Err(_) => break,
+            if left.is_zero() {
+                return batch;
             }
+            // Woken early by the last announced entry (`Announced::settle`);
+            // a spurious wake-up just goes round again.
+            std::thread::park_timeout(left);
         }
-        batch
     }
 }
 

@@ -125,17 +125,19 @@ async fn segments_are_private() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-/// A writer over a bare channel, and the journal that feeds it.
-fn writer(linger: Duration) -> (Writer, mpsc::Sender<Message>, Journal) {
+/// A writer over a bare channel, and the journal that feeds it; the
+/// calling thread is the writer's (it calls `gather`).
+fn writer(linger: Duration) -> (Writer, mpsc::Sender<Pending>, Journal) {
     let (tx, rx) = mpsc::channel();
-    let coming = Arc::new(AtomicUsize::new(0));
+    let announced = Arc::new(Announced::default());
+    announced.writer.set(std::thread::current()).unwrap();
     let journal = Journal {
         queue: tx.clone(),
-        coming: coming.clone(),
+        announced: announced.clone(),
     };
     let writer = Writer {
         queue: rx,
-        coming,
+        announced,
         linger,
     };
     (writer, tx, journal)
@@ -154,12 +156,31 @@ fn a_batch_waits_for_an_announced_entry() {
     let expected = journal.expect();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
-        expected.arrive();
-        tx.send(Message::Entry(pending(2))).unwrap();
+        tx.send(pending(2)).unwrap();
+        drop(expected);
     });
+    let started = Instant::now();
     let batch = writer.gather(pending(1));
     let lines: Vec<_> = batch.iter().map(|p| p.line[0]).collect();
     assert_eq!(lines, [1, 2]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn entries_queued_meanwhile_do_not_end_the_wait_early() {
+    let (writer, tx, journal) = writer(Duration::from_secs(30));
+    let (first, second) = (journal.expect(), journal.expect());
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        tx.send(pending(2)).unwrap();
+        drop(first);
+        std::thread::sleep(Duration::from_millis(20));
+        tx.send(pending(3)).unwrap();
+        drop(second);
+    });
+    let batch = writer.gather(pending(1));
+    let lines: Vec<_> = batch.iter().map(|p| p.line[0]).collect();
+    assert_eq!(lines, [1, 2, 3]);
 }
 
 #[test]
