@@ -22,9 +22,9 @@ const PRIMARY_WAIT_AT_START: Duration = Duration::from_secs(60);
 /// Task polls between two looks at the sockets (tokio's default is 61).
 /// A signing poll runs a few hundred microseconds of P-256 work, so 61 of
 /// them could leave a newly arrived request unseen for many milliseconds
-/// while other requests signed. With 8, a
-/// quiet client's p99 beside a 64-connection flood fell from 21-22 ms to
-/// 10 ms, for about 3% more CPU per /sign (docs/BENCHMARKS.md).
+/// while other requests signed. With 8, a quiet client's p99 beside a
+/// 64-connection flood fell from 21-22 ms to 10 ms, for about 3% more CPU
+/// per /sign (docs/BENCHMARKS.md).
 const POLLS_BETWEEN_IO_CHECKS: u32 = 8;
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
