@@ -48,8 +48,12 @@ pub struct CsrLimiter<C: Clock = DefaultClock> {
 
 /// Signing requests per core admitted at once: enough in flight for the
 /// journal to share each sync between many, and a bound on how far ahead
-/// of a newcomer a flood's backlog can be inside the runtime.
-const ADMITTED_PER_CORE: usize = 8;
+/// of a newcomer a flood's backlog can be inside the runtime. Pinned to
+/// one core beside a 64-connection flood, a quiet client's p99 was
+/// 15-16 ms with 8, 9-10 ms with 6, 7-8 ms with 5; one client's /sign
+/// rate at 16 connections on two cores fell about 1% with 6, 4% with 5
+/// and 15% with 4 (docs/BENCHMARKS.md).
+const ADMITTED_PER_CORE: usize = 6;
 
 /// One client's way through the limits: who it is for the fair share.
 pub struct Gate<'a, C: Clock = DefaultClock> {
