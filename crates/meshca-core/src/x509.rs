@@ -7,11 +7,18 @@ use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 /// Lower-case colon-separated hex (`31:6c:06:…`), the form Consul uses for
 /// IDs, key IDs and serial numbers.
 pub fn colon_hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| hex::encode([*b]))
-        .collect::<Vec<_>>()
-        .join(":")
+    // One allocation: serials and key IDs are written several times for
+    // every leaf (answer, audit line, journal).
+    let mut text = String::with_capacity(bytes.len() * 3);
+    let mut pair = [0u8; 2];
+    for (i, byte) in bytes.iter().enumerate() {
+        if i > 0 {
+            text.push(':');
+        }
+        hex::encode_to_slice([*byte], &mut pair).expect("two hex digits fit two bytes");
+        text.extend(pair.map(char::from));
+    }
+    text
 }
 
 /// SubjectKeyId as meshca computes it: SHA-256 of the DER SubjectPublicKeyInfo.
