@@ -143,6 +143,30 @@ fn writer(linger: Duration) -> (Writer, mpsc::Sender<Pending>, Journal) {
     (writer, tx, journal)
 }
 
+/// Runs `then` on another thread once the calling thread — the writer, in
+/// `gather` — sleeps in its wait (or fails after 10 s), so that what must
+/// reach a waiting writer does, without guessing a sleep.
+fn once_this_thread_waits(then: impl FnOnce() + Send + 'static) {
+    let task = Path::new("/proc").join(std::fs::read_link("/proc/thread-self").unwrap());
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !asleep(&task) {
+            assert!(Instant::now() < deadline, "the writer never waited");
+            std::thread::yield_now();
+        }
+        then();
+    });
+}
+
+/// A thread's state letter follows its name, in parentheses, in its
+/// `/proc/<pid>/task/<tid>/stat`; `S` is an interruptible sleep.
+fn asleep(task: &Path) -> bool {
+    std::fs::read_to_string(task.join("stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, state)| state.starts_with('S'))
+    })
+}
+
 fn pending(n: u8) -> Pending {
     Pending {
         line: vec![n],
@@ -154,8 +178,7 @@ fn pending(n: u8) -> Pending {
 fn a_batch_waits_for_an_announced_entry() {
     let (writer, tx, journal) = writer(Duration::from_secs(30));
     let expected = journal.expect();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
+    once_this_thread_waits(move || {
         tx.send(pending(2)).unwrap();
         drop(expected);
     });
@@ -170,17 +193,17 @@ fn a_batch_waits_for_an_announced_entry() {
 fn entries_queued_meanwhile_do_not_end_the_wait_early() {
     let (writer, tx, journal) = writer(Duration::from_secs(30));
     let (first, second) = (journal.expect(), journal.expect());
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
+    once_this_thread_waits(move || {
         tx.send(pending(2)).unwrap();
         drop(first);
-        std::thread::sleep(Duration::from_millis(20));
         tx.send(pending(3)).unwrap();
         drop(second);
     });
+    let started = Instant::now();
     let batch = writer.gather(pending(1));
     let lines: Vec<_> = batch.iter().map(|p| p.line[0]).collect();
     assert_eq!(lines, [1, 2, 3]);
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
@@ -195,10 +218,7 @@ fn a_lone_entry_is_not_delayed() {
 fn a_withdrawn_announcement_ends_the_wait() {
     let (writer, _tx, journal) = writer(Duration::from_secs(30));
     let expected = journal.expect();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
-        drop(expected);
-    });
+    once_this_thread_waits(move || drop(expected));
     let started = Instant::now();
     assert_eq!(writer.gather(pending(1)).len(), 1);
     assert!(started.elapsed() < Duration::from_secs(10));
