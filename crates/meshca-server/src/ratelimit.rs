@@ -55,6 +55,12 @@ pub struct CsrLimiter<C: Clock = DefaultClock> {
 /// and 15% with 4 (docs/BENCHMARKS.md).
 const ADMITTED_PER_CORE: usize = 6;
 
+/// Of those, places per core that no client may take while another one is
+/// being served too (see [`FairTurns`]). Pinned to one core beside a
+/// 64-connection flood, a quiet client's p99 was 10-13 ms with none and
+/// about 4 ms with 2 (docs/BENCHMARKS.md).
+const RESERVED_PER_CORE: usize = 2;
+
 /// One client's way through the limits: who it is for the fair share.
 pub struct Gate<'a, C: Clock = DefaultClock> {
     limiter: &'a CsrLimiter<C>,
@@ -122,7 +128,11 @@ impl<C: Clock + Clone> CsrLimiter<C> {
                 max_concurrent,
                 mode,
             }),
-            admission: FairTurns::new(cores * ADMITTED_PER_CORE, MAX_WAITING_PER_CLIENT),
+            admission: FairTurns::new(
+                cores * ADMITTED_PER_CORE,
+                cores * RESERVED_PER_CORE,
+                MAX_WAITING_PER_CLIENT,
+            ),
         }
     }
 
