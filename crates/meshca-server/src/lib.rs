@@ -78,6 +78,20 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The API router.
 pub fn router(state: AppState) -> Router {
+    use tower::Layer as _;
+    // The layers every request goes through wrap the routes once, as one
+    // service. `Router::layer` would wrap each route instead: one more
+    // boxed service clone and boxed future per request and layer, a tenth
+    // of a roots request's instructions for these three.
+    let every_request = panic_guard().layer(
+        axum::middleware::from_fn(edge)
+            .layer(DefaultBodyLimit::max(MAX_BODY).layer(api_routes(state))),
+    );
+    Router::new().fallback_service(every_request)
+}
+
+/// The routes, each counted and a write forwarded to the leader.
+fn api_routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/connect/ca/roots", get(routes::roots))
         .route("/v1/agent/connect/ca/roots", get(routes::roots))
@@ -129,9 +143,6 @@ pub fn router(state: AppState) -> Router {
             matched_route,
         ))
         .fallback(routes::not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(edge))
-        .layer(panic_guard())
         .with_state(state)
 }
 
