@@ -91,3 +91,45 @@ async fn signed_runs_when_the_request_is_refused() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(journal_lines(dir.path()), 0);
 }
+
+/// Regression: an EC issuance, signed inline on the runtime's worker, ran
+/// ahead of the tasks that were ready before it, so a request with only its
+/// answer left to write waited out someone else's signing.
+#[test]
+fn an_inline_issuance_lets_the_tasks_already_ready_run_first() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let order = runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = engine_with_journal(dir.path()).await;
+        let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel();
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
+        let issuer = tokio::spawn({
+            let log_tx = log_tx.clone();
+            async move {
+                go.await.unwrap();
+                // In one poll: another task becomes ready, then this one
+                // issues a leaf.
+                ready_tx.send(()).unwrap();
+                ca.issue_service_leaf(&"web".parse().unwrap(), Requester::default(), move || {
+                    log_tx.send("signed").unwrap();
+                })
+                .await
+                .unwrap();
+            }
+        });
+        let readied = tokio::spawn(async move {
+            ready.await.unwrap();
+            log_tx.send("already ready").unwrap();
+        });
+        go_tx.send(()).unwrap();
+        issuer.await.unwrap();
+        readied.await.unwrap();
+        [log.recv().await, log.recv().await]
+    });
+    assert_eq!(order, [Some("already ready"), Some("signed")]);
+}

@@ -133,18 +133,10 @@ impl FairTurns {
         // outlives this borrow; a turn handed over is ours either way.
         let _ = (&mut waiting.rx).await;
         waiting.taken = true;
-        let turn = Turn {
+        Ok(Turn {
             turns: self,
             client,
-        };
-        // The turn was handed over from inside the poll of the request that
-        // gave it back, and the runtime runs a task woken that way next,
-        // ahead of the tasks already ready: among them requests whose
-        // journal entry has just become durable, with only their answer left
-        // to write. Going to the back first keeps this request's signing
-        // (a few hundred microseconds) from cutting in front of them.
-        tokio::task::yield_now().await;
-        Ok(turn)
+        })
     }
 
     /// A free turn now (`None`), or a place in `client`'s queue.
@@ -421,63 +413,5 @@ mod tests {
         assert_eq!(served.recv().await, Some("quiet"));
         drop(flood);
         assert_eq!(served.recv().await, Some("flood"));
-    }
-
-    /// Regression: a request handed a turn ran (and signed) ahead of the
-    /// tasks that were ready before it, because the runtime runs a task
-    /// woken from inside another's poll next.
-    #[test]
-    fn a_handed_over_turn_lets_the_tasks_already_ready_run_first() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_time()
-            .build()
-            .expect("a runtime");
-        let order = runtime.block_on(async {
-            let turns = Arc::new(FairTurns::new(1, 0, 100));
-            let (log_tx, mut log) = mpsc::unbounded_channel();
-            let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
-            let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
-            let holder = tokio::spawn({
-                let turns = turns.clone();
-                async move {
-                    let turn = turns.take("a").await.expect("free");
-                    go.await.expect("the test goes on");
-                    // In one poll: a task becomes ready, then the turn is
-                    // handed over.
-                    ready_tx.send(()).expect("the ready task waits");
-                    drop(turn);
-                }
-            });
-            wait_for(|| turns.lock().free == 0).await;
-            let waiter = tokio::spawn({
-                let (turns, log_tx) = (turns.clone(), log_tx.clone());
-                async move {
-                    let _turn = turns.take("b").await.expect("a turn");
-                    log_tx.send("handed over").expect("the test listens");
-                }
-            });
-            wait_for(|| !turns.lock().order.is_empty()).await;
-            let readied = tokio::spawn(async move {
-                ready.await.expect("the holder sends");
-                log_tx.send("already ready").expect("the test listens");
-            });
-            go_tx.send(()).expect("the holder waits");
-            for task in [holder, waiter, readied] {
-                task.await.expect("the task ends");
-            }
-            [log.recv().await, log.recv().await]
-        });
-        assert_eq!(order, [Some("already ready"), Some("handed over")]);
-    }
-
-    /// Waits (on a runtime whose workers do the work) until `done`, for at
-    /// most 10 s.
-    async fn wait_for(done: impl Fn() -> bool) {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !done() {
-            assert!(tokio::time::Instant::now() < deadline, "timed out");
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
     }
 }
