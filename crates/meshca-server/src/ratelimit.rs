@@ -47,19 +47,19 @@ pub struct CsrLimiter<C: Clock = DefaultClock> {
 }
 
 /// Signing requests per core admitted at once: enough in flight for the
-/// journal to share each sync between many, and a bound on how far ahead
-/// of a newcomer a flood's backlog can be inside the runtime. Pinned to
-/// one core beside a 64-connection flood, a quiet client's p99 was
-/// 15-16 ms with 8, 9-10 ms with 6, 7-8 ms with 5; one client's /sign
-/// rate at 16 connections on two cores fell about 1% with 6, 4% with 5
-/// and 15% with 4 (docs/BENCHMARKS.md).
-const ADMITTED_PER_CORE: usize = 6;
+/// journal to share each sync between many, and a bound on how much of a
+/// flood is inside the server. One client's /sign rate at 16 connections
+/// on two cores was 5% higher, and its agent leaf rate 10%, with 8 than
+/// with 6 (docs/BENCHMARKS.md).
+const ADMITTED_PER_CORE: usize = 8;
 
 /// Of those, places per core that no client may take while another one is
-/// being served too (see [`FairTurns`]). Pinned to one core beside a
-/// 64-connection flood, a quiet client's p99 was 10-13 ms with none and
-/// about 4 ms with 2 (docs/BENCHMARKS.md).
-const RESERVED_PER_CORE: usize = 2;
+/// being served too (see [`FairTurns`]): half, so that a newcomer is
+/// admitted at once and finds at most 4 signings per core of a flood ahead
+/// of it. Pinned to one core beside a 64-connection flood, a quiet
+/// client's p99 was 13-15 ms when the flood could hold every place, and
+/// 3.3-3.5 ms with 8 places and 4 of them kept back (docs/BENCHMARKS.md).
+const RESERVED_PER_CORE: usize = 4;
 
 /// One client's way through the limits: who it is for the fair share.
 pub struct Gate<'a, C: Clock = DefaultClock> {
