@@ -143,8 +143,10 @@ impl FairTurns {
     fn now_or_queue(&self, client: &str) -> Result<Option<oneshot::Receiver<()>>, Crowded> {
         let mut state = self.lock();
         let now = Instant::now();
-        // Waiting clients are all at their limit when a place is free
-        // (`hand_over` saw to it), so a client under its own goes first.
+        // A place stays free only while every waiting client is at its
+        // limit (`hand_over` sees to it), so a client under its own may
+        // take it. Should the limit have grown since, the waiters get the
+        // next places given back: each holds one at least.
         if state.free > 0 && state.holding(client) < self.limit(&state, now) {
             state.admit(client, now);
             return Ok(None);
