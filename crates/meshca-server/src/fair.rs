@@ -201,13 +201,16 @@ impl FairTurns {
                     break;
                 }
             }
-            if queue.is_empty() {
-                state.queues.remove(&client);
-            } else {
-                state.order.push_back(client.clone());
-            }
+            let more_waiting = !queue.is_empty();
             if handed {
                 state.admit(&client, now);
+            }
+            if more_waiting {
+                state.order.push_back(client);
+            } else {
+                state.queues.remove(&client);
+            }
+            if handed {
                 return true;
             }
         }

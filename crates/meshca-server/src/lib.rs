@@ -81,8 +81,8 @@ pub fn router(state: AppState) -> Router {
     use tower::Layer as _;
     // The layers every request goes through wrap the routes once, as one
     // service. `Router::layer` would wrap each route instead: one more
-    // boxed service clone and boxed future per request and layer, a tenth
-    // of a roots request's instructions for these three.
+    // boxed service clone and boxed future per request and layer (a roots
+    // request took 37 k instructions that way, 35 k this way).
     let every_request = panic_guard().layer(
         axum::middleware::from_fn(edge)
             .layer(DefaultBodyLimit::max(MAX_BODY).layer(api_routes(state))),

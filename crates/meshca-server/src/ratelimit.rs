@@ -57,8 +57,8 @@ const ADMITTED_PER_CORE: usize = 8;
 /// being served too (see [`FairTurns`]): half, so that a newcomer is
 /// admitted at once and finds at most 4 signings per core of a flood ahead
 /// of it. Pinned to one core beside a 64-connection flood, a quiet
-/// client's p99 was 13-15 ms when the flood could hold every place, and
-/// 3.3-3.5 ms with 8 places and 4 of them kept back (docs/BENCHMARKS.md).
+/// client's p99 was 10-15 ms when the flood could hold every place, and
+/// 3.1-3.9 ms with 8 places and 4 of them kept back (docs/BENCHMARKS.md).
 const RESERVED_PER_CORE: usize = 4;
 
 /// One client's way through the limits: who it is for the fair share.
