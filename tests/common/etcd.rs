@@ -32,24 +32,53 @@ pub fn etcd_binary() -> PathBuf {
     std::env::var_os("MESHCA_ETCD").map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binding a free port")
-        .local_addr()
-        .expect("the bound address")
-        .port()
+/// `n` distinct free ports. The listeners are held until all are picked:
+/// the kernel may hand a port it has just taken back out again, and two
+/// members on one port fail to start ("duplicate url").
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("the bound address").port())
+        .collect()
 }
+
+/// Tries at starting a cluster: a port picked free can be taken by another
+/// test before etcd binds it.
+const START_ATTEMPTS: usize = 3;
 
 impl EtcdCluster {
     /// Starts `size` members and waits (at most 30 s) until the cluster
-    /// has a leader and answers on every member.
+    /// has a leader and answers on every member. A member that lost its
+    /// port to another process between picking and binding makes the whole
+    /// cluster start again on new ports.
     pub fn start(size: usize) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cluster = Self::on_free_ports(size);
+            for i in 0..size {
+                cluster.spawn(i);
+            }
+            let unhealthy =
+                (0..size).find(|&i| !cluster.healthy_within(i, Duration::from_secs(30)));
+            match unhealthy {
+                None => return cluster,
+                Some(i) if attempt < START_ATTEMPTS && cluster.lost_a_port(i) => continue,
+                Some(i) => cluster.not_healthy(i, Duration::from_secs(30)),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// The members, not started, each on two ports of its own.
+    fn on_free_ports(size: usize) -> Self {
+        let ports = free_ports(2 * size);
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 child: None,
             })
             .collect();
@@ -58,19 +87,17 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
+        Self {
             members,
             initial_cluster,
             token: format!("meshca-test-{}", std::process::id()),
-            dir,
-        };
-        for i in 0..size {
-            cluster.spawn(i);
+            dir: tempfile::tempdir().expect("a temporary directory"),
         }
-        for i in 0..size {
-            cluster.wait_healthy(i, Duration::from_secs(30));
-        }
-        cluster
+    }
+
+    /// Member `i` could not bind one of its ports.
+    fn lost_a_port(&self, i: usize) -> bool {
+        self.log(i).contains("address already in use")
     }
 
     fn spawn(&mut self, i: usize) {
@@ -116,13 +143,26 @@ impl EtcdCluster {
     /// Waits until member `i` reports itself healthy (`/health`: it has a
     /// leader and answers reads).
     pub fn wait_healthy(&self, i: usize, timeout: Duration) {
+        if !self.healthy_within(i, timeout) {
+            self.not_healthy(i, timeout);
+        }
+    }
+
+    fn healthy_within(&self, i: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.healthy(i) {
-                return;
+                return true;
+            }
+            if self.lost_a_port(i) {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        false
+    }
+
+    fn not_healthy(&self, i: usize, timeout: Duration) -> ! {
         panic!(
             "etcd member {} not healthy within {timeout:?}; log:\n{}",
             self.members[i].name,
