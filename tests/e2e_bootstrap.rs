@@ -311,6 +311,9 @@ fn log_level_debug_shows_meshca_not_the_storage_engine_internals() {
 #[test]
 fn startup_says_what_runs() {
     let server = Server::start(&["--datacenter", "east"]);
+    // The line follows the listeners' start, which is what `start` waits
+    // for: it may not be written yet.
+    server.wait_for_log("meshca ready", Duration::from_secs(10));
     let logs = server.logs();
     let line = logs
         .lines()
