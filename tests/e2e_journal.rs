@@ -25,6 +25,8 @@ fn journal(data_dir: &Path) -> Vec<Value> {
             std::fs::read_to_string(f)
                 .unwrap()
                 .lines()
+                // The segment being written ends in blank fill.
+                .filter(|l| !l.trim().is_empty())
                 .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
                 .collect::<Vec<_>>()
         })

@@ -66,6 +66,19 @@ async fn segments_roll_over_and_reopening_appends_to_the_newest() {
     );
 }
 
+fn line_len() -> u64 {
+    serde_json::to_vec(&entry(0)).unwrap().len() as u64 + 1
+}
+
+/// Writes `bytes` at `offset` of segment 1, as a crash could have left.
+fn scribble(dir: &Path, offset: u64, bytes: &[u8]) {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir, 1))
+        .unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
 #[tokio::test]
 async fn a_torn_last_line_is_dropped_on_open_and_the_rest_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,32 +86,137 @@ async fn a_torn_last_line_is_dropped_on_open_and_the_rest_kept() {
         let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         journal.append(&entry(1)).await.unwrap();
     }
-    let path = segment_path(dir.path(), 1);
-    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-    f.write_all(br#"{"Serial":"02:01","SPIFF"#).unwrap();
-    drop(f);
+    scribble(dir.path(), line_len(), br#"{"Serial":"02:01","SPIFF"#);
     let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
     journal.append(&entry(2)).await.unwrap();
     assert_eq!(all_entries(dir.path()), vec![entry(1), entry(2)]);
 }
 
 #[tokio::test]
+async fn lines_overwrite_fill_written_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+    for n in 0..3 {
+        journal.append(&entry(n)).await.unwrap();
+    }
+    let bytes = std::fs::read(segment_path(dir.path(), 1)).unwrap();
+    assert!(
+        bytes.len() as u64 >= line_len() + PREALLOCATE,
+        "no fill ahead: {} bytes",
+        bytes.len()
+    );
+    let fill = &bytes[3 * line_len() as usize..];
+    assert!(fill.iter().all(|b| *b == b' '), "the fill is blank");
+    drop(journal);
+    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+    journal.append(&entry(3)).await.unwrap();
+    assert_eq!(
+        all_entries(dir.path()),
+        (0..4).map(entry).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_later_page_of_an_unsynced_batch_after_fill_is_dropped() {
+    // A crash during a batch's write can leave its second page on disk and
+    // lose its first: fill, then lines that were never acknowledged.
+    // Appending after the fill would leave them between good lines.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        journal.append(&entry(1)).await.unwrap();
+    }
+    let mut lost = serde_json::to_vec(&entry(9)).unwrap();
+    lost.push(b'\n');
+    scribble(dir.path(), line_len() + 4096, &lost);
+    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+    for n in 2..4 {
+        journal.append(&entry(n)).await.unwrap();
+    }
+    drop(journal);
+    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+    journal.append(&entry(4)).await.unwrap();
+    assert_eq!(
+        all_entries(dir.path()),
+        (1..5).map(entry).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn zeros_after_the_lines_are_dropped() {
+    // Blocks the file system allocated and never wrote read as zeros.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+        journal.append(&entry(1)).await.unwrap();
+    }
+    scribble(dir.path(), line_len(), &[0; 100]);
+    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+    journal.append(&entry(2)).await.unwrap();
+    assert_eq!(all_entries(dir.path()), vec![entry(1), entry(2)]);
+}
+
+#[test]
+fn reading_a_segment_refuses_what_follows_a_torn_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = serde_json::to_vec(&entry(1)).unwrap();
+    bytes.extend_from_slice(b"\n{\"Serial\":\"02:01\",\"SPIFF     ");
+    std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
+    let err = read_segment(&segment_path(dir.path(), 1)).unwrap_err();
+    assert!(
+        err.to_string().contains("incomplete or foreign line"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_segment_keeps_no_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), 2 * line_len()).unwrap();
+    for n in 0..3 {
+        journal.append(&entry(n)).await.unwrap();
+    }
+    let full = std::fs::metadata(segment_path(dir.path(), 1))
+        .unwrap()
+        .len();
+    assert_eq!(full, 2 * line_len());
+}
+
+#[test]
+fn an_entry_over_the_line_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+    let mut huge = entry(1);
+    huge.spiffe_id = "x".repeat(MAX_LINE_BYTES);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = runtime.block_on(journal.append(&huge)).unwrap_err();
+    assert!(err.to_string().contains("over the limit"), "{err}");
+}
+
+#[tokio::test]
 async fn opening_never_reads_the_older_records() {
-    // A journal whose old records are unreadable (zeros, as a sparse file
-    // of 1 GiB reads) opens at once: only the end of the newest segment is
-    // looked at, so its size cannot slow a start.
+    // A segment of 1 GiB whose old records would read as zeros (a sparse
+    // file) opens at once and keeps them: only its end is looked at, so
+    // the journal's size cannot slow a start.
     let dir = tempfile::tempdir().unwrap();
     let path = segment_path(dir.path(), 1);
     let f = File::create(&path).unwrap();
     f.set_len(1 << 30).unwrap();
     drop(f);
-    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-    f.write_all(b"\n").unwrap();
-    drop(f);
+    let mut line = serde_json::to_vec(&entry(0)).unwrap();
+    line.push(b'\n');
+    let recent: Vec<u8> = line.repeat(TAIL as usize / line.len() + 1);
+    scribble(dir.path(), 1 << 30, &recent);
     let journal = Journal::open(dir.path(), u64::MAX).unwrap();
     journal.append(&entry(1)).await.unwrap();
-    let len = std::fs::metadata(&path).unwrap().len();
-    assert!(len > 1 << 30, "appended after the old records: {len}");
+    drop(journal);
+    let mut end = vec![0; line.len()];
+    let f = File::open(&path).unwrap();
+    f.read_exact_at(&mut end, (1 << 30) + recent.len() as u64)
+        .unwrap();
+    assert_eq!(serde_json::from_slice::<Entry>(&end).unwrap(), entry(1));
 }
 
 #[test]
