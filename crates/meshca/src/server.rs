@@ -27,9 +27,33 @@ const PRIMARY_WAIT_AT_START: Duration = Duration::from_secs(60);
 /// per /sign (docs/BENCHMARKS.md).
 const POLLS_BETWEEN_IO_CHECKS: u32 = 8;
 
+/// The thread that writes log lines to stderr; dropping its guard writes
+/// what is queued. Kept here so that an exit without unwinding can do it.
+static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+    std::sync::Mutex::new(None);
+
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let settings = config::load(&args)?;
-    init_logging(&settings)?;
+    *LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(init_logging(&settings)?);
+    // Also when a panic unwinds through here.
+    let _flush = FlushLogOnDrop;
+    serve_on_runtime(settings)
+}
+
+/// Writes the log lines still queued.
+fn flush_log() {
+    drop(LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()).take());
+}
+
+struct FlushLogOnDrop;
+
+impl Drop for FlushLogOnDrop {
+    fn drop(&mut self) {
+        flush_log();
+    }
+}
+
+fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .event_interval(POLLS_BETWEEN_IO_CHECKS)
@@ -38,7 +62,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .block_on(serve(settings))
 }
 
-fn init_logging(s: &Settings) -> anyhow::Result<()> {
+/// Logs to stderr from a thread of its own, so that a request never waits
+/// for the write (on a slow pipe it would hold a runtime worker): one line
+/// per issued certificate cost a write syscall on the worker, about 5% of
+/// an agent leaf's CPU (docs/BENCHMARKS.md). Lines queue without loss (a
+/// full queue blocks, as a direct write would) and are written together.
+fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -48,9 +77,13 @@ fn init_logging(s: &Settings) -> anyhow::Result<()> {
         Err(_) => tracing_subscriber::EnvFilter::try_new(config::log_filter(&s.log_level))
             .with_context(|| format!("invalid log_level {:?}", s.log_level))?,
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("meshca-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let stderr = if s.log_json {
         stderr.json().boxed()
     } else {
@@ -79,7 +112,7 @@ fn init_logging(s: &Settings) -> anyhow::Result<()> {
         .with(stderr.with_filter(filter))
         .with(audit)
         .init();
-    Ok(())
+    Ok(guard)
 }
 
 /// Opens the store: the sled backend in the data dir (or, with `--dev`, an
@@ -432,6 +465,7 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
         tracing::warn!("second signal: exiting now, without waiting for requests in flight");
         // Every acknowledged change is already on disk (a commit is synced
         // before it is acknowledged), so nothing is lost by not unwinding.
+        flush_log();
         std::process::exit(130);
     });
     while let Some(done) = listeners.join_next().await {
