@@ -19,13 +19,23 @@ impl LeafKey {
     }
 
     /// [`LeafKey::generate_p256`] on the calling thread (call it off the
-    /// async runtime).
+    /// async runtime). Straight from aws-lc-rs: rcgen's `generate_for`
+    /// parses the PKCS#8 it generated back into a key, which checks the
+    /// public point again, a second scalar multiplication per leaf.
     pub fn generate_p256_now() -> Result<Self, CaError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(CaError::internal)?;
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let failed = |what| CaError::internal(format!("generating a P-256 leaf key: {what}"));
+        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+            .map_err(|_| failed("key generation"))?;
+        let pkcs8 = key.to_pkcs8v1().map_err(|_| failed("PKCS#8"))?;
+        let spki = key
+            .public_key()
+            .as_der()
+            .map_err(|_| failed("public key"))?;
         Ok(Self {
-            spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
-            private_key_pem: SecretString::from(key.serialize_pem()),
+            spki_der: spki.as_ref().to_vec(),
+            private_key_pem: SecretString::from(meshca_core::x509::private_key_pem(pkcs8.as_ref())),
         })
     }
 }
@@ -64,5 +74,29 @@ impl LeafKey {
 impl std::fmt::Debug for LeafKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LeafKey([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_is_p256_pkcs8_and_matches_its_public_key() {
+        let key = LeafKey::generate_p256_now().unwrap();
+        let pem = key.private_key_pem.expose_secret();
+        assert!(
+            pem.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+            "{}",
+            &pem[..30]
+        );
+        let parsed = rcgen::KeyPair::from_pem(pem).unwrap();
+        assert!(parsed.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256));
+        assert_eq!(
+            rcgen::PublicKeyData::subject_public_key_info(&parsed),
+            key.spki_der
+        );
+        let other = LeafKey::generate_p256_now().unwrap();
+        assert_ne!(other.spki_der, key.spki_der);
     }
 }

@@ -34,8 +34,17 @@ pub fn cert_id(cert_der: &[u8]) -> String {
 
 /// PEM-encodes one certificate, ending in a newline.
 pub fn cert_pem(der: &[u8]) -> String {
+    pem_block("CERTIFICATE", der)
+}
+
+/// PEM-encodes a PKCS#8 private key (`PRIVATE KEY`), ending in a newline.
+pub fn private_key_pem(pkcs8_der: &[u8]) -> String {
+    pem_block("PRIVATE KEY", pkcs8_der)
+}
+
+fn pem_block(tag: &str, der: &[u8]) -> String {
     ::pem::encode_config(
-        &::pem::Pem::new("CERTIFICATE", der.to_vec()),
+        &::pem::Pem::new(tag, der.to_vec()),
         ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF),
     )
 }
