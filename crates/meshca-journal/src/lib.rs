@@ -91,9 +91,10 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// A segment grows by this many bytes of [`FILL`] at a time, written ahead
 /// of the lines that will overwrite them. Overwriting bytes already in the
-/// file changes no metadata, so a sync writes the data alone: on a virtual
-/// disk 155-175 µs and about 80 µs of CPU, against 225-290 µs and 105-120
-/// µs for a sync that also grows the file (docs/BENCHMARKS.md).
+/// file changes no metadata, so a sync writes the data alone: with 6
+/// entries a sync on this virtual disk took 155-180 µs and 76-82 µs of
+/// CPU, against 220-330 µs and 103-129 µs when it also grew the file
+/// (`scripts/bench/sync_cost.py`, docs/BENCHMARKS.md).
 const PREALLOCATE: u64 = 256 * 1024;
 
 /// What is written ahead of the lines: JSON whitespace, so the segment
