@@ -70,6 +70,20 @@ fn line_len() -> u64 {
     serde_json::to_vec(&entry(0)).unwrap().len() as u64 + 1
 }
 
+/// A closed journal holding `entry(1)`.
+async fn journal_of_one_entry() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    reopen_and_append(dir.path(), 1).await;
+    dir
+}
+
+/// Opens the journal in `dir` (again: a restart), appends `entry(n)` and
+/// closes it.
+async fn reopen_and_append(dir: &Path, n: usize) {
+    let journal = Journal::open(dir, DEFAULT_SEGMENT_BYTES).unwrap();
+    journal.append(&entry(n)).await.unwrap();
+}
+
 /// Writes `bytes` at `offset` of segment 1, as a crash could have left.
 fn scribble(dir: &Path, offset: u64, bytes: &[u8]) {
     let f = OpenOptions::new()
@@ -81,14 +95,9 @@ fn scribble(dir: &Path, offset: u64, bytes: &[u8]) {
 
 #[tokio::test]
 async fn a_torn_last_line_is_dropped_on_open_and_the_rest_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        journal.append(&entry(1)).await.unwrap();
-    }
+    let dir = journal_of_one_entry().await;
     scribble(dir.path(), line_len(), br#"{"Serial":"02:01","SPIFF"#);
-    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-    journal.append(&entry(2)).await.unwrap();
+    reopen_and_append(dir.path(), 2).await;
     assert_eq!(all_entries(dir.path()), vec![entry(1), entry(2)]);
 }
 
@@ -108,8 +117,7 @@ async fn lines_overwrite_fill_written_ahead() {
     let fill = &bytes[3 * line_len() as usize..];
     assert!(fill.iter().all(|b| *b == b' '), "the fill is blank");
     drop(journal);
-    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-    journal.append(&entry(3)).await.unwrap();
+    reopen_and_append(dir.path(), 3).await;
     assert_eq!(
         all_entries(dir.path()),
         (0..4).map(entry).collect::<Vec<_>>()
@@ -121,11 +129,7 @@ async fn a_later_page_of_an_unsynced_batch_after_fill_is_dropped() {
     // A crash during a batch's write can leave its second page on disk and
     // lose its first: fill, then lines that were never acknowledged.
     // Appending after the fill would leave them between good lines.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        journal.append(&entry(1)).await.unwrap();
-    }
+    let dir = journal_of_one_entry().await;
     let mut lost = serde_json::to_vec(&entry(9)).unwrap();
     lost.push(b'\n');
     scribble(dir.path(), line_len() + 4096, &lost);
@@ -134,8 +138,7 @@ async fn a_later_page_of_an_unsynced_batch_after_fill_is_dropped() {
         journal.append(&entry(n)).await.unwrap();
     }
     drop(journal);
-    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-    journal.append(&entry(4)).await.unwrap();
+    reopen_and_append(dir.path(), 4).await;
     assert_eq!(
         all_entries(dir.path()),
         (1..5).map(entry).collect::<Vec<_>>()
@@ -145,14 +148,9 @@ async fn a_later_page_of_an_unsynced_batch_after_fill_is_dropped() {
 #[tokio::test]
 async fn zeros_after_the_lines_are_dropped() {
     // Blocks the file system allocated and never wrote read as zeros.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-        journal.append(&entry(1)).await.unwrap();
-    }
+    let dir = journal_of_one_entry().await;
     scribble(dir.path(), line_len(), &[0; 100]);
-    let journal = Journal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-    journal.append(&entry(2)).await.unwrap();
+    reopen_and_append(dir.path(), 2).await;
     assert_eq!(all_entries(dir.path()), vec![entry(1), entry(2)]);
 }
 
