@@ -196,3 +196,23 @@ fn log_lines_of_a_request_carry_its_request_id() {
         "the token from the query is in the log"
     );
 }
+
+#[test]
+fn without_an_audit_file_the_audit_lines_are_in_the_log() {
+    // They are written by a thread of their own; the line reaches the log
+    // shortly after the answer, and before the server has stopped.
+    let mut server = Server::start(&[]);
+    let leaf = server.get_json("/v1/agent/connect/ca/leaf/web");
+    let serial = leaf["SerialNumber"].as_str().expect("SerialNumber");
+    let line = format!("serial={serial}");
+    assert!(
+        server.wait_for_log(&line, Duration::from_secs(10)),
+        "no audit line for {serial} in the log:\n{}",
+        server.logs()
+    );
+    let logs = server.logs();
+    let audit = logs.lines().find(|l| l.contains(&line)).expect("the line");
+    assert!(audit.contains("issued certificate"), "{audit}");
+    assert!(!logs.contains("PRIVATE KEY"), "no key material: {logs}");
+    server.stop();
+}

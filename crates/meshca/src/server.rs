@@ -27,12 +27,12 @@ const PRIMARY_WAIT_AT_START: Duration = Duration::from_secs(60);
 /// per /sign (docs/BENCHMARKS.md).
 const POLLS_BETWEEN_IO_CHECKS: u32 = 8;
 
-/// Log lines queued for stderr before a logging request waits: far more
+/// Audit lines queued for stderr before a logging request waits: far more
 /// than a burst at the highest signing rate this has reached (7 000 a
 /// second, one line each).
 const LOG_QUEUE_LINES: usize = 4096;
 
-/// The thread that writes log lines to stderr; dropping its guard writes
+/// The thread that writes audit lines to stderr; dropping its guard writes
 /// what is queued. Kept here so that an exit without unwinding can do it.
 static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
     std::sync::Mutex::new(None);
@@ -45,7 +45,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     serve_on_runtime(settings)
 }
 
-/// Writes the log lines still queued.
+/// Writes the audit lines still queued.
 fn flush_log() {
     drop(LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()).take());
 }
@@ -67,11 +67,15 @@ fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
         .block_on(serve(settings))
 }
 
-/// Logs to stderr from a thread of its own, so that a request never waits
-/// for the write (on a slow pipe it would hold a runtime worker): one line
-/// per issued certificate cost a write syscall on the worker, about 5% of
-/// an agent leaf's CPU (docs/BENCHMARKS.md). Lines queue without loss (a
-/// full queue blocks, as a direct write would) and are written together.
+/// Logs to stderr. The audit lines (target "audit", one per issued
+/// certificate) are written by a thread of their own, so that a request
+/// does not wait for the write: on the runtime worker it cost a write
+/// syscall per certificate, about 5% of an agent leaf's CPU
+/// (docs/BENCHMARKS.md). They queue without loss (a full queue blocks, as
+/// a direct write would); a crash can lose the last few, which the
+/// issuance journal (synced before each answer) and the audit file hold.
+/// Every other line is written at once, so that what a crash leaves in the
+/// log ends with its cause.
 fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
@@ -82,13 +86,17 @@ fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::
         Err(_) => tracing_subscriber::EnvFilter::try_new(config::log_filter(&s.log_level))
             .with_context(|| format!("invalid log_level {:?}", s.log_level))?,
     };
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let (audit_writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         // The queue's slots are allocated up front: tracing-appender's
-        // default of 128 000 lines took 4 MB of idle memory.
+        // default of 128 000 lines took about 2.5 MB of idle memory.
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("meshca-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
+    let writer = audit_writer
+        .with_filter(|line: &tracing::Metadata<'_>| line.target() == "audit")
+        .or_else(std::io::stderr);
     let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
