@@ -419,16 +419,21 @@ impl Segment {
         let end = self.len + lines as u64;
         // When the lines pass the fill, more fill goes after them in the
         // same write, so that the next syncs overwrite only.
-        let grow_to = if end > self.allocated {
+        let grows = end > self.allocated;
+        let grow_to = if grows {
             end + PREALLOCATE
         } else {
             self.allocated
         };
-        let mut bytes = Vec::with_capacity((grow_to.min(end + PREALLOCATE) - self.len) as usize);
+        let mut bytes = Vec::with_capacity(if grows {
+            (grow_to - self.len) as usize
+        } else {
+            lines
+        });
         for pending in batch {
             bytes.extend_from_slice(&pending.line);
         }
-        if grow_to > self.allocated {
+        if grows {
             bytes.resize((grow_to - self.len) as usize, FILL);
         }
         let path = self.path();
@@ -446,8 +451,12 @@ impl Segment {
         self.len = end;
         self.allocated = grow_to;
         if self.len >= self.max_len {
-            // A full segment keeps no fill: it is only ever read.
-            self.truncate(self.len)?;
+            // A full segment keeps no fill: it is only ever read. Its lines
+            // are synced, so a failure here costs the tidiness alone
+            // (readers skip the fill).
+            if let Err(e) = self.truncate(self.len) {
+                tracing::warn!(error = %e, "issuance journal: a full segment keeps its fill");
+            }
             *self = Self::open(&self.dir, self.number + 1, self.max_len)?;
         }
         Ok(())
