@@ -33,6 +33,11 @@ pub struct IssuedLeaf {
     pub signing_key_id: String,
 }
 
+/// The name of the audit event of an issued certificate (not printed): the
+/// one audit line per request, which the binary writes to stderr from a
+/// thread of its own.
+pub const ISSUED_AUDIT_EVENT: &str = "issued certificate";
+
 /// Who asked for a certificate, as the audit trail records it. Never a
 /// secret: a token is named by its AccessorID.
 #[derive(Debug, Clone, Default)]
@@ -238,7 +243,7 @@ impl CaEngine {
     ) -> IssuedLeaf {
         let index = self.issue_index.fetch_add(1, Ordering::Relaxed) + 1;
         let spiffe_id = request.csr.spiffe_id().clone();
-        tracing::info!(target: "audit", serial = %signed.serial, spiffe_id = %spiffe_id,
+        tracing::info!(name: ISSUED_AUDIT_EVENT, target: "audit", serial = %signed.serial, spiffe_id = %spiffe_id,
             requester = %requester.identity, remote = requester.remote.as_deref().unwrap_or("-"),
             request_id = requester.request_id.as_deref().unwrap_or("-"),
             valid_after = %rfc3339(request.not_before), valid_before = %rfc3339(request.not_after),

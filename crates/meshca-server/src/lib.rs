@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 
 pub use meshca_ca::{
     default_provider_factory, CaEngine, ConfigChange, PrimaryLink, Published, Requester,
+    ISSUED_AUDIT_EVENT,
 };
 
 /// Largest accepted request body (1 MiB; larger is a 413).

@@ -67,15 +67,15 @@ fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
         .block_on(serve(settings))
 }
 
-/// Logs to stderr. The audit lines (target "audit", one per issued
-/// certificate) are written by a thread of their own, so that a request
-/// does not wait for the write: on the runtime worker it cost a write
-/// syscall per certificate, about 5% of an agent leaf's CPU
-/// (docs/BENCHMARKS.md). They queue without loss (a full queue blocks, as
-/// a direct write would); a crash can lose the last few, which the
-/// issuance journal (synced before each answer) and the audit file hold.
-/// Every other line is written at once, so that what a crash leaves in the
-/// log ends with its cause.
+/// Logs to stderr. The audit lines of issued certificates, one per
+/// request, are written by a thread of their own, so that a request does
+/// not wait for the write: on the runtime worker it cost a write syscall
+/// per certificate, about 5% of an agent leaf's CPU (docs/BENCHMARKS.md).
+/// They queue without loss (a full queue blocks, as a direct write would);
+/// a crash can lose the last few, which the issuance journal (synced
+/// before each answer) and the audit file hold. Every other line is
+/// written at once, in order, so that what a crash leaves in the log ends
+/// with its cause.
 fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
@@ -95,7 +95,9 @@ fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::
         .thread_name("meshca-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
     let writer = audit_writer
-        .with_filter(|line: &tracing::Metadata<'_>| line.target() == "audit")
+        .with_filter(|line: &tracing::Metadata<'_>| {
+            line.target() == "audit" && line.name() == meshca_server::ISSUED_AUDIT_EVENT
+        })
         .or_else(std::io::stderr);
     let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
