@@ -425,11 +425,7 @@ impl Segment {
         } else {
             self.allocated
         };
-        let mut bytes = Vec::with_capacity(if grows {
-            (grow_to - self.len) as usize
-        } else {
-            lines
-        });
+        let mut bytes = Vec::with_capacity(lines);
         for pending in batch {
             bytes.extend_from_slice(&pending.line);
         }

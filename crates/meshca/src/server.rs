@@ -78,6 +78,7 @@ fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
 /// with its cause.
 fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
@@ -86,7 +87,6 @@ fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::
         Err(_) => tracing_subscriber::EnvFilter::try_new(config::log_filter(&s.log_level))
             .with_context(|| format!("invalid log_level {:?}", s.log_level))?,
     };
-    use tracing_subscriber::fmt::writer::MakeWriterExt;
     let (audit_writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         // The queue's slots are allocated up front: tracing-appender's
