@@ -38,6 +38,31 @@ pub struct IssuedLeaf {
 /// thread of its own.
 pub const ISSUED_AUDIT_EVENT: &str = "issued certificate";
 
+/// A caller's pacing of an issuance: a turn to sign, taken right before the
+/// signing work and given back when it is over (`signed`), before the
+/// journal's sync is awaited. The server hands its turns round-robin between
+/// clients, so that a flood's signings wait parked for theirs instead of
+/// queueing on the runtime ahead of everyone else's.
+///
+/// A closure is a caller with no turns to take: it runs when the signing
+/// is over.
+pub trait SigningTurn: Send {
+    /// Waits for this request's turn to sign on the runtime's workers.
+    /// Only inline signing (local EC keys) takes it: an RSA signing runs on
+    /// a blocking thread, and a remote provider's on its own machine.
+    fn take(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    /// The signing is over, whether it succeeded or not.
+    fn signed(&mut self);
+}
+
+impl<F: FnMut() + Send> SigningTurn for F {
+    async fn take(&mut self) {}
+
+    fn signed(&mut self) {
+        self()
+    }
+}
+
 /// Who asked for a certificate, as the audit trail records it. Never a
 /// secret: a token is named by its AccessorID.
 #[derive(Debug, Clone, Default)]
@@ -53,15 +78,14 @@ pub struct Requester {
 impl CaEngine {
     /// `POST /v1/connect/ca/sign`: validates a CSR, asks `authorize`
     /// whether the requester may have a certificate for its SPIFFE ID (an
-    /// `Err` is the denial message), and signs it. `signed` runs once the
-    /// signing is over, before the journal entry is awaited (see
-    /// [`CaEngine::issue`]).
+    /// `Err` is the denial message), and signs it in its `turn`, which is
+    /// over before the journal entry is awaited (see [`CaEngine::issue`]).
     pub async fn sign_csr(
         &self,
         csr_pem: String,
         requester: Requester,
         authorize: impl FnOnce(&SpiffeId) -> Result<(), String> + Send + 'static,
-        signed: impl FnOnce() + Send,
+        turn: impl SigningTurn,
     ) -> Result<IssuedLeaf, CaError> {
         let p = self.published();
         let policy = p.policy.clone();
@@ -70,18 +94,18 @@ impl CaEngine {
             authorize(csr.spiffe_id()).map_err(CaError::Denied)?;
             Ok((csr, None))
         };
-        self.issue(IssueKind::Csr, p, requester, prepare, signed)
+        self.issue(IssueKind::Csr, p, requester, prepare, turn)
             .await
     }
 
     /// The agent leaf endpoint: a leaf for `service` with a fresh key the CA
     /// generates (EC P-256, whatever the CA's key type, as Consul does).
-    /// `signed` as for [`CaEngine::sign_csr`].
+    /// `turn` as for [`CaEngine::sign_csr`].
     pub async fn issue_service_leaf(
         &self,
         service: &ServiceName,
         requester: Requester,
-        signed: impl FnOnce() + Send,
+        turn: impl SigningTurn,
     ) -> Result<IssuedLeaf, CaError> {
         let p = self.published();
         let id = SpiffeId::service(
@@ -97,7 +121,7 @@ impl CaEngine {
             let csr = ValidatedCsr::for_public_key(id, &key.spki_der)?;
             Ok((key.carry_in_csr(csr, needs_csr)?, Some(key)))
         };
-        self.issue(IssueKind::AgentLeaf, p, requester, prepare, signed)
+        self.issue(IssueKind::AgentLeaf, p, requester, prepare, turn)
             .await
     }
 
@@ -139,9 +163,10 @@ impl CaEngine {
     /// blocking thread for RSA keys (milliseconds). Remote keys are awaited
     /// afterwards.
     ///
-    /// `signed` runs when the signing is over, whether it succeeded or not,
-    /// and before the journal entry is awaited: a caller bounding how many
-    /// requests sign at once (`CSRMaxConcurrent`) gives its permit back
+    /// `turn` is taken right before inline signing and is over when the
+    /// signing is, whether it succeeded or not, and before the journal entry
+    /// is awaited: a caller bounding how many requests sign at once
+    /// (`CSRMaxConcurrent`, and its turns at the CPU) gives its permit back
     /// there, since waiting for a disk sync is not signing.
     async fn issue(
         &self,
@@ -149,12 +174,12 @@ impl CaEngine {
         p: Arc<Published>,
         requester: Requester,
         prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
-        signed: impl FnOnce() + Send,
+        turn: impl SigningTurn,
     ) -> Result<IssuedLeaf, CaError> {
         let started = std::time::Instant::now();
         let root_id = p.active_root_id.clone();
         let result = self
-            .sign_and_record(kind, p, requester, prepare, signed)
+            .sign_and_record(kind, p, requester, prepare, turn)
             .await;
         if let Some(observer) = self.observer.get() {
             match &result {
@@ -172,18 +197,20 @@ impl CaEngine {
         p: Arc<Published>,
         requester: Requester,
         prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
-        signed: impl FnOnce() + Send,
+        mut turn: impl SigningTurn,
     ) -> Result<IssuedLeaf, CaError> {
-        // Announced before the signing work, so that the journal's writer
-        // can wait for this entry to share a sync with others.
-        let expected = self.journal.get().map(|j| j.expect());
-        let signing = self.sign(&p, prepare).await;
-        signed();
-        let (request, key, signed_leaf) = signing?;
-        let mut leaf = self.record(&p, &request, signed_leaf, &requester);
-        if let (Some(journal), Some(expected)) = (self.journal.get(), expected) {
+        let signing = self.sign(&p, prepare, &mut turn).await;
+        turn.signed();
+        let Signing {
+            request,
+            key,
+            signed,
+            announced,
+        } = signing?;
+        let mut leaf = self.record(&p, &request, signed, &requester);
+        if let (Some(journal), Some(announced)) = (self.journal.get(), announced) {
             journal
-                .append_expected(&journal_entry(kind, &leaf, &requester), expected)
+                .append_expected(&journal_entry(kind, &leaf, &requester), announced)
                 .await
                 .map_err(|e| CaError::Unavailable(e.to_string()))?;
         }
@@ -197,7 +224,8 @@ impl CaEngine {
         &self,
         p: &Arc<Published>,
         prepare: impl FnOnce() -> Result<(ValidatedCsr, Option<LeafKey>), CaError> + Send + 'static,
-    ) -> Result<(LeafRequest, Option<LeafKey>, SignedLeaf), CaError> {
+        turn: &mut impl SigningTurn,
+    ) -> Result<Signing, CaError> {
         let now = self.clock.now();
         let signer = p.clone();
         let work = move || {
@@ -211,26 +239,42 @@ impl CaEngine {
             .keys()
             .local()
             .is_some_and(|k| k.signs_in_microseconds());
-        let (request, key, signed) = if quick {
+        // The entry is announced before the signing work, so that the
+        // journal's writer can wait for it to share a sync with others; but
+        // not before the turn, or a batch would wait for entries whose
+        // signing has not begun.
+        let (announced, (request, key, signed)) = if quick {
+            turn.take().await;
+            let announced = self.announce();
             // Work done inline never returns Pending, so go to the back of
             // the runtime's queue first: the tasks already ready run before
             // these few hundred microseconds. Among them are requests whose
             // journal entry is durable, with only their answer left to
-            // write; and a request just handed a fair place was woken from
-            // inside another's poll, which the runtime runs next, ahead of
-            // everything else. One busy client's /sign and agent leaf took
-            // 5-15% less CPU per request, a quiet client beside a flood
-            // waited less (docs/BENCHMARKS.md).
+            // write; and a request just handed a fair place or turn was
+            // woken from inside another's poll, which the runtime runs next,
+            // ahead of everything else. One busy client's /sign and agent
+            // leaf took 5-15% less CPU per request, a quiet client beside a
+            // flood waited less (docs/BENCHMARKS.md).
             tokio::task::yield_now().await;
-            work()?
+            (announced, work()?)
         } else {
-            blocking(work).await?
+            (self.announce(), blocking(work).await?)
         };
         let signed = match signed {
             Some(signed) => signed,
             None => provider_call(p.signer.sign_leaf(request.clone())).await?,
         };
-        Ok((request, key, signed))
+        Ok(Signing {
+            request,
+            key,
+            signed,
+            announced,
+        })
+    }
+
+    /// Tells the journal an entry is coming (see [`CaEngine::sign`]).
+    fn announce(&self) -> Option<meshca_journal::Expected> {
+        self.journal.get().map(|j| j.expect())
     }
 
     /// The issued leaf as the API returns it, with its index, audit-logged.
@@ -259,6 +303,15 @@ impl CaEngine {
             signing_key_id: p.signer.signing_key_id().to_string(),
         }
     }
+}
+
+/// A signed leaf on its way to the journal: its request, the key the CA
+/// generated for it (agent leaf), and the announcement of its entry.
+struct Signing {
+    request: LeafRequest,
+    key: Option<LeafKey>,
+    signed: SignedLeaf,
+    announced: Option<meshca_journal::Expected>,
 }
 
 /// What the issuance journal keeps of `leaf`.

@@ -34,7 +34,7 @@ mod writer;
 
 pub use error::{CaError, Reaction};
 pub use follower::{LinkStatus, PrimaryLink};
-pub use issue::{IssuedLeaf, Requester, ISSUED_AUDIT_EVENT};
+pub use issue::{IssuedLeaf, Requester, SigningTurn, ISSUED_AUDIT_EVENT};
 pub use meshca_store::{snapshot_file, Snapshot};
 pub use observe::{IssueKind, IssueObserver};
 pub use published::Published;

@@ -1,15 +1,16 @@
 //! Issuance through the engine with a real journal on disk: when the
-//! caller's `signed` hook runs relative to the journal's sync.
+//! caller's turn is taken and given back relative to the signing and the
+//! journal's sync.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
-use meshca_ca::{default_provider_factory, CaEngine, CaError, Requester};
+use meshca_ca::{default_provider_factory, CaEngine, CaError, Requester, SigningTurn};
 use meshca_core::{CaConfig, Clock, SystemClock};
 use meshca_journal::{read_segment, segments, Journal, DEFAULT_SEGMENT_BYTES};
 use meshca_store::StoreKey;
 use meshca_store_sled::SledStore;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 async fn engine_with_journal(dir: &Path) -> Arc<CaEngine> {
@@ -132,4 +133,56 @@ fn an_inline_issuance_lets_the_tasks_already_ready_run_first() {
         [log.recv().await, log.recv().await]
     });
     assert_eq!(order, [Some("already ready"), Some("signed")]);
+}
+
+/// A turn the test hands out when it says so.
+struct GatedTurn {
+    go: Option<tokio::sync::oneshot::Receiver<()>>,
+    signed: Arc<AtomicBool>,
+}
+
+impl SigningTurn for GatedTurn {
+    async fn take(&mut self) {
+        if let Some(go) = self.go.take() {
+            go.await.unwrap();
+        }
+    }
+
+    fn signed(&mut self) {
+        self.signed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The server hands its turns at signing round-robin between clients: an
+/// inline issuance must not sign, nor journal anything, before its turn.
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_issuance_signs_in_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = engine_with_journal(dir.path()).await;
+    let (go_tx, go) = tokio::sync::oneshot::channel();
+    let signed = Arc::new(AtomicBool::new(false));
+    let turn = GatedTurn {
+        go: Some(go),
+        signed: signed.clone(),
+    };
+    let issuing = tokio::spawn({
+        let ca = ca.clone();
+        async move {
+            ca.issue_service_leaf(&"web".parse().unwrap(), Requester::default(), turn)
+                .await
+        }
+    });
+    // The issuance runs up to its turn at the test's yields, and no further.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!issuing.is_finished(), "issued without its turn");
+    assert!(!signed.load(Ordering::SeqCst));
+    assert_eq!(journal_lines(dir.path()), 0);
+
+    go_tx.send(()).unwrap();
+    let leaf = issuing.await.unwrap().unwrap();
+    assert!(signed.load(Ordering::SeqCst), "the turn was not given back");
+    assert_eq!(journal_lines(dir.path()), 1);
+    assert!(leaf.cert_pem.contains("BEGIN CERTIFICATE"));
 }

@@ -182,6 +182,7 @@ impl FairTurns {
     /// its limit and has a waiter left; whether there was one.
     fn hand_over(&self, state: &mut State, now: Instant) -> bool {
         let limit = self.limit(state, now);
+        state.after_the_last_admitted();
         for _ in 0..state.order.len() {
             let Some(client) = state.order.pop_front() else {
                 break;
@@ -235,6 +236,16 @@ impl FairTurns {
 }
 
 impl State {
+    /// A client that has just had a place goes after the others waiting:
+    /// a flood always has a waiter, and taking turns in the round's order
+    /// alone, a client that began waiting while the flood held the places
+    /// found the flood ahead of it in the round.
+    fn after_the_last_admitted(&mut self) {
+        if self.order.len() > 1 && self.order.front() == self.last_admitted.as_ref() {
+            self.order.rotate_left(1);
+        }
+    }
+
     fn holding(&self, client: &str) -> usize {
         self.held.get(client).copied().unwrap_or(0)
     }
@@ -312,8 +323,11 @@ mod tests {
         for _ in 0..clients.len() {
             order.push(served.recv().await.expect("served"));
         }
-        // First come first served would be flood ×4, a, b.
-        assert_eq!(order, ["flood", "a", "b", "flood", "flood", "flood"]);
+        // First come first served would be flood ×4, a, b. The flood has
+        // just had the turn, so the others go first: before the flood was
+        // put after the last admitted, a client that began waiting while
+        // the flood held every place waited for one more of its turns.
+        assert_eq!(order, ["a", "b", "flood", "flood", "flood", "flood"]);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -130,11 +130,10 @@ impl LeafCache {
                         return Ok(Op::Nop);
                     }
                 }
-                let mut admitted = gate.admit().await?;
+                let admitted = gate.admit().await?;
                 let issued = ca
-                    .issue_service_leaf(service, requester.clone(), || admitted.signed())
+                    .issue_service_leaf(service, requester.clone(), admitted)
                     .await?;
-                drop(admitted);
                 let fraction = rand::thread_rng().gen_range(RENEW_FRACTION.0..=RENEW_FRACTION.1);
                 Ok::<_, ApiError>(Op::Put(Arc::new(CachedLeaf {
                     renew_at: renewal_point(issued.valid_after, issued.valid_before, fraction),

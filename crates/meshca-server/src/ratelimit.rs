@@ -1,7 +1,8 @@
 //! CSR rate limiting (`CSRMaxPerSecond`, `CSRMaxConcurrent`): over the limit
 //! a request is refused at once with 429, never queued. Then fair
 //! admission: signing requests inside the server at once are bounded, and
-//! the next place goes round-robin between the clients waiting for one.
+//! the next place goes round-robin between the clients waiting for one;
+//! inside, a turn per core at signing, handed round-robin the same way.
 //!
 //! The per-second limit is `governor`'s GCRA limiter, the concurrency limit a
 //! tokio semaphore whose permit is held while the CSR is signed.
@@ -12,6 +13,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use meshca_ca::SigningTurn;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +46,9 @@ pub struct CsrLimiter<C: Clock = DefaultClock> {
     clock: C,
     limits: Mutex<Limits<C>>,
     admission: FairTurns,
+    /// One turn per core at signing inline, handed round-robin (see
+    /// [`Admitted`]'s [`SigningTurn`]).
+    cpu: FairTurns,
 }
 
 /// Signing requests per core admitted at once: enough in flight for the
@@ -85,6 +90,9 @@ impl<C: Clock + Clone> Gate<'_, C> {
         Ok(Admitted {
             permit: Some(permit),
             _place: place,
+            cpu: &self.limiter.cpu,
+            client: &self.client,
+            cpu_turn: None,
         })
     }
 }
@@ -92,35 +100,53 @@ impl<C: Clock + Clone> Gate<'_, C> {
 /// Held while a CSR is being signed; releases a concurrency slot on drop.
 pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
-/// A request admitted to sign: its rate-limit permit and its place.
+/// A request admitted to sign: its rate-limit permit and its place; the
+/// engine takes its turn at the CPU through it.
 pub struct Admitted<'a> {
     permit: Option<Permit>,
     _place: Turn<'a>,
+    cpu: &'a FairTurns,
+    client: &'a str,
+    cpu_turn: Option<Turn<'a>>,
 }
 
-impl Admitted<'_> {
+/// The places bound how much of a flood is inside the server; the CPU
+/// turns decide who signs next. A signing runs inline on a runtime worker
+/// and is not interrupted, so every signing ready ahead of a request is
+/// time it waits. With a turn per core, a flood's admitted requests wait
+/// for theirs parked, off the runtime's queues, and the next turn goes
+/// round-robin: a quiet client's request signs after at most one of the
+/// flood's per core, not after every one the flood has ready.
+impl SigningTurn for Admitted<'_> {
+    async fn take(&mut self) {
+        // Never crowded: a client waits for at most as many turns as it
+        // has places, fewer than the queue holds.
+        self.cpu_turn = self.cpu.take(self.client).await.ok();
+    }
+
     /// The leaf is signed: `CSRMaxConcurrent` counts signings, so its
     /// permit goes back now, before the journal's sync is awaited (with a
-    /// limit of 1, holding it made every signing wait for its own sync).
-    /// The fair place is kept until the answer: it bounds how much of a
-    /// flood is inside the server, and a quiet client's median latency
-    /// beside a flood doubled or worse when it was given back here too
-    /// (docs/BENCHMARKS.md).
-    pub fn signed(&mut self) {
+    /// limit of 1, holding it made every signing wait for its own sync),
+    /// and so does the CPU turn. The fair place is kept until the answer:
+    /// it bounds how much of a flood is inside the server, and a quiet
+    /// client's median latency beside a flood doubled or worse when it was
+    /// given back here too (docs/BENCHMARKS.md).
+    fn signed(&mut self) {
         self.permit = None;
+        self.cpu_turn = None;
     }
 }
 
 impl CsrLimiter {
     pub fn new(per_second: f64, max_concurrent: u32) -> Self {
-        Self::with_clock(per_second, max_concurrent, DefaultClock::default())
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_clock(per_second, max_concurrent, DefaultClock::default(), cores)
     }
 }
 
 impl<C: Clock + Clone> CsrLimiter<C> {
-    fn with_clock(per_second: f64, max_concurrent: u32, clock: C) -> Self {
+    fn with_clock(per_second: f64, max_concurrent: u32, clock: C, cores: usize) -> Self {
         let mode = Self::mode(per_second, max_concurrent, &clock);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             clock,
             limits: Mutex::new(Limits {
@@ -133,6 +159,7 @@ impl<C: Clock + Clone> CsrLimiter<C> {
                 cores * RESERVED_PER_CORE,
                 MAX_WAITING_PER_CLIENT,
             ),
+            cpu: FairTurns::new(cores, 0, cores * ADMITTED_PER_CORE),
         }
     }
 
@@ -220,6 +247,44 @@ fn whole_seconds(wait: Duration) -> u64 {
 mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// Regression: the turns went round in the order clients began
+    /// waiting, so a flood always waiting found itself first in the round
+    /// whenever it gave a turn back, and a quiet client waited for one more
+    /// of its signings.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_quiet_client_signs_before_the_floods_next_request() {
+        let (limiter, _) = limiter(0.0, 0);
+        let (flood, quiet) = (
+            limiter.for_client("flood".into()),
+            limiter.for_client("quiet".into()),
+        );
+        let mut signing = flood.admit().await.unwrap();
+        let mut floods_next = flood.admit().await.unwrap();
+        let mut quiets = quiet.admit().await.unwrap();
+        assert!(poll_once(std::pin::pin!(signing.take())).is_ready());
+        let mut floods_turn = std::pin::pin!(floods_next.take());
+        let mut quiets_turn = std::pin::pin!(quiets.take());
+        assert!(
+            poll_once(floods_turn.as_mut()).is_pending(),
+            "one turn per core"
+        );
+        assert!(poll_once(quiets_turn.as_mut()).is_pending());
+
+        signing.signed();
+        assert!(
+            poll_once(quiets_turn.as_mut()).is_ready(),
+            "the quiet client signs next"
+        );
+        assert!(poll_once(floods_turn.as_mut()).is_pending());
+    }
 
     fn limiter(
         per_second: f64,
@@ -227,7 +292,7 @@ mod tests {
     ) -> (CsrLimiter<FakeRelativeClock>, FakeRelativeClock) {
         let clock = FakeRelativeClock::default();
         (
-            CsrLimiter::with_clock(per_second, max_concurrent, clock.clone()),
+            CsrLimiter::with_clock(per_second, max_concurrent, clock.clone(), 1),
             clock,
         )
     }

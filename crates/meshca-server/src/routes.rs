@@ -261,14 +261,13 @@ pub async fn sign(
     caller.refuse_if_anonymous("sign certificates")?;
     let req: SignRequest = decode_body(body)?;
     let gate = app.limiter.for_client(caller.fair_share_name(remote.addr));
-    let mut admitted = gate.admit().await?;
+    let admitted = gate.admit().await?;
     let requester = caller.requester(remote);
     let authorize = move |id: &meshca_core::SpiffeId| caller.check(&permission_to_sign(id));
     let leaf = app
         .ca
-        .sign_csr(req.csr, requester, authorize, || admitted.signed())
+        .sign_csr(req.csr, requester, authorize, admitted)
         .await?;
-    drop(admitted);
     Ok(with_index(to_json(&IssuedCert::from(&leaf))?, leaf.index))
 }
 
