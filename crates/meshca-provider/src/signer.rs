@@ -5,7 +5,7 @@
 //! tagged with exactly this SigningKeyID, because they come from the same
 //! value: there is no second source of truth to fall out of step with.
 
-use crate::verify::check_leaf;
+use crate::verify::{check_leaf, SignerKey};
 use crate::{off_runtime, CaKeys, LeafRequest, LocalKeys, ProviderError, SignedLeaf};
 use meshca_core::rotation::first_cert_der;
 use meshca_core::x509::{cert_facts, colon_hex};
@@ -35,6 +35,7 @@ struct ChainCheck {
     /// Empty when the anchor is the signing certificate.
     intermediates: Vec<Vec<u8>>,
     signing_skid: Vec<u8>,
+    signing_key: Option<SignerKey>,
 }
 
 impl ChainCheck {
@@ -55,18 +56,17 @@ impl ChainCheck {
                 })?;
         }
         let root_constrains_names = root.name_constraints().ok().flatten().is_some();
-        Ok(if root_constrains_names {
-            Self {
-                anchor_der: root_der,
-                intermediates: vec![signing_der],
-                signing_skid,
-            }
+        let signing_key = SignerKey::new(&signing.public_key().subject_public_key.data);
+        let (anchor_der, intermediates) = if root_constrains_names {
+            (root_der, vec![signing_der])
         } else {
-            Self {
-                anchor_der: signing_der,
-                intermediates: Vec::new(),
-                signing_skid,
-            }
+            (signing_der, Vec::new())
+        };
+        Ok(Self {
+            anchor_der,
+            intermediates,
+            signing_skid,
+            signing_key,
         })
     }
 }
@@ -160,7 +160,7 @@ impl ChainCheck {
         check_leaf(
             signed,
             req.csr.spiffe_id(),
-            &self.signing_skid,
+            (&self.signing_skid, self.signing_key.as_ref()),
             &self.intermediates,
             std::slice::from_ref(&self.anchor_der),
             req.not_before + meshca_core::leaf::BACKDATE,
