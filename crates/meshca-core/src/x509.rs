@@ -42,6 +42,15 @@ pub fn private_key_pem(pkcs8_der: &[u8]) -> String {
     pem_block("PRIVATE KEY", pkcs8_der)
 }
 
+/// The SubjectPublicKeyInfo (DER) of a P-256 public key given as its SEC1
+/// point, which must be on the curve.
+pub fn p256_spki_der(sec1_point: &[u8]) -> Result<Vec<u8>, String> {
+    use p256::pkcs8::EncodePublicKey as _;
+    let key = p256::PublicKey::from_sec1_bytes(sec1_point).map_err(|e| e.to_string())?;
+    let der = key.to_public_key_der().map_err(|e| e.to_string())?;
+    Ok(der.into_vec())
+}
+
 fn pem_block(tag: &str, der: &[u8]) -> String {
     ::pem::encode_config(
         &::pem::Pem::new(tag, der.to_vec()),
@@ -151,6 +160,17 @@ pub fn serial_u64(serial: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_p256_point_becomes_the_spki_rcgen_writes_and_an_off_curve_one_is_refused() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let point = rcgen::PublicKeyData::der_bytes(&key);
+        assert_eq!(p256_spki_der(point).unwrap(), spki);
+        let mut off_curve = point.to_vec();
+        off_curve[64] ^= 1;
+        assert!(p256_spki_der(&off_curve).is_err());
+    }
 
     #[test]
     fn colon_hex_is_lower_case_and_separated() {
