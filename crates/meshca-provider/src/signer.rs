@@ -160,7 +160,8 @@ impl ChainCheck {
         check_leaf(
             signed,
             req.csr.spiffe_id(),
-            (&self.signing_skid, self.signing_key.as_ref()),
+            &self.signing_skid,
+            self.signing_key.as_ref(),
             &self.intermediates,
             std::slice::from_ref(&self.anchor_der),
             req.not_before + meshca_core::leaf::BACKDATE,
