@@ -65,6 +65,13 @@ pub struct Turn<'a> {
     client: &'a str,
 }
 
+impl<'a> Turn<'a> {
+    /// The client this turn is for.
+    pub fn client(&self) -> &'a str {
+        self.client
+    }
+}
+
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         self.turns.release(self.client);

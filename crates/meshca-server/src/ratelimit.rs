@@ -89,9 +89,8 @@ impl<C: Clock + Clone> Gate<'_, C> {
             })?;
         Ok(Admitted {
             permit: Some(permit),
-            _place: place,
+            place,
             cpu: &self.limiter.cpu,
-            client: &self.client,
             cpu_turn: None,
         })
     }
@@ -104,9 +103,8 @@ pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 /// engine takes its turn at the CPU through it.
 pub struct Admitted<'a> {
     permit: Option<Permit>,
-    _place: Turn<'a>,
+    place: Turn<'a>,
     cpu: &'a FairTurns,
-    client: &'a str,
     cpu_turn: Option<Turn<'a>>,
 }
 
@@ -121,7 +119,7 @@ impl SigningTurn for Admitted<'_> {
     async fn take(&mut self) {
         // Never crowded: a client waits for at most as many turns as it
         // has places, fewer than the queue holds.
-        self.cpu_turn = self.cpu.take(self.client).await.ok();
+        self.cpu_turn = self.cpu.take(self.place.client()).await.ok();
     }
 
     /// The leaf is signed: `CSRMaxConcurrent` counts signings, so its
