@@ -11,6 +11,15 @@ use meshca_core::csr::CsrError;
 /// Header carrying a stable, machine-readable error code.
 pub const ERROR_HEADER: &str = "x-meshca-error";
 
+/// Why a request failed on the server's side (a 5xx answer), for the one
+/// log line the request's edge writes with its method and path: those are
+/// not in the request's span, which every request pays for.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub code: &'static str,
+    pub error: String,
+}
+
 /// Every error an API handler can return.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -143,10 +152,13 @@ impl From<AclError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(code, error = %self, "request failed");
-        }
         let mut resp = (status, format!("{self}")).into_response();
+        if status.is_server_error() {
+            resp.extensions_mut().insert(Failure {
+                code,
+                error: self.to_string(),
+            });
+        }
         let headers = resp.headers_mut();
         headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
         headers.insert(

@@ -114,7 +114,8 @@ impl AppState {
     }
 }
 
-pub const INDEX_HEADER: &str = "x-consul-index";
+pub const INDEX_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-consul-index");
 
 fn with_index(mut resp: Response, index: u64) -> Response {
     if let Ok(v) = HeaderValue::from_str(&index.to_string()) {
