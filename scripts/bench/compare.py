@@ -11,9 +11,10 @@ Runs, each for a bounded time on 127.0.0.1, with wrk as the load generator:
   * OpenBao's PKI engine (dev server): pki/sign/<role> with no_store,
     pki/issue/<role>, pki/ca/pem;
   * the HTTP floor (crates/meshca-bench, `http-floor`): meshca's HTTP stack
-    doing only the cryptography of a /sign (CSR verify, sign, verify) and
-    nothing else, at the same /sign path with the same body: what meshca's
-    own work costs above the stack, the kernel and the cryptography;
+    doing only the cryptography of a /sign (CSR verify, sign, verify) or of
+    an agent leaf (keygen, sign, verify) and nothing else, at the same paths
+    with the same bodies: what meshca's own work costs above the stack, the
+    kernel and the cryptography;
   * cfssl `serve` (Debian's golang-cfssl): /api/v1/cfssl/sign;
 at 1, 16 and 64 connections, with the same P-256 CSR everywhere.
 
@@ -353,6 +354,8 @@ def ratios(results):
     yield "HTTP floor /sign CPU per request ÷ floor", cells(lambda c: rows[("http-floor", "sign", c)]["cpu_us"] / floor["sign_floor_us"])
     yield "meshca /sign CPU per request ÷ HTTP floor's", cells(lambda c: m("sign", c)["cpu_us"] / rows[("http-floor", "sign", c)]["cpu_us"])
     yield "meshca agent leaf CPU per request ÷ floor", cells(lambda c: m("leaf", c)["cpu_us"] / floor["leaf_floor_us"])
+    yield "HTTP floor agent leaf CPU per request ÷ floor", cells(lambda c: rows[("http-floor", "leaf", c)]["cpu_us"] / floor["leaf_floor_us"])
+    yield "meshca agent leaf CPU per request ÷ HTTP floor's", cells(lambda c: m("leaf", c)["cpu_us"] / rows[("http-floor", "leaf", c)]["cpu_us"])
     yield "meshca /sign ÷ OpenBao pki/sign, req/s", cells(lambda c: m("sign", c)["rps"] / rows[("openbao", "sign", c)]["rps"])
     yield "meshca /sign ÷ cfssl sign, req/s", cells(lambda c: m("sign", c)["rps"] / rows[("cfssl", "sign", c)]["rps"])
     yield "meshca leaf ÷ OpenBao pki/issue, req/s", cells(lambda c: m("leaf", c)["rps"] / rows[("openbao", "issue", c)]["rps"])
@@ -407,12 +410,14 @@ def main():
                     floor, floor_base = start_http_floor(work, args.http_floor)
                     servers.append(floor)
                     floor_idle = floor.memory_kb("VmRSS")
-                    for c in conns:
-                        row = run_row(floor, "sign", floor_base + "/v1/connect/ca/sign", c,
-                                      args.seconds, method="POST", body_file=sign_body)
-                        if row["non2xx"] or row["socket_errors"]:
-                            raise SystemExit("the HTTP floor refused requests: it is no yardstick")
-                        results["rows"].append(row)
+                    floor_rows = [("sign", "/v1/connect/ca/sign", dict(method="POST", body_file=sign_body)),
+                                  ("leaf", "/v1/agent/connect/ca/leaf/svc-", dict(unique=True))]
+                    for op, path, how in floor_rows:
+                        for c in conns:
+                            row = run_row(floor, op, floor_base + path, c, args.seconds, **how)
+                            if row["non2xx"] or row["socket_errors"]:
+                                raise SystemExit("the HTTP floor refused requests: it is no yardstick")
+                            results["rows"].append(row)
                     results["memory"]["http-floor"] = {"idle_kb": floor_idle,
                                                       "peak_kb": floor.memory_kb("VmHWM")}
                     floor.stop()

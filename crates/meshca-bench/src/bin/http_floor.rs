@@ -1,13 +1,15 @@
 //! `http-floor PORT`: the least an HTTP server on meshca's stack (tokio,
 //! hyper, axum, serde_json, aws-lc-rs) can do for one `POST
-//! /v1/connect/ca/sign`, so the benchmark can tell meshca's own cost from
-//! that of the stack and the kernel.
+//! /v1/connect/ca/sign` or one agent leaf, so the benchmark can tell
+//! meshca's own cost from that of the stack and the kernel.
 //!
-//! Per request it does the cryptography `/sign` promises and nothing else:
-//! the body's JSON and the CSR's PEM decoded, the CSR's signature checked
-//! against its key (one verify), a certificate-sized message signed with a
-//! P-256 key (one sign) and that signature checked (one verify), and an
-//! answer of a leaf's size sent as JSON. No validation of names, no
+//! Per request it does the cryptography meshca promises and nothing else.
+//! `/sign`: the body's JSON and the CSR's PEM decoded, the CSR's signature
+//! checked against its key (one verify), a certificate-sized message signed
+//! with a P-256 key (one sign) and that signature checked (one verify).
+//! Agent leaf (`GET /v1/agent/connect/ca/leaf/<service>`): a P-256 key
+//! generated, a message signed and checked. Each answers JSON of a leaf's
+//! size (with the key's PEM for the agent leaf). No validation of names, no
 //! certificate built, no journal, no audit line, no access control. It is a
 //! yardstick for the benchmark, not a certificate authority.
 
@@ -16,7 +18,7 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, UnparsedPublicKey};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 use x509_parser::prelude::FromDer;
@@ -37,6 +39,8 @@ struct SignRequest {
 struct Signed {
     #[serde(rename = "CertPEM")]
     cert_pem: String,
+    #[serde(rename = "PrivateKeyPEM", skip_serializing_if = "Option::is_none")]
+    private_key_pem: Option<String>,
     #[serde(rename = "SerialNumber")]
     serial: String,
 }
@@ -69,6 +73,7 @@ async fn serve(port: u16) -> anyhow::Result<()> {
     let signer = Arc::new(Signer { key, public, rng });
     let app = Router::new()
         .route("/v1/connect/ca/sign", post(sign))
+        .route("/v1/agent/connect/ca/leaf/{service}", get(leaf))
         .with_state(signer);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await?;
@@ -79,6 +84,23 @@ async fn sign(State(signer): State<Arc<Signer>>, body: Bytes) -> Result<Bytes, S
     let req: SignRequest = serde_json::from_slice(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
     let csr_der = pem::parse(req.csr.as_bytes()).map_err(|_| StatusCode::BAD_REQUEST)?;
     verify_csr(csr_der.contents()).ok_or(StatusCode::BAD_REQUEST)?;
+    signed_answer(&signer, None)
+}
+
+async fn leaf(State(signer): State<Arc<Signer>>) -> Result<Bytes, StatusCode> {
+    let internal = |_| StatusCode::INTERNAL_SERVER_ERROR;
+    let key =
+        EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).map_err(internal)?;
+    let pkcs8 = key.to_pkcs8v1().map_err(internal)?;
+    signed_answer(
+        &signer,
+        Some(pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref()))),
+    )
+}
+
+/// A certificate-sized message signed and its signature checked, answered
+/// as an issued certificate would be.
+fn signed_answer(signer: &Signer, private_key_pem: Option<String>) -> Result<Bytes, StatusCode> {
     let message = vec![0x5a; LEAF_DER_LEN];
     let sig = signer
         .key
@@ -89,6 +111,7 @@ async fn sign(State(signer): State<Arc<Signer>>, body: Bytes) -> Result<Bytes, S
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     let answer = Signed {
         cert_pem: pem::encode(&pem::Pem::new("CERTIFICATE", message)),
+        private_key_pem,
         serial: "5a:5a:5a:5a:5a:5a:5a:5a".into(),
     };
     serde_json::to_vec(&answer)
