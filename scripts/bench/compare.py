@@ -373,6 +373,8 @@ def main():
     ap.add_argument("--only", default="meshca,http-floor,openbao,cfssl", help="servers to run")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     args = ap.parse_args()
+    # The servers run in a temporary directory.
+    args.meshca, args.http_floor = os.path.abspath(args.meshca), os.path.abspath(args.http_floor)
     conns = [int(c) for c in args.conns.split(",")]
     only = set(args.only.split(","))
 
@@ -406,7 +408,10 @@ def main():
                                                    args.seconds))
                 results["memory"]["meshca"] = {"idle_kb": idle, "peak_kb": meshca.memory_kb("VmHWM")}
                 meshca.stop()
-                if "http-floor" in only:
+                if "http-floor" in only and not os.path.isfile(args.http_floor):
+                    print("the HTTP floor is not built (cargo build --release --bin http-floor): "
+                          "skipped", file=sys.stderr)
+                elif "http-floor" in only:
                     floor, floor_base = start_http_floor(work, args.http_floor)
                     servers.append(floor)
                     floor_idle = floor.memory_kb("VmRSS")

@@ -10,6 +10,9 @@ instructions per request (every thread: HTTP, handlers, the journal's
 writer) and, for /sign, where they go.
 
 Two binaries side by side (`--baseline OLD`) give the ratio of a change.
+`--http-floor BIN` adds the HTTP floor (crates/meshca-bench's `http-floor`:
+the same stack doing only the cryptography) as a column for /sign and the
+agent leaf: what meshca's own work adds, in instructions.
 
 Caveats: callgrind counts user space only: system calls, the kernel's
 TCP, context switches and disk syncs are not in these numbers (compare.py's
@@ -145,6 +148,42 @@ def measure(binary, n, conns):
             log.close()
 
 
+def measure_http_floor(binary, n, conns):
+    """The HTTP floor's /sign and agent leaf (crates/meshca-bench's
+    `http-floor`): the same stack doing only the cryptography."""
+    import json
+    import socket
+    with tempfile.TemporaryDirectory(prefix="meshca-instr-floor-") as work:
+        port = free_port()
+        out = os.path.join(work, "callgrind.out")
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            wait_until("the HTTP floor under valgrind",
+                       lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                       or True, timeout=180)
+            csr = make_csr(work, "spiffe://11111111-2222-3333-4444-555555555555.consul"
+                                 "/ns/default/dc/dc1/svc/web")
+            body = json.dumps({"CSR": csr}).encode()
+            load(port, "/v1/connect/ca/sign", 40, 4, body)
+            load(port, "/v1/agent/connect/ca/leaf/warm-{n}", 40, 4)
+            calls = [("sign", "/v1/connect/ca/sign", body),
+                     ("leaf", "/v1/agent/connect/ca/leaf/svc-{n}", None)]
+            results = {}
+            for step, (name, path, payload) in enumerate(calls, start=1):
+                subprocess.run(["callgrind_control", "-z", str(server.pid)],
+                               check=True, capture_output=True)
+                done = load(port, path, n, conns, payload)
+                subprocess.run(["callgrind_control", "-d", name, str(server.pid)],
+                               check=True, capture_output=True)
+                results[name] = {"total": inclusive(wait_for_dump(out, step), [])["total"] / done}
+            return results
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
 def wait_for_dump(out, step):
     import time
     for _ in range(300):
@@ -157,17 +196,20 @@ def wait_for_dump(out, step):
 
 
 def report(columns, names):
-    head = "| | " + " | ".join(names) + (" | ratio |" if len(names) == 2 else " |")
-    print(head)
-    print("|---" * (len(names) + 1 + (len(names) == 2)) + "|")
+    """One column per binary; with two, the ratio of the first to the
+    second. A part a binary does not have is left blank."""
+    ratio = len(names) == 2
+    print("| | " + " | ".join(names) + (" | ratio |" if ratio else " |"))
+    print("|---" * (len(names) + 1 + ratio) + "|")
 
     def row(label, key, call):
-        vals = [c[call].get(key) for c in columns]
-        if any(v is None for v in vals):
+        vals = [c.get(call, {}).get(key) for c in columns]
+        if vals[0] is None:
             return
-        cells = [f"{v / 1000:,.0f} k" for v in vals]
-        ratio = [f"{vals[0] / vals[1]:.2f}"] if len(vals) == 2 and vals[1] else []
-        print(f"| {label} | " + " | ".join(cells + ratio) + " |")
+        cells = ["" if v is None else f"{v / 1000:,.0f} k" for v in vals]
+        if ratio:
+            cells.append(f"{vals[0] / vals[1]:.2f}" if vals[1] else "")
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
     for call in ("sign", "leaf", "roots"):
         row(f"**{call}**, per request", "total", call)
@@ -180,6 +222,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--meshca", default=os.path.join(REPO, "target/release/meshca"))
     ap.add_argument("--baseline", help="another meshca binary, measured the same way")
+    ap.add_argument("--http-floor", help="the HTTP floor's binary (target/release/http-floor): "
+                    "its /sign and agent leaf as a column")
     ap.add_argument("--requests", type=int, default=400, help="per call (roots: ten times)")
     ap.add_argument("--conns", type=int, default=4)
     args = ap.parse_args()
@@ -189,6 +233,10 @@ def main():
         print(f"measuring {b} under callgrind", file=sys.stderr)
         columns.append(measure(b, args.requests, args.conns))
     names = ["meshca"] if len(binaries) == 1 else ["meshca", "baseline"]
+    if args.http_floor:
+        print(f"measuring {args.http_floor} under callgrind", file=sys.stderr)
+        columns.append(measure_http_floor(args.http_floor, args.requests, args.conns))
+        names.append("HTTP floor")
     print(f"Instructions per request (callgrind, user space, {args.requests} requests per "
           f"call over {args.conns} connections):\n")
     report(columns, names)
