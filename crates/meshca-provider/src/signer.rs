@@ -5,10 +5,11 @@
 //! tagged with exactly this SigningKeyID, because they come from the same
 //! value: there is no second source of truth to fall out of step with.
 
-use crate::verify::{check_leaf, SignerKey};
+use crate::verify::{check_leaf, trust_anchor, SignerKey};
 use crate::{off_runtime, CaKeys, LeafRequest, LocalKeys, ProviderError, SignedLeaf};
 use meshca_core::rotation::first_cert_der;
 use meshca_core::x509::{cert_facts, colon_hex};
+use rustls_pki_types::TrustAnchor;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -31,7 +32,8 @@ pub struct Signer {
 /// names keeps the whole chain per leaf, since the leaf's names must then
 /// be checked against the root's constraints.
 struct ChainCheck {
-    anchor_der: Vec<u8>,
+    /// Made once here: webpki parsed it from the DER for every leaf.
+    anchor: TrustAnchor<'static>,
     /// Empty when the anchor is the signing certificate.
     intermediates: Vec<Vec<u8>>,
     signing_skid: Vec<u8>,
@@ -63,7 +65,7 @@ impl ChainCheck {
             (signing_der, Vec::new())
         };
         Ok(Self {
-            anchor_der,
+            anchor: trust_anchor(&anchor_der)?,
             intermediates,
             signing_skid,
             signing_key,
@@ -163,7 +165,7 @@ impl ChainCheck {
             &self.signing_skid,
             self.signing_key.as_ref(),
             &self.intermediates,
-            std::slice::from_ref(&self.anchor_der),
+            std::slice::from_ref(&self.anchor),
             req.not_before + meshca_core::leaf::BACKDATE,
         )
     }

@@ -5,7 +5,8 @@ use crate::{ProviderError, SignedLeaf};
 use aws_lc_rs::signature::ParsedPublicKey;
 use meshca_core::SpiffeId;
 use rustls_pki_types::{
-    AlgorithmIdentifier, CertificateDer, InvalidSignature, SignatureVerificationAlgorithm, UnixTime,
+    AlgorithmIdentifier, CertificateDer, InvalidSignature, SignatureVerificationAlgorithm,
+    TrustAnchor, UnixTime,
 };
 use time::OffsetDateTime;
 
@@ -143,14 +144,27 @@ fn verify_chain_with(
     roots: &[Vec<u8>],
     at: OffsetDateTime,
 ) -> Result<(), ProviderError> {
-    let root_ders: Vec<CertificateDer<'_>> = roots
+    let anchors = roots
         .iter()
-        .map(|r| CertificateDer::from(r.as_slice()))
-        .collect();
-    let anchors = root_ders
-        .iter()
-        .map(|r| webpki::anchor_from_trusted_cert(r).map_err(ProviderError::internal))
+        .map(|r| trust_anchor(r))
         .collect::<Result<Vec<_>, _>>()?;
+    verify_to_anchors(algs, leaf, intermediates, &anchors, at)
+}
+
+/// The trust anchor a root certificate makes, kept apart from its DER.
+pub(crate) fn trust_anchor(root_der: &[u8]) -> Result<TrustAnchor<'static>, ProviderError> {
+    webpki::anchor_from_trusted_cert(&CertificateDer::from(root_der))
+        .map(|a| a.to_owned())
+        .map_err(ProviderError::internal)
+}
+
+fn verify_to_anchors(
+    algs: &[&dyn SignatureVerificationAlgorithm],
+    leaf: &[u8],
+    intermediates: &[Vec<u8>],
+    anchors: &[TrustAnchor<'_>],
+    at: OffsetDateTime,
+) -> Result<(), ProviderError> {
     let inters: Vec<CertificateDer<'_>> = intermediates
         .iter()
         .map(|c| CertificateDer::from(c.as_slice()))
@@ -162,7 +176,7 @@ fn verify_chain_with(
     // on the usage, so verifying for both would only repeat the signatures.
     ee.verify_for_usage(
         algs,
-        &anchors,
+        anchors,
         &inters,
         unix_time(at),
         webpki::KeyUsage::client_auth(),
@@ -181,14 +195,15 @@ fn verify_chain_with(
 }
 
 /// The full self-check of a freshly issued leaf: SVID profile, then chain,
-/// with the issuer's key already parsed when there is one.
+/// with the issuer's key already parsed when there is one and the trust
+/// anchor made once, when the signer was published.
 pub(crate) fn check_leaf(
     signed: &SignedLeaf,
     expected: &SpiffeId,
     issuer_key_id: &[u8],
     issuer_key: Option<&SignerKey>,
     intermediates: &[Vec<u8>],
-    roots: &[Vec<u8>],
+    anchors: &[TrustAnchor<'_>],
     at: OffsetDateTime,
 ) -> Result<(), ProviderError> {
     meshca_core::leaf::check_issued_leaf(&signed.der, expected, issuer_key_id, &signed.serial)
@@ -197,7 +212,7 @@ pub(crate) fn check_leaf(
         Vec::with_capacity(VERIFICATION_ALGS.len() + 1);
     algs.extend(issuer_key.map(|k| k as &dyn SignatureVerificationAlgorithm));
     algs.extend_from_slice(VERIFICATION_ALGS);
-    verify_chain_with(&algs, &signed.der, intermediates, roots, at)
+    verify_to_anchors(&algs, &signed.der, intermediates, anchors, at)
 }
 
 /// The check of an intermediate CA a provider signed (its own signing
