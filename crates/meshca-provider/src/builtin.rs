@@ -148,8 +148,7 @@ impl Keys {
     fn sign_leaf(&self, req: &LeafRequest) -> Result<SignedLeaf, ProviderError> {
         let serial = profile::leaf_serial()?;
         let params = profile::leaf_params(&req.csr, req.not_before, req.not_after, &serial)?;
-        let public_key = rcgen::SubjectPublicKeyInfo::from_der(req.csr.spki_der())
-            .map_err(|e| ProviderError::InvalidInput(format!("CSR public key: {e}")))?;
+        let public_key = profile::LeafPublicKey::of(&req.csr)?;
         let der = params
             .signed_by(&public_key, &self.intermediate)
             .map_err(ProviderError::internal)?

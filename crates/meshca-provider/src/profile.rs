@@ -213,6 +213,46 @@ pub fn leaf_params(
     Ok(p)
 }
 
+/// A validated CSR's public key as rcgen takes it, with the algorithm
+/// known from validation. rcgen's `SubjectPublicKeyInfo::from_der` finds
+/// the algorithm by encoding and parsing every one it knows: about 11 k
+/// instructions per leaf (docs/BENCHMARKS.md).
+pub struct LeafPublicKey<'a> {
+    alg: &'static rcgen::SignatureAlgorithm,
+    key: &'a [u8],
+}
+
+impl<'a> LeafPublicKey<'a> {
+    pub fn of(csr: &'a ValidatedCsr) -> Result<Self, ProviderError> {
+        use meshca_core::csr::CsrKeyType;
+        use x509_parser::prelude::FromDer;
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(csr.spki_der())
+            .map_err(|e| ProviderError::InvalidInput(format!("CSR public key: {e}")))?;
+        let alg = match csr.key_type() {
+            CsrKeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            CsrKeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            CsrKeyType::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+        };
+        // A parse borrows the key from the DER; it never copies it.
+        let std::borrow::Cow::Borrowed(key) = spki.subject_public_key.data else {
+            return Err(ProviderError::Internal(
+                "the CSR's public key was copied while parsed".into(),
+            ));
+        };
+        Ok(Self { alg, key })
+    }
+}
+
+impl PublicKeyData for LeafPublicKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.key
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
+}
+
 /// Options of `meshca tls ca create` (Consul's flags).
 #[derive(Debug, Clone)]
 pub struct AgentCaOptions {
@@ -405,6 +445,30 @@ pub fn agent_cert(
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    /// The key rcgen writes into a leaf is the CSR's, with the algorithm
+    /// rcgen itself would have found, for every key type a CSR may have.
+    #[test]
+    fn a_leafs_public_key_is_the_one_rcgen_would_parse() {
+        let id: meshca_core::SpiffeId =
+            "spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/web"
+                .parse()
+                .unwrap();
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_RSA_SHA256,
+        ] {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let spki = key.subject_public_key_info();
+            let csr = ValidatedCsr::for_public_key(id.clone(), &spki).unwrap();
+            let ours = LeafPublicKey::of(&csr).unwrap();
+            let rcgens = rcgen::SubjectPublicKeyInfo::from_der(&spki).unwrap();
+            assert_eq!(ours.algorithm(), rcgens.algorithm());
+            assert_eq!(ours.der_bytes(), rcgens.der_bytes());
+            assert_eq!(ours.subject_public_key_info(), spki);
+        }
+    }
 
     #[test]
     fn agent_ca_with_cluster_id_is_a_connect_root() {
