@@ -33,7 +33,7 @@ import tempfile
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import REPO, free_port, http, make_csr, wait_until  # noqa: E402
+from compare import REPO, free_port, http, make_csr, port_accepts, wait_until  # noqa: E402
 
 # Parts of a /sign request, by a function that contains them all
 # (inclusive counts; the names are stable Rust paths).
@@ -124,24 +124,12 @@ def measure(binary, n, conns):
             td = json.loads(http("GET", base + "/v1/connect/ca/roots"))["TrustDomain"]
             csr = make_csr(work, f"spiffe://{td}/ns/default/dc/dc1/svc/web")
             body = json.dumps({"CSR": csr}).encode()
-            load(port, "/v1/connect/ca/sign", 40, 4, body)
-            load(port, "/v1/agent/connect/ca/leaf/warm-{n}", 40, 4)
             calls = [
                 ("sign", "/v1/connect/ca/sign", n, body),
                 ("leaf", "/v1/agent/connect/ca/leaf/svc-{n}", n, None),
                 ("roots", "/v1/connect/ca/roots", n * 10, None),
             ]
-            results = {}
-            for step, (name, path, count, payload) in enumerate(calls, start=1):
-                subprocess.run(["callgrind_control", "-z", str(server.pid)],
-                               check=True, capture_output=True)
-                done = load(port, path, count, conns, payload)
-                subprocess.run(["callgrind_control", "-d", name, str(server.pid)],
-                               check=True, capture_output=True)
-                dump = wait_for_dump(out, step)
-                counts = inclusive(dump, [fn for _, fn in SIGN_PARTS])
-                results[name] = {k: v / done for k, v in counts.items()}
-            return results
+            return count_calls(server.pid, out, port, body, calls, conns)
         finally:
             server.terminate()
             server.wait(timeout=60)
@@ -152,7 +140,6 @@ def measure_http_floor(binary, n, conns):
     """The HTTP floor's /sign and agent leaf (crates/meshca-bench's
     `http-floor`): the same stack doing only the cryptography."""
     import json
-    import socket
     with tempfile.TemporaryDirectory(prefix="meshca-instr-floor-") as work:
         port = free_port()
         out = os.path.join(work, "callgrind.out")
@@ -160,28 +147,32 @@ def measure_http_floor(binary, n, conns):
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, str(port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         try:
-            wait_until("the HTTP floor under valgrind",
-                       lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                       or True, timeout=180)
+            wait_until("the HTTP floor under valgrind", lambda: port_accepts(port), timeout=180)
             csr = make_csr(work, "spiffe://11111111-2222-3333-4444-555555555555.consul"
                                  "/ns/default/dc/dc1/svc/web")
             body = json.dumps({"CSR": csr}).encode()
-            load(port, "/v1/connect/ca/sign", 40, 4, body)
-            load(port, "/v1/agent/connect/ca/leaf/warm-{n}", 40, 4)
-            calls = [("sign", "/v1/connect/ca/sign", body),
-                     ("leaf", "/v1/agent/connect/ca/leaf/svc-{n}", None)]
-            results = {}
-            for step, (name, path, payload) in enumerate(calls, start=1):
-                subprocess.run(["callgrind_control", "-z", str(server.pid)],
-                               check=True, capture_output=True)
-                done = load(port, path, n, conns, payload)
-                subprocess.run(["callgrind_control", "-d", name, str(server.pid)],
-                               check=True, capture_output=True)
-                results[name] = {"total": inclusive(wait_for_dump(out, step), [])["total"] / done}
-            return results
+            calls = [("sign", "/v1/connect/ca/sign", n, body),
+                     ("leaf", "/v1/agent/connect/ca/leaf/svc-{n}", n, None)]
+            return count_calls(server.pid, out, port, body, calls, conns)
         finally:
             server.terminate()
             server.wait(timeout=60)
+
+
+def count_calls(pid, out, port, sign_body, calls, conns):
+    """Warms the server under callgrind up, then per call zeroes its
+    counters, sends the requests and dumps them: instructions per request,
+    in total and in the /sign parts."""
+    load(port, "/v1/connect/ca/sign", 40, 4, sign_body)
+    load(port, "/v1/agent/connect/ca/leaf/warm-{n}", 40, 4)
+    results = {}
+    for step, (name, path, count, payload) in enumerate(calls, start=1):
+        subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+        done = load(port, path, count, conns, payload)
+        subprocess.run(["callgrind_control", "-d", name, str(pid)], check=True, capture_output=True)
+        counts = inclusive(wait_for_dump(out, step), [fn for _, fn in SIGN_PARTS])
+        results[name] = {k: v / done for k, v in counts.items()}
+    return results
 
 
 def wait_for_dump(out, step):

@@ -19,13 +19,6 @@ use std::time::Duration;
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
 /// How long a new secondary waits for its primary at its first start.
 const PRIMARY_WAIT_AT_START: Duration = Duration::from_secs(60);
-/// Task polls between two looks at the sockets (tokio's default is 61).
-/// A signing poll runs a few hundred microseconds of P-256 work, so 61 of
-/// them could leave a newly arrived request unseen for many milliseconds
-/// while other requests signed. With 8, a quiet client's p99 beside a
-/// 64-connection flood fell from 21-22 ms to 10 ms, for about 3% more CPU
-/// per /sign (docs/BENCHMARKS.md).
-const POLLS_BETWEEN_IO_CHECKS: u32 = 8;
 
 /// Audit lines queued for stderr before a logging request waits: far more
 /// than a burst at the highest signing rate this has reached (7 000 a
@@ -59,9 +52,7 @@ impl Drop for FlushLogOnDrop {
 }
 
 fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .event_interval(POLLS_BETWEEN_IO_CHECKS)
+    meshca_server::runtime()
         .build()
         .context("starting the async runtime")?
         .block_on(serve(settings))

@@ -23,9 +23,6 @@ use axum::Router;
 use std::sync::Arc;
 use x509_parser::prelude::FromDer;
 
-/// The same as meshca's server (see its runtime settings).
-const POLLS_BETWEEN_IO_CHECKS: u32 = 8;
-
 /// A P-256 leaf's DER is about this long; the answer carries it as PEM.
 const LEAF_DER_LEN: usize = 560;
 
@@ -56,11 +53,8 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("usage: http-floor PORT"))?
         .parse()?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .event_interval(POLLS_BETWEEN_IO_CHECKS)
-        .build()?
-        .block_on(serve(port))
+    // The runtime settings of meshca's server.
+    meshca_server::runtime().build()?.block_on(serve(port))
 }
 
 async fn serve(port: u16) -> anyhow::Result<()> {
