@@ -152,12 +152,14 @@ impl From<AclError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut resp = (status, format!("{self}")).into_response();
-        if status.is_server_error() {
-            resp.extensions_mut().insert(Failure {
-                code,
-                error: self.to_string(),
-            });
+        let text = self.to_string();
+        let failure = status.is_server_error().then(|| Failure {
+            code,
+            error: text.clone(),
+        });
+        let mut resp = (status, text).into_response();
+        if let Some(failure) = failure {
+            resp.extensions_mut().insert(failure);
         }
         let headers = resp.headers_mut();
         headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
