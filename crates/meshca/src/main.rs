@@ -2,6 +2,7 @@
 //! client command. All behaviour lives in the modules it calls.
 
 mod acl_cli;
+mod batched_log;
 mod cli;
 mod client;
 mod config;

@@ -20,15 +20,11 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
 /// How long a new secondary waits for its primary at its first start.
 const PRIMARY_WAIT_AT_START: Duration = Duration::from_secs(60);
 
-/// Audit lines queued for stderr before a logging request waits: far more
-/// than a burst at the highest signing rate this has reached (7 000 a
-/// second, one line each).
-const LOG_QUEUE_LINES: usize = 4096;
-
 /// The thread that writes audit lines to stderr; dropping its guard writes
-/// what is queued. Kept here so that an exit without unwinding can do it.
-static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
-    std::sync::Mutex::new(None);
+/// what is buffered. Kept here so that an exit without unwinding can do it.
+static LOG_WRITER: std::sync::Mutex<Option<AuditLogGuard>> = std::sync::Mutex::new(None);
+
+type AuditLogGuard = crate::batched_log::FlushGuard<std::io::Stderr>;
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let settings = config::load(&args)?;
@@ -38,7 +34,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     serve_on_runtime(settings)
 }
 
-/// Writes the audit lines still queued.
+/// Writes the audit lines still buffered.
 fn flush_log() {
     drop(LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()).take());
 }
@@ -59,15 +55,15 @@ fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// Logs to stderr. The audit lines of issued certificates, one per
-/// request, are written by a thread of their own, so that a request does
-/// not wait for the write: on the runtime worker it cost a write syscall
-/// per certificate, about 5% of an agent leaf's CPU (docs/BENCHMARKS.md).
-/// They queue without loss (a full queue blocks, as a direct write would);
-/// a crash can lose the last few, which the issuance journal (synced
-/// before each answer) and the audit file hold. Every other line is
-/// written at once, in order, so that what a crash leaves in the log ends
-/// with its cause.
-fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+/// request, are written in batches by a thread of their own
+/// ([`crate::batched_log`]), so that a request does not wait for a write:
+/// on the runtime worker it cost a write syscall per certificate, about 5%
+/// of an agent leaf's CPU (docs/BENCHMARKS.md). None is lost (a full buffer
+/// blocks, as a direct write would); a crash can lose the last few
+/// milliseconds of them, which the issuance journal (synced before each
+/// answer) and the audit file hold. Every other line is written at once,
+/// in order, so that what a crash leaves in the log ends with its cause.
+fn init_logging(s: &Settings) -> anyhow::Result<AuditLogGuard> {
     use std::io::IsTerminal;
     use tracing_subscriber::fmt::writer::MakeWriterExt;
     use tracing_subscriber::layer::SubscriberExt;
@@ -78,13 +74,13 @@ fn init_logging(s: &Settings) -> anyhow::Result<tracing_appender::non_blocking::
         Err(_) => tracing_subscriber::EnvFilter::try_new(config::log_filter(&s.log_level))
             .with_context(|| format!("invalid log_level {:?}", s.log_level))?,
     };
-    let (audit_writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // The queue's slots are allocated up front: tracing-appender's
-        // default of 128 000 lines took about 2.5 MB of idle memory.
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("meshca-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (audit_writer, guard) = crate::batched_log::Batched::start(
+        std::io::stderr(),
+        "meshca-log",
+        crate::batched_log::FLUSH_EVERY,
+        crate::batched_log::FULL_AT,
+    )
+    .context("starting the log writer")?;
     let writer = audit_writer
         .with_filter(|line: &tracing::Metadata<'_>| {
             line.target() == "audit" && line.name() == meshca_server::ISSUED_AUDIT_EVENT
