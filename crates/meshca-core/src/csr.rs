@@ -233,6 +233,11 @@ const RSA_MIN_BITS: usize = 2048;
 const RSA_MAX_BITS: usize = 4096;
 
 /// Checks `pem` against every rule above and returns what may be signed.
+///
+/// Never inlined, so that profiles and `scripts/bench/instructions.py`
+/// can name the validation's share of a request in an LTO build too (one
+/// call per request costs nothing measurable).
+#[inline(never)]
 pub fn validate_csr(pem: &str, policy: &CsrPolicy) -> Result<ValidatedCsr, CsrError> {
     let der = armoured_der(pem, policy.max_pem_bytes)?;
     let csr = parse_strict(&der)?;
