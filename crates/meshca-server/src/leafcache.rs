@@ -121,9 +121,17 @@ impl LeafCache {
         service: &ServiceName,
         requester: &Requester,
     ) -> Result<Arc<CachedLeaf>, ApiError> {
+        let key = (service.clone(), requester.identity.clone());
+        // A leaf that is not due is read without the compute below, which
+        // registers a waiter for the key in a second map on every call.
+        if let Some(cached) = self.cache.get(&key).await {
+            if !is_due(ca, &cached) {
+                return Ok(cached);
+            }
+        }
         let result = self
             .cache
-            .entry((service.clone(), requester.identity.clone()))
+            .entry(key)
             .and_try_compute_with(|cached| async move {
                 if let Some(entry) = cached {
                     if !is_due(ca, entry.value()) {
