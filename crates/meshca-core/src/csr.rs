@@ -482,8 +482,8 @@ fn check_signature_parameters(
 /// The framing is done here, not by the `pem` crate: it is laxer (text
 /// around the block, any Unicode whitespace in the body, headers, an empty
 /// body) and slow for this one block per request (it compares byte by
-/// byte and copies the body char by char; 36 k of a /sign's instructions
-/// against about 6 k here). The base64 is the `base64` crate's.
+/// byte and copies the body char by char: the whole armour took 47 k of a
+/// /sign's instructions, 19 k now). The base64 is the `base64` crate's.
 fn decode_pem(text: &str) -> Result<Vec<u8>, CsrError> {
     let bad = |m: &str| CsrError::BadPem(m.to_string());
     let text = text.trim_matches(PEM_WHITESPACE);
