@@ -14,6 +14,11 @@ Two binaries side by side (`--baseline OLD`) give the ratio of a change.
 the same stack doing only the cryptography) as a column for /sign and the
 agent leaf: what meshca's own work adds, in instructions.
 
+`--keep DIR` keeps each call's callgrind dump there (`meshca-sign.out`,
+`baseline-leaf.out`, `http-floor-sign.out`, …) for `callgrind_annotate
+--inclusive=yes DUMP` or `--tree=caller`, to see where a row's
+instructions go function by function.
+
 Caveats: callgrind counts user space only: system calls, the kernel's
 TCP, context switches and disk syncs are not in these numbers (compare.py's
 CPU per request has them). Under valgrind aws-lc takes its generic code
@@ -27,6 +32,7 @@ import argparse
 import glob
 import http.client as httpclient
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,7 +108,7 @@ def inclusive(dump, names):
     return counts
 
 
-def measure(binary, n, conns):
+def measure(binary, n, conns, keep=None):
     with tempfile.TemporaryDirectory(prefix="meshca-instr-") as work:
         port = free_port()
         config = os.path.join(work, "meshca.json")
@@ -132,14 +138,14 @@ def measure(binary, n, conns):
             ]
             # Issued once here, so that every request counted is a hit.
             http("GET", base + "/v1/agent/connect/ca/leaf/cached")
-            return count_calls(server.pid, out, port, body, calls, conns)
+            return count_calls(server.pid, out, port, body, calls, conns, keep)
         finally:
             server.terminate()
             server.wait(timeout=60)
             log.close()
 
 
-def measure_http_floor(binary, n, conns):
+def measure_http_floor(binary, n, conns, keep=None):
     """The HTTP floor's /sign and agent leaf (crates/meshca-bench's
     `http-floor`): the same stack doing only the cryptography."""
     import json
@@ -156,16 +162,17 @@ def measure_http_floor(binary, n, conns):
             body = json.dumps({"CSR": csr}).encode()
             calls = [("sign", "/v1/connect/ca/sign", n, body),
                      ("leaf", "/v1/agent/connect/ca/leaf/svc-{n}", n, None)]
-            return count_calls(server.pid, out, port, body, calls, conns)
+            return count_calls(server.pid, out, port, body, calls, conns, keep)
         finally:
             server.terminate()
             server.wait(timeout=60)
 
 
-def count_calls(pid, out, port, sign_body, calls, conns):
+def count_calls(pid, out, port, sign_body, calls, conns, keep=None):
     """Warms the server under callgrind up, then per call zeroes its
     counters, sends the requests and dumps them: instructions per request,
-    in total and in the /sign parts."""
+    in total and in the /sign parts. With `keep` (a path prefix), each
+    dump is copied to `<keep>-<call>.out`."""
     load(port, "/v1/connect/ca/sign", 40, 4, sign_body)
     load(port, "/v1/agent/connect/ca/leaf/warm-{n}", 40, 4)
     results = {}
@@ -173,7 +180,10 @@ def count_calls(pid, out, port, sign_body, calls, conns):
         subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
         done = load(port, path, count, conns, payload)
         subprocess.run(["callgrind_control", "-d", name, str(pid)], check=True, capture_output=True)
-        counts = inclusive(wait_for_dump(out, step), [fn for _, fn in SIGN_PARTS])
+        dump = wait_for_dump(out, step)
+        if keep:
+            shutil.copyfile(dump, f"{keep}-{name}.out")
+        counts = inclusive(dump, [fn for _, fn in SIGN_PARTS])
         results[name] = {k: v / done for k, v in counts.items()}
     return results
 
@@ -220,16 +230,21 @@ def main():
                     "its /sign and agent leaf as a column")
     ap.add_argument("--requests", type=int, default=400, help="per call (a cached leaf and roots: ten times)")
     ap.add_argument("--conns", type=int, default=4)
+    ap.add_argument("--keep", help="a directory to keep each call's callgrind dump in")
     args = ap.parse_args()
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    kept = lambda name: os.path.join(args.keep, name) if args.keep else None
     binaries = [args.meshca] + ([args.baseline] if args.baseline else [])
-    columns = []
-    for b in binaries:
-        print(f"measuring {b} under callgrind", file=sys.stderr)
-        columns.append(measure(b, args.requests, args.conns))
     names = ["meshca"] if len(binaries) == 1 else ["meshca", "baseline"]
+    columns = []
+    for b, name in zip(binaries, names):
+        print(f"measuring {b} under callgrind", file=sys.stderr)
+        columns.append(measure(b, args.requests, args.conns, kept(name)))
     if args.http_floor:
         print(f"measuring {args.http_floor} under callgrind", file=sys.stderr)
-        columns.append(measure_http_floor(args.http_floor, args.requests, args.conns))
+        columns.append(measure_http_floor(args.http_floor, args.requests, args.conns,
+                                          kept("http-floor")))
         names.append("HTTP floor")
     print(f"Instructions per request (callgrind, user space, {args.requests} requests per "
           f"call over {args.conns} connections):\n")
