@@ -37,7 +37,6 @@ pub use meshca_ca::{
     ISSUED_AUDIT_EVENT,
 };
 
-/// Largest accepted request body (1 MiB; larger is a 413).
 /// Task polls between two looks at the sockets (tokio's default is 61).
 /// A signing poll runs a few hundred microseconds of P-256 work, so 61 of
 /// them could leave a newly arrived request unseen for many milliseconds
@@ -54,6 +53,7 @@ pub fn runtime() -> tokio::runtime::Builder {
     builder
 }
 
+/// Largest accepted request body (1 MiB; larger is a 413).
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Largest accepted snapshot to restore (`PUT /v1/snapshot`).
 pub const MAX_SNAPSHOT: usize = 64 * 1024 * 1024;

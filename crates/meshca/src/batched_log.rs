@@ -158,8 +158,8 @@ impl<W: Write> Shared<W> {
             buffer = self.room.wait(buffer).unwrap_or_else(|e| e.into_inner());
         }
         if buffer.closed {
-            let mut sink = self.sink();
-            let _ = sink.write_all(line).and_then(|()| sink.flush());
+            // Still under the buffer's lock: after the closing batch.
+            self.write(line);
             return;
         }
         let first = buffer.bytes.is_empty();
