@@ -10,6 +10,7 @@ use meshca_core::csr::{validate_csr, ValidatedCsr};
 use meshca_core::leaf::leaf_validity;
 use meshca_core::x509::cert_pem;
 use meshca_core::{Serial, ServiceName, SpiffeId};
+use meshca_journal::Linger;
 use meshca_provider::{LeafRequest, SignedLeaf};
 use secrecy::SecretString;
 use std::sync::atomic::Ordering;
@@ -38,25 +39,46 @@ pub struct IssuedLeaf {
 /// thread of its own.
 pub const ISSUED_AUDIT_EVENT: &str = "issued certificate";
 
+/// How an inline signing goes, as the caller's [`SigningTurn`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// On the request's own runtime worker, and the journal entry may wait
+    /// for others to share a sync: the cheapest per certificate. For a
+    /// client alone.
+    Batched,
+    /// On the worker, and the journal syncs the entry without waiting for
+    /// entries still being signed. For a client with one request beside a
+    /// busier one: it should not wait for the other's work.
+    Prompt,
+    /// On one of the engine's signing threads, which the kernel preempts
+    /// for the runtime's workers, so that they stay free for the other
+    /// clients' requests while this one signs. For a client with many
+    /// requests beside others; the hand-over costs it some throughput.
+    Background,
+}
+
 /// A caller's pacing of an issuance: a turn to sign, taken right before the
 /// signing work and given back when it is over (`signed`), before the
 /// journal's sync is awaited. The server hands its turns round-robin between
 /// clients, so that a flood's signings wait parked for theirs instead of
-/// queueing on the runtime ahead of everyone else's.
+/// queueing on the runtime ahead of everyone else's, and sets each
+/// signing's [`Pace`].
 ///
-/// A closure is a caller with no turns to take: it runs when the signing
-/// is over.
+/// A closure is a caller with no turns to take: [`Pace::Batched`], and it
+/// runs when the signing is over.
 pub trait SigningTurn: Send {
-    /// Waits for this request's turn to sign on the runtime's workers.
+    /// Waits for this request's turn to sign inline, and sets its pace.
     /// Only inline signing (local EC keys) takes it: an RSA signing runs on
     /// a blocking thread, and a remote provider's on its own machine.
-    fn take(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    fn take(&mut self) -> impl std::future::Future<Output = Pace> + Send;
     /// The signing is over, whether it succeeded or not.
     fn signed(&mut self);
 }
 
 impl<F: FnMut() + Send> SigningTurn for F {
-    async fn take(&mut self) {}
+    async fn take(&mut self) -> Pace {
+        Pace::Batched
+    }
 
     fn signed(&mut self) {
         self()
@@ -158,9 +180,10 @@ impl CaEngine {
     /// generation: CPU work), signed by `p`'s signer. Everything about the
     /// result — the key that signed, the chain, the SigningKeyID — comes
     /// from `p`. With local keys, preparing, signing and checking are one
-    /// step: on the request's own worker for EC keys (about 0.3 ms of CPU;
-    /// a hop to a blocking thread costs as much as a signature), on a
-    /// blocking thread for RSA keys (milliseconds). Remote keys are awaited
+    /// step: for EC keys on the request's own worker (about 0.3 ms of CPU;
+    /// a hop to a blocking thread costs as much as a signature) or, at the
+    /// caller's [`Pace::Background`], on a signing thread; on a blocking
+    /// thread for RSA keys (milliseconds). Remote keys are awaited
     /// afterwards.
     ///
     /// `turn` is taken right before inline signing and is over when the
@@ -206,11 +229,16 @@ impl CaEngine {
             key,
             signed,
             announced,
+            pace,
         } = signing?;
         let mut leaf = self.record(&p, &request, signed, &requester);
         if let (Some(journal), Some(announced)) = (self.journal.get(), announced) {
+            let linger = match pace {
+                Pace::Prompt => Linger::Never,
+                Pace::Batched | Pace::Background => Linger::ForSiblings,
+            };
             journal
-                .append_expected(&journal_entry(kind, &leaf, &requester), announced)
+                .append_expected(&journal_entry(kind, &leaf, &requester), announced, linger)
                 .await
                 .map_err(|e| CaError::Unavailable(e.to_string()))?;
         }
@@ -243,22 +271,12 @@ impl CaEngine {
         // journal's writer can wait for it to share a sync with others; but
         // not before the turn, or a batch would wait for entries whose
         // signing has not begun.
-        let (announced, (request, key, signed)) = if quick {
-            turn.take().await;
+        let (pace, announced, (request, key, signed)) = if quick {
+            let pace = turn.take().await;
             let announced = self.announce();
-            // Work done inline never returns Pending, so go to the back of
-            // the runtime's queue first: the tasks already ready run before
-            // these few hundred microseconds. Among them are requests whose
-            // journal entry is durable, with only their answer left to
-            // write; and a request just handed a fair place or turn was
-            // woken from inside another's poll, which the runtime runs next,
-            // ahead of everything else. One busy client's /sign and agent
-            // leaf took 5-15% less CPU per request, a quiet client beside a
-            // flood waited less (docs/BENCHMARKS.md).
-            tokio::task::yield_now().await;
-            (announced, work()?)
+            (pace, announced, self.sign_inline(pace, work).await?)
         } else {
-            (self.announce(), blocking(work).await?)
+            (Pace::Batched, self.announce(), blocking(work).await?)
         };
         let signed = match signed {
             Some(signed) => signed,
@@ -269,7 +287,31 @@ impl CaEngine {
             key,
             signed,
             announced,
+            pace,
         })
+    }
+
+    /// Runs a quick signing on the worker or, at [`Pace::Background`], a
+    /// signing thread.
+    async fn sign_inline<T: Send + 'static>(
+        &self,
+        pace: Pace,
+        work: impl FnOnce() -> Result<T, CaError> + Send + 'static,
+    ) -> Result<T, CaError> {
+        if let (Pace::Background, Some(threads)) = (pace, self.signing_threads()) {
+            return threads.run(work).await;
+        }
+        // Work done inline never returns Pending, so go to the back of the
+        // runtime's queue first: the tasks already ready run before these
+        // few hundred microseconds. Among them are requests whose journal
+        // entry is durable, with only their answer left to write; and a
+        // request just handed a fair place or turn was woken from inside
+        // another's poll, which the runtime runs next, ahead of everything
+        // else. One busy client's /sign and agent leaf took 5-15% less CPU
+        // per request, a quiet client beside a flood waited less
+        // (docs/BENCHMARKS.md).
+        tokio::task::yield_now().await;
+        work()
     }
 
     /// Tells the journal an entry is coming (see [`CaEngine::sign`]).
@@ -312,6 +354,7 @@ struct Signing {
     key: Option<LeafKey>,
     signed: SignedLeaf,
     announced: Option<meshca_journal::Expected>,
+    pace: Pace,
 }
 
 /// What the issuance journal keeps of `leaf`.

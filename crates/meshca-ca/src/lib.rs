@@ -29,12 +29,13 @@ mod reconfigure;
 mod rotate;
 mod shared_store;
 mod sign_intermediate;
+mod signing_threads;
 mod snapshot;
 mod writer;
 
 pub use error::{CaError, Reaction};
 pub use follower::{LinkStatus, PrimaryLink};
-pub use issue::{IssuedLeaf, Requester, SigningTurn, ISSUED_AUDIT_EVENT};
+pub use issue::{IssuedLeaf, Pace, Requester, SigningTurn, ISSUED_AUDIT_EVENT};
 pub use meshca_store::{snapshot_file, Snapshot};
 pub use observe::{IssueKind, IssueObserver};
 pub use published::Published;
@@ -90,6 +91,9 @@ pub struct CaEngine {
     journal: std::sync::OnceLock<Arc<meshca_journal::Journal>>,
     /// Who leads the servers sharing the store; unset: this server alone.
     leadership: std::sync::OnceLock<watch::Receiver<meshca_store::Leadership>>,
+    /// Started when a caller first asks for them ([`Pace::Background`]);
+    /// `None` if they could not be: its signings then run on the worker.
+    signing_threads: std::sync::OnceLock<Option<signing_threads::SigningThreads>>,
 }
 
 impl CaEngine {
@@ -170,7 +174,21 @@ impl CaEngine {
             observer: std::sync::OnceLock::new(),
             journal: std::sync::OnceLock::new(),
             leadership: std::sync::OnceLock::new(),
+            signing_threads: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The signing threads, started on first use.
+    fn signing_threads(&self) -> Option<&signing_threads::SigningThreads> {
+        self.signing_threads
+            .get_or_init(|| {
+                signing_threads::SigningThreads::start()
+                    .inspect_err(
+                        |e| tracing::warn!(error = %e, "signing on the runtime's workers only"),
+                    )
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// Records every issuance in `journal` from now on: a leaf is returned

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
 
-use meshca_ca::{default_provider_factory, CaEngine, CaError, Requester, SigningTurn};
+use meshca_ca::{default_provider_factory, CaEngine, CaError, Pace, Requester, SigningTurn};
 use meshca_core::{CaConfig, Clock, SystemClock};
 use meshca_journal::{read_segment, segments, Journal, DEFAULT_SEGMENT_BYTES};
 use meshca_store::StoreKey;
@@ -135,17 +135,19 @@ fn an_inline_issuance_lets_the_tasks_already_ready_run_first() {
     assert_eq!(order, [Some("already ready"), Some("signed")]);
 }
 
-/// A turn the test hands out when it says so.
+/// A turn the test hands out when it says so, at the pace it says.
 struct GatedTurn {
     go: Option<tokio::sync::oneshot::Receiver<()>>,
     signed: Arc<AtomicBool>,
+    pace: Pace,
 }
 
 impl SigningTurn for GatedTurn {
-    async fn take(&mut self) {
+    async fn take(&mut self) -> Pace {
         if let Some(go) = self.go.take() {
             go.await.unwrap();
         }
+        self.pace
     }
 
     fn signed(&mut self) {
@@ -164,6 +166,7 @@ async fn an_inline_issuance_signs_in_its_turn() {
     let turn = GatedTurn {
         go: Some(go),
         signed: signed.clone(),
+        pace: Pace::Batched,
     };
     let issuing = tokio::spawn({
         let ca = ca.clone();
@@ -185,4 +188,54 @@ async fn an_inline_issuance_signs_in_its_turn() {
     assert!(signed.load(Ordering::SeqCst), "the turn was not given back");
     assert_eq!(journal_lines(dir.path()), 1);
     assert!(leaf.cert_pem.contains("BEGIN CERTIFICATE"));
+}
+
+/// Whatever the server's pacing (on the worker, on a signing thread; the
+/// journal entry batched or prompt), a leaf is signed for what was asked,
+/// durable in the journal before it is returned, and the turn given back.
+#[tokio::test(flavor = "current_thread")]
+async fn every_pace_issues_a_durable_leaf() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = engine_with_journal(dir.path()).await;
+    for (n, pace) in [Pace::Batched, Pace::Prompt, Pace::Background]
+        .into_iter()
+        .enumerate()
+    {
+        let signed = Arc::new(AtomicBool::new(false));
+        let turn = GatedTurn {
+            go: None,
+            signed: signed.clone(),
+            pace,
+        };
+        let leaf = ca
+            .issue_service_leaf(&"web".parse().unwrap(), Requester::default(), turn)
+            .await
+            .unwrap();
+        assert!(signed.load(Ordering::SeqCst), "{pace:?}: turn kept");
+        assert_eq!(journal_lines(dir.path()), n + 1, "{pace:?}");
+        assert!(leaf.spiffe_id.to_string().ends_with("/svc/web"), "{pace:?}");
+        assert!(leaf.cert_pem.contains("BEGIN CERTIFICATE"), "{pace:?}");
+        assert!(leaf.private_key_pem.is_some(), "{pace:?}");
+    }
+}
+
+/// A CSR refused on a signing thread is refused as on the worker, and
+/// journals nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refusal_on_a_signing_thread_is_the_same_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = engine_with_journal(dir.path()).await;
+    let signed = Arc::new(AtomicBool::new(false));
+    let turn = GatedTurn {
+        go: None,
+        signed: signed.clone(),
+        pace: Pace::Background,
+    };
+    let err = ca
+        .sign_csr("not a CSR".into(), Requester::default(), |_| Ok(()), turn)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CaError::InvalidCsr(_)), "{err:?}");
+    assert!(signed.load(Ordering::SeqCst));
+    assert_eq!(journal_lines(dir.path()), 0);
 }

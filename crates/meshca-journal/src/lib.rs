@@ -15,7 +15,10 @@
 //! signing work ([`Journal::expect`]); when the writer has a batch and other
 //! announced entries are still coming, it waits up to [`LINGER`] for them,
 //! as PostgreSQL's `commit_delay` does when `commit_siblings` are active.
-//! A lone request is never delayed.
+//! A lone request is never delayed, and neither is one appended with
+//! [`Linger::Never`]: its batch is synced with what is queued, without
+//! waiting for entries still being signed (a client with one request
+//! beside a flood must not wait for the flood's signings).
 //!
 //! **Written ahead.** A segment grows in steps of 256 KiB of
 //! blank fill, which the lines then overwrite: a sync of bytes already in
@@ -110,11 +113,21 @@ const TAIL: u64 = PREALLOCATE + (MAX_BATCH_BYTES + 2 * MAX_LINE_BYTES) as u64;
 /// (0.86 → 0.50) and cut /sign CPU by about 5% (docs/BENCHMARKS.md).
 pub const LINGER: Duration = Duration::from_millis(1);
 
+/// Whether the batch an entry joins may wait for announced entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linger {
+    /// Up to [`LINGER`], to share a sync with them (group commit).
+    ForSiblings,
+    /// Not at all: the batch is synced with whatever is queued.
+    Never,
+}
+
 const PREFIX: &str = "issued-";
 const SUFFIX: &str = ".jsonl";
 
 struct Pending {
     line: Vec<u8>,
+    linger: Linger,
     done: oneshot::Sender<Result<(), JournalError>>,
 }
 
@@ -147,6 +160,13 @@ impl Announced {
 
     fn none(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// An entry that must not wait was queued: a lingering writer stops.
+    fn hurry(&self) {
+        if let Some(writer) = self.writer.get() {
+            writer.unpark();
+        }
     }
 }
 
@@ -209,14 +229,17 @@ impl Journal {
 
     /// Appends `entry` and returns once it is durable, or why it is not.
     pub async fn append(&self, entry: &Entry) -> Result<(), JournalError> {
-        self.append_expected(entry, self.expect()).await
+        self.append_expected(entry, self.expect(), Linger::ForSiblings)
+            .await
     }
 
-    /// [`Journal::append`] of the entry `expected` announced.
+    /// [`Journal::append`] of the entry `expected` announced, in a batch
+    /// that may `linger` or not.
     pub async fn append_expected(
         &self,
         entry: &Entry,
         expected: Expected,
+        linger: Linger,
     ) -> Result<(), JournalError> {
         let mut line = serde_json::to_vec(entry)
             .map_err(|e| JournalError(format!("encoding an entry: {e}")))?;
@@ -228,12 +251,22 @@ impl Journal {
             )));
         }
         let (done, wait) = oneshot::channel();
-        self.queue
-            .send(Pending { line, done })
-            .map_err(|_| JournalError("the writer has stopped".into()))?;
-        drop(expected);
+        self.queue(Pending { line, linger, done }, expected)?;
         wait.await
             .map_err(|_| JournalError("the writer has stopped".into()))?
+    }
+
+    /// Hands `pending`, the entry `expected` announced, to the writer.
+    fn queue(&self, pending: Pending, expected: Expected) -> Result<(), JournalError> {
+        let linger = pending.linger;
+        self.queue
+            .send(pending)
+            .map_err(|_| JournalError("the writer has stopped".into()))?;
+        drop(expected);
+        if linger == Linger::Never {
+            self.announced.hurry();
+        }
+        Ok(())
     }
 }
 
@@ -498,10 +531,12 @@ impl Writer {
     }
 
     /// `first` and every line queued after it, waiting up to `linger` for
-    /// entries announced and not yet queued.
+    /// entries announced and not yet queued, unless one of them may not
+    /// wait ([`Linger::Never`]).
     fn gather(&self, first: Pending) -> Vec<Pending> {
         let deadline = Instant::now() + self.linger;
         let mut bytes = first.line.len();
+        let mut may_wait = first.linger == Linger::ForSiblings;
         let mut batch = vec![first];
         let full = |count, bytes| count >= MAX_BATCH || bytes >= MAX_BATCH_BYTES;
         loop {
@@ -510,9 +545,10 @@ impl Writer {
                     break;
                 };
                 bytes += next.line.len();
+                may_wait &= next.linger == Linger::ForSiblings;
                 batch.push(next);
             }
-            if full(batch.len(), bytes) || self.announced.none() {
+            if full(batch.len(), bytes) || self.announced.none() || !may_wait {
                 return batch;
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -286,7 +286,15 @@ fn asleep(task: &Path) -> bool {
 fn pending(n: u8) -> Pending {
     Pending {
         line: vec![n],
+        linger: Linger::ForSiblings,
         done: oneshot::channel().0,
+    }
+}
+
+fn prompt(n: u8) -> Pending {
+    Pending {
+        linger: Linger::Never,
+        ..pending(n)
     }
 }
 
@@ -347,4 +355,32 @@ fn the_wait_is_bounded_by_the_linger() {
     let started = Instant::now();
     assert_eq!(writer.gather(pending(1)).len(), 1);
     assert!(started.elapsed() >= Duration::from_millis(50));
+}
+
+#[test]
+fn a_batch_holding_a_prompt_entry_does_not_wait() {
+    let (writer, _tx, journal) = writer(Duration::from_secs(30));
+    let _never_comes = journal.expect();
+    let started = Instant::now();
+    assert_eq!(writer.gather(prompt(1)).len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Regression: a client with one request beside a flood waited in every
+/// batch for the flood's signings in progress, up to the whole linger.
+#[test]
+fn a_prompt_entry_ends_the_wait_for_others() {
+    let (writer, _tx, journal) = writer(Duration::from_secs(30));
+    let (prompt_one, never_comes) = (journal.expect(), journal.expect());
+    once_this_thread_waits(move || {
+        journal.queue(prompt(2), prompt_one).unwrap();
+        // Still announced when the closure ends: only the prompt entry
+        // may end the wait.
+        std::mem::forget(never_comes);
+    });
+    let started = Instant::now();
+    let batch = writer.gather(pending(1));
+    let lines: Vec<_> = batch.iter().map(|p| p.line[0]).collect();
+    assert_eq!(lines, [1, 2]);
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -70,6 +70,25 @@ impl<'a> Turn<'a> {
     pub fn client(&self) -> &'a str {
         self.client
     }
+
+    /// Whether this client holds more places than this one.
+    pub fn has_others(&self) -> bool {
+        self.turns.lock().holding(self.client) > 1
+    }
+
+    /// Whether another client holds more than one place or waits for one:
+    /// a busy client beside this one.
+    pub fn beside_a_busy_client(&self) -> bool {
+        let state = self.turns.lock();
+        let busy = |(client, &held): (&String, &usize)| held > 1 && client != self.client;
+        state.held.iter().any(busy) || state.queues.keys().any(|c| c != self.client)
+    }
+
+    /// Whether other clients are being served beside this one (a client
+    /// was admitted right after another within [`SHARED_FOR`]).
+    pub fn is_shared(&self) -> bool {
+        self.turns.lock().shared(Instant::now())
+    }
 }
 
 impl Drop for Turn<'_> {
@@ -227,10 +246,7 @@ impl FairTurns {
 
     /// The places one client may hold now.
     fn limit(&self, state: &State, now: Instant) -> usize {
-        let shared = state
-            .shared_at
-            .is_some_and(|at| now.saturating_duration_since(at) < SHARED_FOR);
-        if shared {
+        if state.shared(now) {
             self.slots - self.reserved
         } else {
             self.slots
@@ -251,6 +267,12 @@ impl State {
         if self.order.len() > 1 && self.order.front() == self.last_admitted.as_ref() {
             self.order.rotate_left(1);
         }
+    }
+
+    /// Whether a client was admitted right after another one lately.
+    fn shared(&self, now: Instant) -> bool {
+        self.shared_at
+            .is_some_and(|at| now.saturating_duration_since(at) < SHARED_FOR)
     }
 
     fn holding(&self, client: &str) -> usize {
