@@ -283,6 +283,18 @@ fn asleep(task: &Path) -> bool {
     })
 }
 
+/// The lines of the batch `writer` gathers from `first`, which must not
+/// have waited out its 30 s linger.
+fn gathered_before_the_linger(writer: &Writer, first: Pending) -> Vec<u8> {
+    let started = Instant::now();
+    let batch = writer.gather(first);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited out the linger"
+    );
+    batch.iter().map(|p| p.line[0]).collect()
+}
+
 fn pending(n: u8) -> Pending {
     Pending {
         line: vec![n],
@@ -306,11 +318,7 @@ fn a_batch_waits_for_an_announced_entry() {
         tx.send(pending(2)).unwrap();
         drop(expected);
     });
-    let started = Instant::now();
-    let batch = writer.gather(pending(1));
-    let lines: Vec<_> = batch.iter().map(|p| p.line[0]).collect();
-    assert_eq!(lines, [1, 2]);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(gathered_before_the_linger(&writer, pending(1)), [1, 2]);
 }
 
 #[test]
@@ -323,19 +331,13 @@ fn entries_queued_meanwhile_do_not_end_the_wait_early() {
         tx.send(pending(3)).unwrap();
         drop(second);
     });
-    let started = Instant::now();
-    let batch = writer.gather(pending(1));
-    let lines: Vec<_> = batch.iter().map(|p| p.line[0]).collect();
-    assert_eq!(lines, [1, 2, 3]);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(gathered_before_the_linger(&writer, pending(1)), [1, 2, 3]);
 }
 
 #[test]
 fn a_lone_entry_is_not_delayed() {
     let (writer, _tx, _journal) = writer(Duration::from_secs(30));
-    let started = Instant::now();
-    assert_eq!(writer.gather(pending(1)).len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(gathered_before_the_linger(&writer, pending(1)).len(), 1);
 }
 
 #[test]
@@ -343,9 +345,7 @@ fn a_withdrawn_announcement_ends_the_wait() {
     let (writer, _tx, journal) = writer(Duration::from_secs(30));
     let expected = journal.expect();
     once_this_thread_waits(move || drop(expected));
-    let started = Instant::now();
-    assert_eq!(writer.gather(pending(1)).len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(gathered_before_the_linger(&writer, pending(1)).len(), 1);
 }
 
 #[test]
@@ -361,9 +361,7 @@ fn the_wait_is_bounded_by_the_linger() {
 fn a_batch_holding_a_prompt_entry_does_not_wait() {
     let (writer, _tx, journal) = writer(Duration::from_secs(30));
     let _never_comes = journal.expect();
-    let started = Instant::now();
-    assert_eq!(writer.gather(prompt(1)).len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(gathered_before_the_linger(&writer, prompt(1)).len(), 1);
 }
 
 /// Regression: a client with one request beside a flood waited in every
@@ -378,9 +376,5 @@ fn a_prompt_entry_ends_the_wait_for_others() {
         // may end the wait.
         std::mem::forget(never_comes);
     });
-    let started = Instant::now();
-    let batch = writer.gather(pending(1));
-    let lines: Vec<_> = batch.iter().map(|p| p.line[0]).collect();
-    assert_eq!(lines, [1, 2]);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(gathered_before_the_linger(&writer, pending(1)), [1, 2]);
 }

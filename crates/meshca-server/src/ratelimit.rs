@@ -319,13 +319,21 @@ mod tests {
     async fn a_client_alone_signs_batched_on_its_worker() {
         let (limiter, _) = limiter(0.0, 0);
         let alone = limiter.for_client("alone".into());
-        let mut first = alone.admit().await.unwrap();
-        let mut second = alone.admit().await.unwrap();
-        assert_eq!(ready(std::pin::pin!(first.take())), Pace::Batched);
+        let (first, second) = (alone.admit().await.unwrap(), alone.admit().await.unwrap());
+        in_turns_at(Pace::Batched, first, second);
+    }
+
+    /// `first` signs at `pace` at once; `second` waits for its turn, then
+    /// signs at `pace` too.
+    fn in_turns_at(pace: Pace, mut first: Admitted<'_>, mut second: Admitted<'_>) {
+        assert_eq!(ready(std::pin::pin!(first.take())), pace);
         let mut seconds_turn = std::pin::pin!(second.take());
-        assert!(poll_once(seconds_turn.as_mut()).is_pending());
+        assert!(
+            poll_once(seconds_turn.as_mut()).is_pending(),
+            "one turn per core"
+        );
         first.signed();
-        assert_eq!(ready(seconds_turn.as_mut()), Pace::Batched);
+        assert_eq!(ready(seconds_turn.as_mut()), pace);
     }
 
     /// Many clients with one request each (a mesh's sidecars) are not a
@@ -339,13 +347,8 @@ mod tests {
             limiter.for_client("one".into()),
             limiter.for_client("two".into()),
         );
-        let mut ones = one.admit().await.unwrap();
-        let mut twos = two.admit().await.unwrap();
-        assert_eq!(ready(std::pin::pin!(ones.take())), Pace::Batched);
-        let mut twos_turn = std::pin::pin!(twos.take());
-        assert!(poll_once(twos_turn.as_mut()).is_pending());
-        ones.signed();
-        assert_eq!(ready(twos_turn.as_mut()), Pace::Batched);
+        let (ones, twos) = (one.admit().await.unwrap(), two.admit().await.unwrap());
+        in_turns_at(Pace::Batched, ones, twos);
     }
 
     /// Regression: a quiet client's request beside a flood waited for the
