@@ -70,6 +70,19 @@ fn metrics_follow_signings_roots_and_requests() {
         value(r#"meshca_leaf_signing_seconds_count{kind="csr"}"#),
         2.0
     );
+    // One client, one request at a time: every signing (the refused one
+    // too: its CSR is checked in its turn) at the batched pace.
+    assert_eq!(
+        value(r#"meshca_leaf_signings_paced_total{pace="batched"}"#),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"meshca_leaf_signings_paced_total{pace="background"}"#
+        ),
+        None
+    );
     let root = server.roots()["ActiveRootID"].as_str().unwrap().to_string();
     let leaves = format!(r#"meshca_ca_root_valid_leaves{{root_id="{root}"}}"#);
     assert_eq!(value(&leaves), 2.0);

@@ -57,6 +57,17 @@ pub enum Pace {
     Background,
 }
 
+impl Pace {
+    /// Its name as a metric's label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Batched => "batched",
+            Self::Prompt => "prompt",
+            Self::Background => "background",
+        }
+    }
+}
+
 /// A caller's pacing of an issuance: a turn to sign, taken right before the
 /// signing work and given back when it is over (`signed`), before the
 /// journal's sync is awaited. The server hands its turns round-robin between
@@ -273,6 +284,9 @@ impl CaEngine {
         // signing has not begun.
         let (pace, announced, (request, key, signed)) = if quick {
             let pace = turn.take().await;
+            if let Some(observer) = self.observer.get() {
+                observer.paced(pace);
+            }
             let announced = self.announce();
             (pace, announced, self.sign_inline(pace, work).await?)
         } else {

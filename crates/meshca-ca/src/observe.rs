@@ -2,7 +2,7 @@
 //! tells an [`IssueObserver`] about every leaf it signs or fails to sign.
 //! The engine counts nothing itself; it only reports.
 
-use crate::Reaction;
+use crate::{Pace, Reaction};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -36,4 +36,7 @@ pub trait IssueObserver: Send + Sync + 'static {
     /// No leaf: the request was refused or the CA failed (`reaction` says
     /// which).
     fn failed(&self, kind: IssueKind, reaction: Reaction, took: Duration);
+
+    /// An inline signing (local EC keys) begins at `pace`.
+    fn paced(&self, pace: Pace);
 }

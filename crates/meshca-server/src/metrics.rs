@@ -8,7 +8,7 @@
 //! and for each root the leaves signed under it that are still valid (since
 //! this server started) and when pruning may drop it.
 
-use meshca_ca::{CaEngine, IssueKind, IssueObserver, Reaction};
+use meshca_ca::{CaEngine, IssueKind, IssueObserver, Pace, Reaction};
 use meshca_core::rotation::prunable_at;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +41,11 @@ struct SigningLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PaceLabels {
+    pace: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -60,6 +65,7 @@ pub struct Metrics {
     blocking_open: Gauge,
     signings: Family<SigningLabels, Counter>,
     signing_seconds: Family<KindLabels, Histogram>,
+    paced: Family<PaceLabels, Counter>,
     root_expiry: FloatGauge,
     signing_expiry: FloatGauge,
     root_valid_leaves: Family<RootLabels, Gauge>,
@@ -90,6 +96,7 @@ impl Metrics {
             signing_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
             }),
+            paced: Family::default(),
             root_expiry: FloatGauge::default(),
             signing_expiry: FloatGauge::default(),
             root_valid_leaves: Family::default(),
@@ -129,6 +136,12 @@ impl Metrics {
             "leaf_signing_seconds",
             "Time to sign a leaf, from the request to the checked certificate",
             self.signing_seconds.clone(),
+        );
+        r.register(
+            "leaf_signings_paced",
+            "Inline (EC) signings by pace: batched (a client alone, or one request per client), \
+             prompt (one request beside a busy client), background (a busy client beside others)",
+            self.paced.clone(),
         );
         r.register(
             "ca_root_expiry_seconds",
@@ -251,6 +264,14 @@ impl IssueObserver for Metrics {
             Reaction::Bug => "error",
         };
         self.count(kind, result, took);
+    }
+
+    fn paced(&self, pace: Pace) {
+        self.paced
+            .get_or_create(&PaceLabels {
+                pace: pace.as_str(),
+            })
+            .inc();
     }
 }
 
