@@ -61,6 +61,18 @@ def start_wrk(url, conns, seconds, body_file, token, cpus=None):
                             stdout=subprocess.PIPE, text=True, env=env)
 
 
+def signing_paces(base, management):
+    """The server's count of signings by pace (batched, prompt, background)."""
+    text = http("GET", base + "/v1/agent/metrics?format=prometheus", None,
+                {"X-Consul-Token": management}).decode()
+    paces = {}
+    for line in text.splitlines():
+        if line.startswith('meshca_leaf_signings_paced_total{pace="'):
+            name = line.split('"')[1]
+            paces[name] = int(float(line.rsplit(" ", 1)[1]))
+    return paces
+
+
 def result(proc):
     out, _ = proc.communicate(timeout=600)
     if proc.returncode != 0:
@@ -98,6 +110,7 @@ def main():
             time.sleep(1)  # the flood is at full strength before quiet starts
             loaded = result(start_wrk(url, 1, args.seconds, body, quiet_token, args.client_cpus))
             flooded = result(flood)
+            paces = signing_paces(base, management)
         finally:
             server.stop()
 
@@ -105,6 +118,7 @@ def main():
         "binary": args.meshca, "seconds": args.seconds, "flood_conns": args.flood_conns,
         "quiet_alone": alone, "quiet_loaded": loaded, "flood": flooded,
         "p99_ratio": loaded["p99_us"] / max(alone["p99_us"], 1),
+        "signing_paces": paces,
     }
     print(f"| quiet client | req/s | p50 ms | p99 ms | non-2xx |\n|---|---:|---:|---:|---:|")
     for label, r in [("alone", alone), (f"beside a {args.flood_conns}-connection flood", loaded)]:
@@ -112,6 +126,7 @@ def main():
               f"{r['non2xx'] + r['socket_errors']} |")
     print(f"\nquiet p99 loaded ÷ alone: {out['p99_ratio']:.2f}; flood: {flooded['rps']:.0f} req/s, "
           f"p99 {flooded['p99_us'] / 1000:.2f} ms, non-2xx {flooded['non2xx'] + flooded['socket_errors']}")
+    print("signings by pace: " + ", ".join(f"{k} {v}" for k, v in sorted(paces.items())))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
