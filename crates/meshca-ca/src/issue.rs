@@ -44,11 +44,11 @@ pub const ISSUED_AUDIT_EVENT: &str = "issued certificate";
 pub enum Pace {
     /// On the request's own runtime worker, and the journal entry may wait
     /// for others to share a sync: the cheapest per certificate. For a
-    /// client alone.
+    /// client alone, or clients with one request each.
     Batched,
     /// On the worker, and the journal syncs the entry without waiting for
     /// entries still being signed. For a client with one request beside a
-    /// busier one: it should not wait for the other's work.
+    /// busy one: it should not wait for the other's work.
     Prompt,
     /// On one of the engine's signing threads, which the kernel preempts
     /// for the runtime's workers, so that they stay free for the other
