@@ -45,6 +45,8 @@ struct State {
     free: usize,
     /// Places held, per client holding any.
     held: HashMap<String, usize>,
+    /// Clients holding more than one place.
+    busy: usize,
     /// Each waiting client's queue of waiters, oldest first.
     queues: HashMap<String, VecDeque<oneshot::Sender<()>>>,
     /// Clients with a non-empty queue, in the order they are served.
@@ -80,8 +82,9 @@ impl<'a> Turn<'a> {
     /// a busy client beside this one.
     pub fn beside_a_busy_client(&self) -> bool {
         let state = self.turns.lock();
-        let busy = |(client, &held): (&String, &usize)| held > 1 && client != self.client;
-        state.held.iter().any(busy) || state.queues.keys().any(|c| c != self.client)
+        let this_one_busy = state.holding(self.client) > 1;
+        let this_one_waits = state.queues.contains_key(self.client);
+        state.busy > usize::from(this_one_busy) || state.queues.len() > usize::from(this_one_waits)
     }
 
     /// Whether other clients are being served beside this one (a client
@@ -127,6 +130,7 @@ impl FairTurns {
             state: Mutex::new(State {
                 free: slots,
                 held: HashMap::new(),
+                busy: 0,
                 queues: HashMap::new(),
                 order: VecDeque::new(),
                 last_admitted: None,
@@ -193,13 +197,7 @@ impl FairTurns {
     /// `client`'s turn is over: its place goes to whoever may have it.
     fn release(&self, client: &str) {
         let mut state = self.lock();
-        if let Some(held) = state.held.get_mut(client) {
-            *held -= 1;
-            if *held == 0 {
-                state.held.remove(client);
-            }
-        }
-        state.free += 1;
+        state.give_back(client);
         let now = Instant::now();
         while state.free > 0 && self.hand_over(&mut state, now) {}
     }
@@ -279,11 +277,31 @@ impl State {
         self.held.get(client).copied().unwrap_or(0)
     }
 
+    /// `client` gives a place back.
+    fn give_back(&mut self, client: &str) {
+        if let Some(held) = self.held.get_mut(client) {
+            *held -= 1;
+            match *held {
+                0 => {
+                    self.held.remove(client);
+                }
+                1 => self.busy -= 1,
+                _ => {}
+            }
+        }
+        self.free += 1;
+    }
+
     /// `client` takes a free place.
     fn admit(&mut self, client: &str, now: Instant) {
         self.free -= 1;
         match self.held.get_mut(client) {
-            Some(held) => *held += 1,
+            Some(held) => {
+                *held += 1;
+                if *held == 2 {
+                    self.busy += 1;
+                }
+            }
             None => {
                 self.held.insert(client.to_owned(), 1);
             }
@@ -338,6 +356,29 @@ mod tests {
 
     fn immediate(turns: &FairTurns, client: &str) -> bool {
         at_once(turns, client).is_some()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_is_busy_while_it_holds_two_places_or_waits_for_one() {
+        let turns = FairTurns::new(3, 0, 100);
+        let quiet = at_once(&turns, "quiet").unwrap();
+        let first = at_once(&turns, "flood").unwrap();
+        assert!(!quiet.beside_a_busy_client(), "one place each");
+        let second = at_once(&turns, "flood").unwrap();
+        assert!(quiet.beside_a_busy_client());
+        assert!(!first.beside_a_busy_client(), "not beside itself");
+        drop(second);
+        assert!(!quiet.beside_a_busy_client());
+
+        // Every place taken: a client waiting for one is busy too.
+        let last = at_once(&turns, "flood").unwrap();
+        let mut waiting = std::pin::pin!(turns.take("other"));
+        assert!(waiting
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending());
+        assert!(quiet.beside_a_busy_client());
+        drop((first, last));
     }
 
     #[tokio::test(flavor = "current_thread")]
