@@ -152,9 +152,7 @@ impl Announced {
     /// the lingering writer stops waiting.
     fn settle(&self) {
         if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(writer) = self.writer.get() {
-                writer.unpark();
-            }
+            self.wake_writer();
         }
     }
 
@@ -162,8 +160,9 @@ impl Announced {
         self.count.load(Ordering::Acquire) == 0
     }
 
-    /// An entry that must not wait was queued: a lingering writer stops.
-    fn hurry(&self) {
+    /// Ends a lingering writer's wait: the last announced entry settled,
+    /// or an entry that must not wait was queued.
+    fn wake_writer(&self) {
         if let Some(writer) = self.writer.get() {
             writer.unpark();
         }
@@ -264,7 +263,7 @@ impl Journal {
             .map_err(|_| JournalError("the writer has stopped".into()))?;
         drop(expected);
         if linger == Linger::Never {
-            self.announced.hurry();
+            self.announced.wake_writer();
         }
         Ok(())
     }

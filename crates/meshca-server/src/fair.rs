@@ -73,25 +73,31 @@ impl<'a> Turn<'a> {
         self.client
     }
 
-    /// Whether this client holds more places than this one.
-    pub fn has_others(&self) -> bool {
-        self.turns.lock().holding(self.client) > 1
-    }
-
-    /// Whether another client holds more than one place or waits for one:
-    /// a busy client beside this one.
-    pub fn beside_a_busy_client(&self) -> bool {
+    /// Where this client stands among the others, read at once.
+    pub fn company(&self) -> Company {
         let state = self.turns.lock();
-        let this_one_busy = state.holding(self.client) > 1;
-        let this_one_waits = state.queues.contains_key(self.client);
-        state.busy > usize::from(this_one_busy) || state.queues.len() > usize::from(this_one_waits)
+        let held = state.holding(self.client);
+        let waits = state.queues.contains_key(self.client);
+        Company {
+            held,
+            // Another client holds more than one place, or waits for one.
+            beside_a_busy_client: state.busy > usize::from(held > 1)
+                || state.queues.len() > usize::from(waits),
+            shared: state.shared(Instant::now()),
+        }
     }
+}
 
+/// A client's standing among the others (see [`Turn::company`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Company {
+    /// Places the client holds.
+    pub held: usize,
+    /// Whether another client holds more than one place or waits for one.
+    pub beside_a_busy_client: bool,
     /// Whether other clients are being served beside this one (a client
     /// was admitted right after another within [`SHARED_FOR`]).
-    pub fn is_shared(&self) -> bool {
-        self.turns.lock().shared(Instant::now())
-    }
+    pub shared: bool,
 }
 
 impl Drop for Turn<'_> {
@@ -363,12 +369,12 @@ mod tests {
         let turns = FairTurns::new(3, 0, 100);
         let quiet = at_once(&turns, "quiet").unwrap();
         let first = at_once(&turns, "flood").unwrap();
-        assert!(!quiet.beside_a_busy_client(), "one place each");
+        assert!(!quiet.company().beside_a_busy_client, "one place each");
         let second = at_once(&turns, "flood").unwrap();
-        assert!(quiet.beside_a_busy_client());
-        assert!(!first.beside_a_busy_client(), "not beside itself");
+        assert!(quiet.company().beside_a_busy_client);
+        assert!(!first.company().beside_a_busy_client, "not beside itself");
         drop(second);
-        assert!(!quiet.beside_a_busy_client());
+        assert!(!quiet.company().beside_a_busy_client);
 
         // Every place taken: a client waiting for one is busy too.
         let last = at_once(&turns, "flood").unwrap();
@@ -377,7 +383,7 @@ mod tests {
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
             .is_pending());
-        assert!(quiet.beside_a_busy_client());
+        assert!(quiet.company().beside_a_busy_client);
         drop((first, last));
     }
 

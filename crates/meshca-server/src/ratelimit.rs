@@ -133,13 +133,16 @@ pub struct Admitted<'a> {
 /// turns, entries batched: the cheapest per certificate.
 impl SigningTurn for Admitted<'_> {
     async fn take(&mut self) -> Pace {
-        if !self.place.has_others() && self.place.beside_a_busy_client() {
+        let company = self.place.company();
+        if company.held == 1 && company.beside_a_busy_client {
             return Pace::Prompt;
         }
         // Never crowded: a client waits for at most as many turns as it
         // has places, fewer than the queue holds.
         self.cpu_turn = self.cpu.take(self.place.client()).await.ok();
-        if self.place.has_others() && self.place.is_shared() {
+        // Read again: the wait for the turn may have been long.
+        let company = self.place.company();
+        if company.held > 1 && company.shared {
             Pace::Background
         } else {
             Pace::Batched
