@@ -904,12 +904,7 @@ pub fn cert_facts(pem: &str) -> CertFacts {
         eku: None,
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
-        serial: cert
-            .raw_serial()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":"),
+        serial: serial_as_consul_prints_it(cert.raw_serial()),
         subject_key_id: None,
         authority_key_id: None,
         key_bits: 0,
@@ -1124,6 +1119,21 @@ pub struct CertDer {
     pub issuer: Vec<u8>,
     pub spki: Vec<u8>,
     pub serial: Vec<u8>,
+}
+
+/// A DER serial's bytes as `IssuedCert.SerialNumber` prints them: the
+/// number's colon hex, without the zero byte DER puts before a serial whose
+/// first bit is set (Vault picks such serials about once in 500 leaves).
+pub fn serial_as_consul_prints_it(der: &[u8]) -> String {
+    let first = der
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(der.len().saturating_sub(1));
+    der[first..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The subject, issuer, SubjectPublicKeyInfo and serial of the first
