@@ -13,12 +13,14 @@ use crate::ratelimit::Gate;
 use meshca_ca::{CaEngine, IssuedLeaf, Requester};
 use meshca_core::leaf::{renewal_point, RENEW_FRACTION};
 use meshca_core::ServiceName;
-use moka::future::Cache;
-use moka::ops::compute::{CompResult, Op};
+use quick_cache::sync::{Cache, DefaultLifecycle, EntryAction, EntryResult};
+use quick_cache::{OptionsBuilder, Weighter};
 use rand::Rng;
 use secrecy::ExposeSecret as _;
+use std::collections::hash_map::RandomState;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 /// A cached leaf and when it must be replaced.
@@ -26,6 +28,8 @@ use time::OffsetDateTime;
 pub struct CachedLeaf {
     pub issued: IssuedLeaf,
     pub renew_at: OffsetDateTime,
+    /// When it was last handed out, in seconds since the cache started.
+    last_read: AtomicU64,
 }
 
 impl CachedLeaf {
@@ -69,11 +73,33 @@ impl Default for LeafCacheLimits {
     }
 }
 
+/// Keyed by service and by who asked (one entry per token, as Consul
+/// caches): a leaf and its private key are never handed to another token
+/// than the one it was issued for.
+type Key = (ServiceName, String);
+
+/// An entry weighs its bytes, and at least its share of the byte budget,
+/// so that the one weighted capacity bounds both the entries and the bytes.
+#[derive(Clone)]
+struct ByBytes {
+    floor: u64,
+}
+
+impl Weighter<Key, Arc<CachedLeaf>> for ByBytes {
+    fn weight(&self, _: &Key, leaf: &Arc<CachedLeaf>) -> u64 {
+        leaf.bytes().max(self.floor)
+    }
+}
+
 pub struct LeafCache {
-    /// Keyed by service and by who asked (one entry per token, as Consul
-    /// caches): a leaf and its private key are never handed to another
-    /// token than the one it was issued for.
-    cache: Cache<(ServiceName, String), Arc<CachedLeaf>>,
+    /// SipHash with a random key (the standard library's): anyone can name
+    /// services, so the hash must not let them pick colliding keys.
+    cache: Cache<Key, Arc<CachedLeaf>, ByBytes, RandomState>,
+    idle: Duration,
+    started: Instant,
+    /// When the next look for idle entries is due, in seconds since
+    /// `started`.
+    next_sweep: AtomicU64,
 }
 
 impl Default for LeafCache {
@@ -90,25 +116,39 @@ const MAX_NAP: Duration = Duration::from_secs(30);
 /// certificate from a new signer.
 pub const ROTATION_SPREAD: Duration = Duration::from_secs(3);
 
+/// Each shard of the cache evicts on its own share of the budget; with at
+/// least this many entries per shard, a shard's bound is close to the
+/// whole cache's.
+const ENTRIES_PER_SHARD: u64 = 512;
+
 impl LeafCache {
     pub fn new(limits: LeafCacheLimits) -> Self {
-        // Every entry weighs at least its share of the byte budget, so the
-        // one weighted capacity bounds both the entries and the bytes.
-        let floor = (limits.max_bytes / limits.max_entries.max(1)).max(1);
-        let cache = Cache::builder()
-            .max_capacity(limits.max_bytes)
-            .weigher(move |_: &(ServiceName, String), leaf: &Arc<CachedLeaf>| {
-                u32::try_from(leaf.bytes().max(floor)).unwrap_or(u32::MAX)
-            })
-            .time_to_idle(limits.idle)
-            .build();
-        Self { cache }
+        let max_entries = limits.max_entries.max(1);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
+            .weight_capacity(limits.max_bytes)
+            .shards((max_entries / ENTRIES_PER_SHARD).clamp(1, 16) as usize)
+            .build()
+            .expect("both capacities are set");
+        let weigher = ByBytes {
+            floor: (limits.max_bytes / max_entries).max(1),
+        };
+        Self {
+            cache: Cache::with_options(
+                options,
+                weigher,
+                RandomState::new(),
+                DefaultLifecycle::default(),
+            ),
+            idle: limits.idle,
+            started: Instant::now(),
+            next_sweep: AtomicU64::new(limits.idle.as_secs()),
+        }
     }
 
-    /// Entries and weighted bytes held now (after pending evictions run).
-    pub async fn usage(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks().await;
-        (self.cache.entry_count(), self.cache.weighted_size())
+    /// Entries and weighted bytes held now.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.cache.len() as u64, self.cache.weight())
     }
 
     /// The current leaf for `service`, issuing one if there is none or the
@@ -121,42 +161,90 @@ impl LeafCache {
         service: &ServiceName,
         requester: &Requester,
     ) -> Result<Arc<CachedLeaf>, ApiError> {
+        let now = self.seconds();
+        self.forget_idle(now);
         let key = (service.clone(), requester.identity.clone());
-        // A leaf that is not due is read without the compute below, which
-        // registers a waiter for the key in a second map on every call.
-        if let Some(cached) = self.cache.get(&key).await {
-            if !is_due(ca, &cached) {
-                return Ok(cached);
-            }
-        }
-        let result = self
+        // A leaf that is not due is read under the shard's read lock; only
+        // a missing or due one takes the entry below, which write-locks it.
+        let cached = match self.cache.get(&key) {
+            Some(cached) if !is_due(ca, &cached) => Some(cached),
+            _ => None,
+        };
+        let cached = match cached {
+            Some(cached) => cached,
+            None => self.issue_once(ca, gate, service, requester, &key).await?,
+        };
+        cached.last_read.store(now, Ordering::Relaxed);
+        Ok(cached)
+    }
+
+    /// The leaf for `key` issued by this request, or by the one request
+    /// already issuing it, or cached meanwhile and not due.
+    async fn issue_once(
+        &self,
+        ca: &Arc<CaEngine>,
+        gate: &Gate<'_>,
+        service: &ServiceName,
+        requester: &Requester,
+        key: &Key,
+    ) -> Result<Arc<CachedLeaf>, ApiError> {
+        let loading = match self
             .cache
-            .entry(key)
-            .and_try_compute_with(|cached| async move {
-                if let Some(entry) = cached {
-                    if !is_due(ca, entry.value()) {
-                        return Ok(Op::Nop);
-                    }
+            .entry_async(key, |_, cached| {
+                if is_due(ca, cached) {
+                    EntryAction::ReplaceWithGuard
+                } else {
+                    EntryAction::Retain(cached.clone())
                 }
-                let admitted = gate.admit().await?;
-                let issued = ca
-                    .issue_service_leaf(service, requester.clone(), admitted)
-                    .await?;
-                let fraction = rand::thread_rng().gen_range(RENEW_FRACTION.0..=RENEW_FRACTION.1);
-                Ok::<_, ApiError>(Op::Put(Arc::new(CachedLeaf {
-                    renew_at: renewal_point(issued.valid_after, issued.valid_before, fraction),
-                    issued,
-                })))
             })
-            .await?;
-        match result {
-            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
-                Ok(e.into_value())
+            .await
+        {
+            EntryResult::Retained(cached) => return Ok(cached),
+            EntryResult::Vacant(loading) | EntryResult::Replaced(loading, _) => loading,
+            EntryResult::Removed(..) | EntryResult::Timeout => {
+                return Err(ApiError::Internal(
+                    "the leaf cache lost an entry it was computing".into(),
+                ))
             }
-            CompResult::StillNone(_) | CompResult::Removed(_) => Err(ApiError::Internal(
-                "the leaf cache lost an entry it was computing".into(),
-            )),
+        };
+        // On an error `loading` is dropped unfilled, and the next request
+        // waiting for this key issues instead.
+        let admitted = gate.admit().await?;
+        let issued = ca
+            .issue_service_leaf(service, requester.clone(), admitted)
+            .await?;
+        let fraction = rand::thread_rng().gen_range(RENEW_FRACTION.0..=RENEW_FRACTION.1);
+        let leaf = Arc::new(CachedLeaf {
+            renew_at: renewal_point(issued.valid_after, issued.valid_before, fraction),
+            issued,
+            last_read: AtomicU64::new(self.seconds()),
+        });
+        let _ = loading.insert(leaf.clone());
+        Ok(leaf)
+    }
+
+    fn seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Drops the entries nobody read for `idle`, at most once a minute
+    /// (and by whichever request comes first after that).
+    fn forget_idle(&self, now: u64) {
+        let due = self.next_sweep.load(Ordering::Relaxed);
+        if now < due {
+            return;
         }
+        let next = now + self.idle.as_secs().clamp(1, 60);
+        if self
+            .next_sweep
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another request sweeps
+        }
+        let idle = self.idle.as_secs();
+        self.cache
+            .retain(|_, leaf| now.saturating_sub(leaf.last_read.load(Ordering::Relaxed)) < idle);
     }
 
     /// Blocking query: waits until the leaf cached at `index` is due (or the
@@ -287,10 +375,102 @@ mod tests {
                 Some(service.as_str())
             );
         }
-        let (entries, bytes) = cache.usage().await;
+        let (entries, bytes) = cache.usage();
         assert!(entries <= limits.max_entries, "{entries} entries");
         assert!(bytes <= limits.max_bytes, "{bytes} bytes");
         assert!(entries > 0, "the cache still caches");
+    }
+
+    async fn leaf_for(ca: &Arc<CaEngine>, cache: &LeafCache, service: &str) -> Arc<CachedLeaf> {
+        cache
+            .current(
+                ca,
+                &CsrLimiter::new(0.0, 0).for_client(String::new()),
+                &service.parse().unwrap(),
+                &Requester::default(),
+            )
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_for_one_service_at_once_issue_one_leaf() {
+        let ca = engine().await;
+        let cache = Arc::new(LeafCache::default());
+        let asking: Vec<_> = (0..16)
+            .map(|_| {
+                let (ca, cache) = (ca.clone(), cache.clone());
+                tokio::spawn(async move { leaf_for(&ca, &cache, "web").await })
+            })
+            .collect();
+        let mut serials = std::collections::BTreeSet::new();
+        for asked in asking {
+            serials.insert(asked.await.unwrap().issued.serial.clone());
+        }
+        assert_eq!(serials.len(), 1, "{serials:?}");
+        assert_eq!(cache.usage().0, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_issuance_leaves_the_service_to_the_next_request() {
+        let ca = engine().await;
+        let cache = LeafCache::default();
+        let limiter = CsrLimiter::new(0.0, 1);
+        let web: ServiceName = "web".parse().unwrap();
+        let held = limiter.acquire().unwrap();
+        let refused = cache
+            .current(
+                &ca,
+                &limiter.for_client(String::new()),
+                &web,
+                &Requester::default(),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(ApiError::RateLimited { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(cache.usage().0, 0, "nothing cached for a refusal");
+        drop(held);
+        let leaf = cache
+            .current(
+                &ca,
+                &limiter.for_client(String::new()),
+                &web,
+                &Requester::default(),
+            )
+            .await
+            .unwrap();
+        assert!(leaf.issued.spiffe_id.to_string().ends_with("/svc/web"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_nobody_read_for_the_idle_time_are_forgotten() {
+        let ca = engine().await;
+        let cache = LeafCache::new(LeafCacheLimits {
+            idle: Duration::from_secs(600),
+            ..LeafCacheLimits::default()
+        });
+        let old = leaf_for(&ca, &cache, "old").await;
+        let kept = leaf_for(&ca, &cache, "kept").await;
+        let read_at = old.last_read.load(Ordering::Relaxed);
+        // "kept" is read again 500 s later, "old" never again.
+        kept.last_read.store(read_at + 500, Ordering::Relaxed);
+        cache.forget_idle(read_at + 600);
+        assert_eq!(cache.usage().0, 1, "old is forgotten, kept is not");
+        let again = cache.cache.get(&key("kept")).expect("kept is still cached");
+        assert_eq!(again.issued.serial, kept.issued.serial);
+        cache.forget_idle(read_at + 1100);
+        assert_eq!(cache.usage().0, 0, "kept unread for 600 s as well");
+        let reissued = leaf_for(&ca, &cache, "old").await;
+        assert_ne!(
+            reissued.issued.serial, old.issued.serial,
+            "old was forgotten"
+        );
+    }
+
+    fn key(service: &str) -> Key {
+        (service.parse().unwrap(), Requester::default().identity)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
