@@ -15,7 +15,9 @@
 //! signing work ([`Journal::expect`]); when the writer has a batch and other
 //! announced entries are still coming, it waits up to [`LINGER`] for them,
 //! as PostgreSQL's `commit_delay` does when `commit_siblings` are active.
-//! A lone request is never delayed, and neither is one appended with
+//! In the server it also waits while every runtime worker is busy
+//! ([`IdleWorkers`]): their queued requests are about to sign too. A
+//! lone request is never delayed, and neither is one appended with
 //! [`Linger::Never`]: its batch is synced with what is queued, without
 //! waiting for entries still being signed (a client with one request
 //! beside a flood must not wait for the flood's signings).
@@ -36,7 +38,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -122,6 +124,70 @@ pub enum Linger {
     Never,
 }
 
+/// How many of the threads that produce entries (the server's runtime
+/// workers) have run out of work, as the runtime reports them through
+/// [`IdleWorkers::parked`] and [`IdleWorkers::unparked`].
+///
+/// A batch waits for announced entries only while some worker is busy:
+/// once no entry is being signed and a worker is idle, nothing else is
+/// coming soon. Without this, one core signing requests one after another
+/// ended the wait after every signing (no entry announced for a moment),
+/// and each certificate paid a sync of its own. A journal opened without
+/// it ([`Journal::open`]) counts its producers as idle: it waits only for
+/// the entries announced.
+pub struct IdleWorkers {
+    idle: AtomicUsize,
+    reported: bool,
+    journal: OnceLock<std::sync::Weak<Announced>>,
+}
+
+impl Default for IdleWorkers {
+    fn default() -> Self {
+        Self::untracked()
+    }
+}
+
+impl IdleWorkers {
+    /// Counted by the runtime's hooks; no worker is idle at first.
+    pub fn reported() -> Arc<Self> {
+        Arc::new(Self {
+            idle: AtomicUsize::new(0),
+            reported: true,
+            journal: OnceLock::new(),
+        })
+    }
+
+    fn untracked() -> Self {
+        Self {
+            idle: AtomicUsize::new(0),
+            reported: false,
+            journal: OnceLock::new(),
+        }
+    }
+
+    /// A worker is about to sleep: if the journal's writer waits for
+    /// entries and none is being signed, it waits no longer.
+    pub fn parked(&self) {
+        // SeqCst here and in the writer's wait: either the writer sees this
+        // worker idle before it sleeps, or this sees the writer waiting.
+        self.idle.fetch_add(1, Ordering::SeqCst);
+        if let Some(announced) = self.journal.get().and_then(std::sync::Weak::upgrade) {
+            if announced.lingering.load(Ordering::SeqCst) && announced.none() {
+                announced.wake_writer();
+            }
+        }
+    }
+
+    /// A worker woke up.
+    pub fn unparked(&self) {
+        self.idle.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn any(&self) -> bool {
+        !self.reported || self.idle.load(Ordering::SeqCst) > 0
+    }
+}
+
 const PREFIX: &str = "issued-";
 const SUFFIX: &str = ".jsonl";
 
@@ -141,6 +207,10 @@ struct Pending {
 struct Announced {
     count: AtomicUsize,
     writer: OnceLock<Thread>,
+    /// Whether the writer is waiting for siblings (so that a worker going
+    /// idle wakes it only then).
+    lingering: AtomicBool,
+    idle: Arc<IdleWorkers>,
 }
 
 impl Announced {
@@ -148,16 +218,22 @@ impl Announced {
         self.count.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// One announced entry was queued or withdrawn; if it was the last one,
-    /// the lingering writer stops waiting.
+    /// One announced entry was queued or withdrawn; if it was the last one
+    /// and a worker has run out of work, the lingering writer stops waiting.
     fn settle(&self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 && self.idle.any() {
             self.wake_writer();
         }
     }
 
     fn none(&self) -> bool {
-        self.count.load(Ordering::Acquire) == 0
+        self.count.load(Ordering::SeqCst) == 0
+    }
+
+    /// Nothing more is coming soon: no announced entry is being signed,
+    /// and a worker has run out of work (so none is about to start one).
+    fn quiet(&self) -> bool {
+        self.none() && self.idle.any()
     }
 
     /// Ends a lingering writer's wait: the last announced entry settled,
@@ -194,6 +270,16 @@ impl Journal {
     /// Opens (creating) the journal in `dir`, repairs a torn last line,
     /// and starts the writer thread.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<Self, JournalError> {
+        Self::open_with(dir, segment_bytes, Arc::new(IdleWorkers::untracked()))
+    }
+
+    /// [`Journal::open`], with batches that wait for announced entries
+    /// while a worker counted by `idle` is busy.
+    pub fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        idle: Arc<IdleWorkers>,
+    ) -> Result<Self, JournalError> {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -203,7 +289,11 @@ impl Journal {
             .map_err(|e| JournalError::io("creating", dir, e))?;
         let segment = Segment::open_newest(dir, segment_bytes)?;
         let (queue, rx) = mpsc::channel();
-        let announced = Arc::new(Announced::default());
+        let announced = Arc::new(Announced {
+            idle: idle.clone(),
+            ..Announced::default()
+        });
+        let _ = idle.journal.set(Arc::downgrade(&announced));
         let writer = Writer {
             queue: rx,
             announced: announced.clone(),
@@ -547,16 +637,21 @@ impl Writer {
                 may_wait &= next.linger == Linger::ForSiblings;
                 batch.push(next);
             }
-            if full(batch.len(), bytes) || self.announced.none() || !may_wait {
+            if full(batch.len(), bytes) || self.announced.quiet() || !may_wait {
                 return batch;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return batch;
             }
-            // Woken early by the last announced entry (`Announced::settle`);
-            // a spurious wake-up just goes round again.
-            std::thread::park_timeout(left);
+            // Woken early by the last announced entry (`Announced::settle`)
+            // or a worker going idle (`IdleWorkers::parked`); a spurious
+            // wake-up just goes round again.
+            self.announced.lingering.store(true, Ordering::SeqCst);
+            if !self.announced.quiet() {
+                std::thread::park_timeout(left);
+            }
+            self.announced.lingering.store(false, Ordering::SeqCst);
         }
     }
 }

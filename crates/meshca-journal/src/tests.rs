@@ -244,9 +244,21 @@ async fn segments_are_private() {
 /// A writer over a bare channel, and the journal that feeds it; the
 /// calling thread is the writer's (it calls `gather`).
 fn writer(linger: Duration) -> (Writer, mpsc::Sender<Pending>, Journal) {
+    writer_beside(linger, Arc::default())
+}
+
+/// [`writer`], for a journal whose producers report their idleness to `idle`.
+fn writer_beside(
+    linger: Duration,
+    idle: Arc<IdleWorkers>,
+) -> (Writer, mpsc::Sender<Pending>, Journal) {
     let (tx, rx) = mpsc::channel();
-    let announced = Arc::new(Announced::default());
+    let announced = Arc::new(Announced {
+        idle: idle.clone(),
+        ..Announced::default()
+    });
     announced.writer.set(std::thread::current()).unwrap();
+    let _ = idle.journal.set(Arc::downgrade(&announced));
     let journal = Journal {
         queue: tx.clone(),
         announced: announced.clone(),
@@ -377,4 +389,59 @@ fn a_prompt_entry_ends_the_wait_for_others() {
         std::mem::forget(never_comes);
     });
     assert_eq!(gathered_before_the_linger(&writer, pending(1)), [1, 2]);
+}
+
+/// Regression: a server signing on one core announced one entry at a time,
+/// so the last announced entry settled after every signing, ended the
+/// wait, and every certificate paid a sync of its own. While a worker is
+/// busy the batch keeps waiting; a worker running out of work ends it.
+#[test]
+fn a_batch_waits_while_every_worker_is_busy() {
+    let idle = IdleWorkers::reported();
+    let (writer, tx, journal) = writer_beside(Duration::from_secs(30), idle.clone());
+    let signing = journal.expect();
+    let task = Path::new("/proc").join(std::fs::read_link("/proc/thread-self").unwrap());
+    once_this_thread_waits(move || {
+        tx.send(pending(2)).unwrap();
+        drop(signing);
+        // Nothing announced now, but the one worker is still busy: had
+        // that ended the wait, the batch would already be [1, 2].
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !asleep(&task) {
+            assert!(Instant::now() < deadline, "the writer stopped waiting");
+            std::thread::yield_now();
+        }
+        tx.send(pending(3)).unwrap();
+        idle.parked();
+    });
+    assert_eq!(gathered_before_the_linger(&writer, pending(1)), [1, 2, 3]);
+}
+
+#[test]
+fn an_idle_worker_does_not_end_the_wait_for_an_entry_being_signed() {
+    let idle = IdleWorkers::reported();
+    idle.parked();
+    let (writer, tx, journal) = writer_beside(Duration::from_secs(30), idle);
+    let signing = journal.expect();
+    once_this_thread_waits(move || {
+        tx.send(pending(2)).unwrap();
+        drop(signing);
+    });
+    assert_eq!(gathered_before_the_linger(&writer, pending(1)), [1, 2]);
+}
+
+#[test]
+fn a_lone_entry_beside_an_idle_worker_is_not_delayed() {
+    let idle = IdleWorkers::reported();
+    idle.parked();
+    let (writer, _tx, _journal) = writer_beside(Duration::from_secs(30), idle.clone());
+    assert_eq!(gathered_before_the_linger(&writer, pending(1)).len(), 1);
+    idle.unparked();
+    let (writer, _tx, _journal) = writer_beside(Duration::from_millis(20), idle);
+    let started = Instant::now();
+    assert_eq!(writer.gather(pending(1)).len(), 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(20),
+        "with its worker busy, the entry waits for the linger"
+    );
 }

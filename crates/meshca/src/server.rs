@@ -48,10 +48,16 @@ impl Drop for FlushLogOnDrop {
 }
 
 fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
+    // The journal's batches wait for entries still being signed only while
+    // a worker is busy: the workers report going idle and back.
+    let idle = meshca_journal::IdleWorkers::reported();
+    let (parked, unparked) = (idle.clone(), idle.clone());
     meshca_server::runtime()
+        .on_thread_park(move || parked.parked())
+        .on_thread_unpark(move || unparked.unparked())
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(settings))
+        .block_on(serve(settings, idle))
 }
 
 /// Logs to stderr. The audit lines of issued certificates, one per
@@ -324,7 +330,7 @@ fn open_shared(
     }
 }
 
-async fn serve(mut s: Settings) -> anyhow::Result<()> {
+async fn serve(mut s: Settings, idle: Arc<meshca_journal::IdleWorkers>) -> anyhow::Result<()> {
     // Opening may block on the disk or the network: not on a worker.
     let (store, etcd) = tokio::task::block_in_place(|| open_store(&s))?;
     check_datacenter(&s, &store)?;
@@ -340,8 +346,9 @@ async fn serve(mut s: Settings) -> anyhow::Result<()> {
         // Opening reads only the end of the newest segment, whatever the
         // journal's size.
         let dir = s.data_dir.join(JOURNAL_DIR);
-        let journal = meshca_journal::Journal::open(&dir, meshca_journal::DEFAULT_SEGMENT_BYTES)
-            .map_err(|e| anyhow::anyhow!("opening {e}"))?;
+        let journal =
+            meshca_journal::Journal::open_with(&dir, meshca_journal::DEFAULT_SEGMENT_BYTES, idle)
+                .map_err(|e| anyhow::anyhow!("opening {e}"))?;
         ca.journal_issuance(Arc::new(journal));
     }
     if s.ca_config_given && ca.published().config != s.initial_ca {
