@@ -174,7 +174,11 @@ impl LeafCache {
             Some(cached) => cached,
             None => self.issue_once(ca, gate, service, requester, &key).await?,
         };
-        cached.last_read.store(now, Ordering::Relaxed);
+        // At most one write a second per leaf: a popular leaf's line is
+        // read by every worker and should not bounce between them.
+        if cached.last_read.load(Ordering::Relaxed) != now {
+            cached.last_read.store(now, Ordering::Relaxed);
+        }
         Ok(cached)
     }
 
