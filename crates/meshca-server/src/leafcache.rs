@@ -364,16 +364,8 @@ mod tests {
         };
         let cache = LeafCache::new(limits);
         for i in 0..60 {
-            let service: ServiceName = format!("svc-{i}").parse().unwrap();
-            let leaf = cache
-                .current(
-                    &ca,
-                    &limiter.for_client(String::new()),
-                    &service,
-                    &Requester::default(),
-                )
-                .await
-                .unwrap();
+            let service = format!("svc-{i}");
+            let leaf = leaf_through(&ca, &cache, &limiter, &service).await.unwrap();
             assert_eq!(
                 leaf.issued.spiffe_id.to_string().rsplit('/').next(),
                 Some(service.as_str())
@@ -386,15 +378,26 @@ mod tests {
     }
 
     async fn leaf_for(ca: &Arc<CaEngine>, cache: &LeafCache, service: &str) -> Arc<CachedLeaf> {
+        leaf_through(ca, cache, &CsrLimiter::new(0.0, 0), service)
+            .await
+            .unwrap()
+    }
+
+    /// The current leaf for `service`, admitted by `limiter`.
+    async fn leaf_through(
+        ca: &Arc<CaEngine>,
+        cache: &LeafCache,
+        limiter: &CsrLimiter,
+        service: &str,
+    ) -> Result<Arc<CachedLeaf>, ApiError> {
         cache
             .current(
                 ca,
-                &CsrLimiter::new(0.0, 0).for_client(String::new()),
+                &limiter.for_client(String::new()),
                 &service.parse().unwrap(),
                 &Requester::default(),
             )
             .await
-            .unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,31 +423,15 @@ mod tests {
         let ca = engine().await;
         let cache = LeafCache::default();
         let limiter = CsrLimiter::new(0.0, 1);
-        let web: ServiceName = "web".parse().unwrap();
         let held = limiter.acquire().unwrap();
-        let refused = cache
-            .current(
-                &ca,
-                &limiter.for_client(String::new()),
-                &web,
-                &Requester::default(),
-            )
-            .await;
+        let refused = leaf_through(&ca, &cache, &limiter, "web").await;
         assert!(
             matches!(refused, Err(ApiError::RateLimited { .. })),
             "{refused:?}"
         );
         assert_eq!(cache.usage().0, 0, "nothing cached for a refusal");
         drop(held);
-        let leaf = cache
-            .current(
-                &ca,
-                &limiter.for_client(String::new()),
-                &web,
-                &Requester::default(),
-            )
-            .await
-            .unwrap();
+        let leaf = leaf_through(&ca, &cache, &limiter, "web").await.unwrap();
         assert!(leaf.issued.spiffe_id.to_string().ends_with("/svc/web"));
     }
 
@@ -481,28 +468,12 @@ mod tests {
     async fn a_cached_leaf_never_prints_its_private_key() {
         let ca = engine().await;
         let cache = LeafCache::default();
-        let leaf = cache
-            .current(
-                &ca,
-                &CsrLimiter::new(0.0, 0).for_client(String::new()),
-                &"web".parse().unwrap(),
-                &Requester::default(),
-            )
-            .await
-            .unwrap();
+        let leaf = leaf_for(&ca, &cache, "web").await;
         let key = leaf.issued.private_key_pem.as_ref().unwrap();
         assert!(key.expose_secret().contains("PRIVATE KEY"));
         let shown = format!("{leaf:?}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
-        let again = cache
-            .current(
-                &ca,
-                &CsrLimiter::new(0.0, 0).for_client(String::new()),
-                &"web".parse().unwrap(),
-                &Requester::default(),
-            )
-            .await
-            .unwrap();
+        let again = leaf_for(&ca, &cache, "web").await;
         assert_eq!(
             again.issued.serial, leaf.issued.serial,
             "served from the cache"
