@@ -82,6 +82,12 @@ pub trait SigningTurn: Send {
     /// Only inline signing (local EC keys) takes it: an RSA signing runs on
     /// a blocking thread, and a remote provider's on its own machine.
     fn take(&mut self) -> impl std::future::Future<Output = Pace> + Send;
+    /// Whether, when its turn came, this was the only request in the
+    /// server: then no other request is ready to run first, and it signs
+    /// without yielding to them.
+    fn alone(&self) -> bool {
+        false
+    }
     /// The signing is over, whether it succeeded or not.
     fn signed(&mut self);
 }
@@ -288,7 +294,12 @@ impl CaEngine {
                 observer.paced(pace);
             }
             let announced = self.announce();
-            (pace, announced, self.sign_inline(pace, work).await?)
+            let others_first = !turn.alone();
+            (
+                pace,
+                announced,
+                self.sign_inline(pace, others_first, work).await?,
+            )
         } else {
             (Pace::Batched, self.announce(), blocking(work).await?)
         };
@@ -306,10 +317,12 @@ impl CaEngine {
     }
 
     /// Runs a quick signing on the worker or, at [`Pace::Background`], a
-    /// signing thread.
+    /// signing thread; on the worker after the tasks already ready if
+    /// `others_first`.
     async fn sign_inline<T: Send + 'static>(
         &self,
         pace: Pace,
+        others_first: bool,
         work: impl FnOnce() -> Result<T, CaError> + Send + 'static,
     ) -> Result<T, CaError> {
         if let (Pace::Background, Some(threads)) = (pace, self.signing_threads()) {
@@ -323,8 +336,13 @@ impl CaEngine {
         // another's poll, which the runtime runs next, ahead of everything
         // else. One busy client's /sign and agent leaf took 5-15% less CPU
         // per request, a quiet client beside a flood waited less
-        // (docs/BENCHMARKS.md).
-        tokio::task::yield_now().await;
+        // (docs/BENCHMARKS.md). A request alone in the server skips it:
+        // the yield made the runtime wake its other, idle worker to take
+        // the task, which then signed on the other core (at one connection
+        // a tenth of a /sign's CPU and most of its moves between cores).
+        if others_first {
+            tokio::task::yield_now().await;
+        }
         work()
     }
 

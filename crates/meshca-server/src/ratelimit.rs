@@ -93,6 +93,7 @@ impl<C: Clock + Clone> Gate<'_, C> {
             place,
             cpu: &self.limiter.cpu,
             cpu_turn: None,
+            alone: false,
         })
     }
 }
@@ -107,6 +108,8 @@ pub struct Admitted<'a> {
     place: Turn<'a>,
     cpu: &'a FairTurns,
     cpu_turn: Option<Turn<'a>>,
+    /// The only request in the server when its turn came.
+    alone: bool,
 }
 
 /// The places bound how much of a flood is inside the server; the CPU
@@ -142,6 +145,7 @@ impl SigningTurn for Admitted<'_> {
         self.cpu_turn = self.cpu.take(self.place.client()).await.ok();
         // Read again: the wait for the turn may have been long.
         let company = self.place.company();
+        self.alone = company.held == 1 && !company.shared;
         if company.held > 1 && company.shared {
             Pace::Background
         } else {
@@ -156,6 +160,10 @@ impl SigningTurn for Admitted<'_> {
     /// it bounds how much of a flood is inside the server, and a quiet
     /// client's median latency beside a flood doubled or worse when it was
     /// given back here too (docs/BENCHMARKS.md).
+    fn alone(&self) -> bool {
+        self.alone
+    }
+
     fn signed(&mut self) {
         self.permit = None;
         self.cpu_turn = None;
@@ -324,6 +332,32 @@ mod tests {
         let alone = limiter.for_client("alone".into());
         let (first, second) = (alone.admit().await.unwrap(), alone.admit().await.unwrap());
         in_turns_at(Pace::Batched, first, second);
+    }
+
+    /// A request alone in the server signs without yielding first; one of
+    /// two, from one client or two, yields to the other.
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_a_request_alone_in_the_server_skips_the_yield() {
+        let (one_client, _) = limiter(0.0, 0);
+        let a = one_client.for_client("a".into());
+        let mut only = a.admit().await.unwrap();
+        ready(std::pin::pin!(only.take()));
+        assert!(only.alone());
+        let mut second = a.admit().await.unwrap();
+        only.signed();
+        ready(std::pin::pin!(second.take()));
+        assert!(!second.alone(), "a's first request is still in the server");
+        drop((only, second));
+
+        let (two_clients, _) = limiter(0.0, 0);
+        let (a, b) = (
+            two_clients.for_client("a".into()),
+            two_clients.for_client("b".into()),
+        );
+        let mut as_only = a.admit().await.unwrap();
+        let _bs = b.admit().await.unwrap();
+        ready(std::pin::pin!(as_only.take()));
+        assert!(!as_only.alone(), "b is served beside a");
     }
 
     /// `first` signs at `pace` at once; `second` waits for its turn, then
