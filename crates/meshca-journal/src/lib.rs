@@ -142,25 +142,22 @@ pub struct IdleWorkers {
 }
 
 impl Default for IdleWorkers {
+    /// Not reported: every producer counts as idle.
     fn default() -> Self {
-        Self::untracked()
+        Self::new(false)
     }
 }
 
 impl IdleWorkers {
     /// Counted by the runtime's hooks; no worker is idle at first.
     pub fn reported() -> Arc<Self> {
-        Arc::new(Self {
-            idle: AtomicUsize::new(0),
-            reported: true,
-            journal: OnceLock::new(),
-        })
+        Arc::new(Self::new(true))
     }
 
-    fn untracked() -> Self {
+    fn new(reported: bool) -> Self {
         Self {
             idle: AtomicUsize::new(0),
-            reported: false,
+            reported,
             journal: OnceLock::new(),
         }
     }
@@ -214,6 +211,17 @@ struct Announced {
 }
 
 impl Announced {
+    /// Announcements for a journal whose producers report to `idle`, which
+    /// learns of them in turn (to wake the writer when a worker goes idle).
+    fn beside(idle: &Arc<IdleWorkers>) -> Arc<Self> {
+        let announced = Arc::new(Self {
+            idle: idle.clone(),
+            ..Self::default()
+        });
+        let _ = idle.journal.set(Arc::downgrade(&announced));
+        announced
+    }
+
     fn add(&self) {
         self.count.fetch_add(1, Ordering::AcqRel);
     }
@@ -270,7 +278,7 @@ impl Journal {
     /// Opens (creating) the journal in `dir`, repairs a torn last line,
     /// and starts the writer thread.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<Self, JournalError> {
-        Self::open_with(dir, segment_bytes, Arc::new(IdleWorkers::untracked()))
+        Self::open_with(dir, segment_bytes, Arc::default())
     }
 
     /// [`Journal::open`], with batches that wait for announced entries
@@ -289,11 +297,7 @@ impl Journal {
             .map_err(|e| JournalError::io("creating", dir, e))?;
         let segment = Segment::open_newest(dir, segment_bytes)?;
         let (queue, rx) = mpsc::channel();
-        let announced = Arc::new(Announced {
-            idle: idle.clone(),
-            ..Announced::default()
-        });
-        let _ = idle.journal.set(Arc::downgrade(&announced));
+        let announced = Announced::beside(&idle);
         let writer = Writer {
             queue: rx,
             announced: announced.clone(),

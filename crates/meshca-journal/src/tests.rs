@@ -253,12 +253,8 @@ fn writer_beside(
     idle: Arc<IdleWorkers>,
 ) -> (Writer, mpsc::Sender<Pending>, Journal) {
     let (tx, rx) = mpsc::channel();
-    let announced = Arc::new(Announced {
-        idle: idle.clone(),
-        ..Announced::default()
-    });
+    let announced = Announced::beside(&idle);
     announced.writer.set(std::thread::current()).unwrap();
-    let _ = idle.journal.set(Arc::downgrade(&announced));
     let journal = Journal {
         queue: tx.clone(),
         announced: announced.clone(),

@@ -167,12 +167,11 @@ impl LeafCache {
         // A leaf that is not due is read under the shard's read lock; only
         // a missing or due one takes the entry below, which write-locks it.
         let cached = match self.cache.get(&key) {
-            Some(cached) if !is_due(ca, &cached) => Some(cached),
-            _ => None,
-        };
-        let cached = match cached {
-            Some(cached) => cached,
-            None => self.issue_once(ca, gate, service, requester, &key).await?,
+            Some(cached) if !is_due(ca, &cached) => cached,
+            _ => {
+                self.issue_once(ca, gate, service, requester, &key, now)
+                    .await?
+            }
         };
         // At most one write a second per leaf: a popular leaf's line is
         // read by every worker and should not bounce between them.
@@ -182,8 +181,8 @@ impl LeafCache {
         Ok(cached)
     }
 
-    /// The leaf for `key` issued by this request, or by the one request
-    /// already issuing it, or cached meanwhile and not due.
+    /// The leaf for `key` issued by this request (read at `now`), or by the
+    /// one request already issuing it, or cached meanwhile and not due.
     async fn issue_once(
         &self,
         ca: &Arc<CaEngine>,
@@ -191,6 +190,7 @@ impl LeafCache {
         service: &ServiceName,
         requester: &Requester,
         key: &Key,
+        now: u64,
     ) -> Result<Arc<CachedLeaf>, ApiError> {
         let loading = match self
             .cache
@@ -221,7 +221,7 @@ impl LeafCache {
         let leaf = Arc::new(CachedLeaf {
             renew_at: renewal_point(issued.valid_after, issued.valid_before, fraction),
             issued,
-            last_read: AtomicU64::new(self.seconds()),
+            last_read: AtomicU64::new(now),
         });
         let _ = loading.insert(leaf.clone());
         Ok(leaf)

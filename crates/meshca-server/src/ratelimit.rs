@@ -153,6 +153,10 @@ impl SigningTurn for Admitted<'_> {
         }
     }
 
+    fn alone(&self) -> bool {
+        self.alone
+    }
+
     /// The leaf is signed: `CSRMaxConcurrent` counts signings, so its
     /// permit goes back now, before the journal's sync is awaited (with a
     /// limit of 1, holding it made every signing wait for its own sync),
@@ -160,10 +164,6 @@ impl SigningTurn for Admitted<'_> {
     /// it bounds how much of a flood is inside the server, and a quiet
     /// client's median latency beside a flood doubled or worse when it was
     /// given back here too (docs/BENCHMARKS.md).
-    fn alone(&self) -> bool {
-        self.alone
-    }
-
     fn signed(&mut self) {
         self.permit = None;
         self.cpu_turn = None;
