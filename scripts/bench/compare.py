@@ -7,7 +7,10 @@ Runs, each for a bounded time on 127.0.0.1, with wrk as the load generator:
     and after meshca's rows; the ratios use the mean of the two;
   * meshca (release build, data on disk, ACLs and rate limits off):
     POST /v1/connect/ca/sign, GET /v1/agent/connect/ca/leaf/<new service
-    every request>, GET /v1/connect/ca/roots;
+    every request>, GET /v1/connect/ca/roots; with --meshca-plain, a
+    second build the same way right after (`run` measures the
+    profile-guided build of scripts/pgo/build as meshca and the plain
+    `cargo build --release` as meshca-plain);
   * OpenBao's PKI engine (dev server): pki/sign/<role> with no_store,
     pki/issue/<role>, pki/ca/pem;
   * the HTTP floor (crates/meshca-bench, `http-floor`): meshca's HTTP stack
@@ -165,7 +168,7 @@ def floor_of(sign, verify, keygen):
 
 # ----------------------------------------------------------------- servers
 
-def start_meshca(workdir, binary):
+def start_meshca(workdir, binary, name="meshca"):
     port = free_port()
     config = os.path.join(workdir, "meshca.json")
     with open(config, "w") as f:
@@ -173,13 +176,35 @@ def start_meshca(workdir, binary):
             "acl": {"enabled": False},
             "connect": {"ca_config": {"csr_max_per_second": 0, "csr_max_concurrent": 0}},
         }, f)
-    server = Server("meshca", [binary, "server", "--data-dir", os.path.join(workdir, "meshca-data"),
+    server = Server(name, [binary, "server", "--data-dir", os.path.join(workdir, "meshca-data"),
                                "--client", "127.0.0.1", "--http-port", str(port),
                                "--config-file", config], workdir)
     base = f"http://127.0.0.1:{port}"
     wait_until("meshca", lambda: http("GET", base + "/v1/connect/ca/roots"))
     trust_domain = json.loads(http("GET", base + "/v1/connect/ca/roots"))["TrustDomain"]
     return server, base, trust_domain
+
+
+def meshca_rows(work, name, binary, conns, seconds, results, servers):
+    """A meshca build's rows (/sign, agent leaves for new services, roots)
+    and memory, as `name`. Returns its CSR and /sign body, which the HTTP
+    floor is sent too."""
+    workdir = os.path.join(work, name)
+    os.makedirs(workdir)
+    meshca, base, td = start_meshca(workdir, binary, name)
+    servers.append(meshca)
+    csr = make_csr(workdir, f"spiffe://{td}/ns/default/dc/dc1/svc/{SERVICE}")
+    sign_body = write_body(workdir, "sign.json", {"CSR": csr})
+    idle = meshca.memory_kb("VmRSS")
+    calls = [("sign", "/v1/connect/ca/sign", dict(method="POST", body_file=sign_body)),
+             ("leaf", "/v1/agent/connect/ca/leaf/svc-", dict(unique=True)),
+             ("roots", "/v1/connect/ca/roots", {})]
+    for op, path, how in calls:
+        for c in conns:
+            results["rows"].append(run_row(meshca, op, base + path, c, seconds, **how))
+    results["memory"][name] = {"idle_kb": idle, "peak_kb": meshca.memory_kb("VmHWM")}
+    meshca.stop()
+    return csr, sign_body
 
 
 def start_http_floor(workdir, binary):
@@ -350,7 +375,11 @@ def ratios(results):
         return out
 
     m = lambda op, c: rows[("meshca", op, c)]
+    plain = lambda op, c: rows[("meshca-plain", op, c)]
     yield "meshca /sign CPU per request ÷ floor", cells(lambda c: m("sign", c)["cpu_us"] / floor["sign_floor_us"])
+    if any(r["server"] == "meshca-plain" for r in results["rows"]):
+        yield "meshca plain build /sign CPU per request ÷ floor", cells(lambda c: plain("sign", c)["cpu_us"] / floor["sign_floor_us"])
+        yield "meshca plain build agent leaf CPU per request ÷ floor", cells(lambda c: plain("leaf", c)["cpu_us"] / floor["leaf_floor_us"])
     yield "HTTP floor /sign CPU per request ÷ floor", cells(lambda c: rows[("http-floor", "sign", c)]["cpu_us"] / floor["sign_floor_us"])
     yield "meshca /sign CPU per request ÷ HTTP floor's", cells(lambda c: m("sign", c)["cpu_us"] / rows[("http-floor", "sign", c)]["cpu_us"])
     yield "meshca agent leaf CPU per request ÷ floor", cells(lambda c: m("leaf", c)["cpu_us"] / floor["leaf_floor_us"])
@@ -371,6 +400,8 @@ def ratios(results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--meshca", default=os.path.join(REPO, "target/release/meshca"))
+    ap.add_argument("--meshca-plain", help="another meshca build (the plain release build beside "
+                    "the profile-guided one), measured after it as `meshca-plain`")
     ap.add_argument("--seconds", type=int, default=5, help="per row (default 5)")
     ap.add_argument("--conns", default="1,16,64")
     ap.add_argument("--http-floor", default=os.path.join(REPO, "target/release/http-floor"))
@@ -379,6 +410,8 @@ def main():
     args = ap.parse_args()
     # The servers run in a temporary directory.
     args.meshca, args.http_floor = os.path.abspath(args.meshca), os.path.abspath(args.http_floor)
+    if args.meshca_plain:
+        args.meshca_plain = os.path.abspath(args.meshca_plain)
     conns = [int(c) for c in args.conns.split(",")]
     only = set(args.only.split(","))
 
@@ -395,23 +428,11 @@ def main():
         servers = []
         try:
             if "meshca" in only:
-                meshca, base, td = start_meshca(work, args.meshca)
-                servers.append(meshca)
-                uri = f"spiffe://{td}/ns/default/dc/dc1/svc/{SERVICE}"
-                csr = make_csr(work, uri)
-                sign_body = write_body(work, "meshca-sign.json", {"CSR": csr})
-                idle = meshca.memory_kb("VmRSS")
-                for c in conns:
-                    results["rows"].append(run_row(meshca, "sign", base + "/v1/connect/ca/sign", c,
-                                                   args.seconds, method="POST", body_file=sign_body))
-                for c in conns:
-                    results["rows"].append(run_row(meshca, "leaf", base + "/v1/agent/connect/ca/leaf/svc-",
-                                                   c, args.seconds, unique=True))
-                for c in conns:
-                    results["rows"].append(run_row(meshca, "roots", base + "/v1/connect/ca/roots", c,
-                                                   args.seconds))
-                results["memory"]["meshca"] = {"idle_kb": idle, "peak_kb": meshca.memory_kb("VmHWM")}
-                meshca.stop()
+                csr, sign_body = meshca_rows(work, "meshca", args.meshca, conns, args.seconds,
+                                             results, servers)
+                if args.meshca_plain:
+                    meshca_rows(work, "meshca-plain", args.meshca_plain, conns, args.seconds,
+                                results, servers)
                 if "http-floor" in only and not os.path.isfile(args.http_floor):
                     print("the HTTP floor is not built (cargo build --release --bin http-floor): "
                           "skipped", file=sys.stderr)
