@@ -241,9 +241,10 @@ async fn segments_are_private() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-/// A writer over a bare channel, and the journal that feeds it; the
-/// calling thread is the writer's (it calls `gather`).
-fn writer(linger: Duration) -> (Writer, mpsc::Sender<Pending>, Journal) {
+/// A writer over a bare channel, the journal that feeds it, and the
+/// directory of their segment; the calling thread is the writer's (it
+/// calls `gather`), no thread runs it.
+fn writer(linger: Duration) -> (Writer, mpsc::Sender<Pending>, Journal, tempfile::TempDir) {
     writer_beside(linger, Arc::default())
 }
 
@@ -251,20 +252,27 @@ fn writer(linger: Duration) -> (Writer, mpsc::Sender<Pending>, Journal) {
 fn writer_beside(
     linger: Duration,
     idle: Arc<IdleWorkers>,
-) -> (Writer, mpsc::Sender<Pending>, Journal) {
+) -> (Writer, mpsc::Sender<Pending>, Journal, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Arc::new(Shared {
+        segment: Mutex::new(Segment::open_newest(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap()),
+        queued: AtomicUsize::new(0),
+    });
     let (tx, rx) = mpsc::channel();
     let announced = Announced::beside(&idle);
     announced.writer.set(std::thread::current()).unwrap();
     let journal = Journal {
         queue: tx.clone(),
         announced: announced.clone(),
+        shared: shared.clone(),
     };
     let writer = Writer {
         queue: rx,
         announced,
         linger,
+        shared,
     };
-    (writer, tx, journal)
+    (writer, tx, journal, dir)
 }
 
 /// Runs `then` on another thread once the calling thread — the writer, in
@@ -324,7 +332,7 @@ fn a_batch_waits_for_an_announced_entry() {
     let an_idle_worker = IdleWorkers::reported();
     an_idle_worker.parked();
     for idle in [Arc::default(), an_idle_worker] {
-        let (writer, tx, journal) = writer_beside(Duration::from_secs(30), idle);
+        let (writer, tx, journal, _dir) = writer_beside(Duration::from_secs(30), idle);
         let expected = journal.expect();
         once_this_thread_waits(move || {
             tx.send(pending(2)).unwrap();
@@ -336,7 +344,7 @@ fn a_batch_waits_for_an_announced_entry() {
 
 #[test]
 fn entries_queued_meanwhile_do_not_end_the_wait_early() {
-    let (writer, tx, journal) = writer(Duration::from_secs(30));
+    let (writer, tx, journal, _dir) = writer(Duration::from_secs(30));
     let (first, second) = (journal.expect(), journal.expect());
     once_this_thread_waits(move || {
         tx.send(pending(2)).unwrap();
@@ -349,13 +357,13 @@ fn entries_queued_meanwhile_do_not_end_the_wait_early() {
 
 #[test]
 fn a_lone_entry_is_not_delayed() {
-    let (writer, _tx, _journal) = writer(Duration::from_secs(30));
+    let (writer, _tx, _journal, _dir) = writer(Duration::from_secs(30));
     assert_eq!(gathered_before_the_linger(&writer, pending(1)).len(), 1);
 }
 
 #[test]
 fn a_withdrawn_announcement_ends_the_wait() {
-    let (writer, _tx, journal) = writer(Duration::from_secs(30));
+    let (writer, _tx, journal, _dir) = writer(Duration::from_secs(30));
     let expected = journal.expect();
     once_this_thread_waits(move || drop(expected));
     assert_eq!(gathered_before_the_linger(&writer, pending(1)).len(), 1);
@@ -363,7 +371,7 @@ fn a_withdrawn_announcement_ends_the_wait() {
 
 #[test]
 fn the_wait_is_bounded_by_the_linger() {
-    let (writer, _tx, journal) = writer(Duration::from_millis(50));
+    let (writer, _tx, journal, _dir) = writer(Duration::from_millis(50));
     let _never_comes = journal.expect();
     let started = Instant::now();
     assert_eq!(writer.gather(pending(1)).len(), 1);
@@ -372,7 +380,7 @@ fn the_wait_is_bounded_by_the_linger() {
 
 #[test]
 fn a_batch_holding_a_prompt_entry_does_not_wait() {
-    let (writer, _tx, journal) = writer(Duration::from_secs(30));
+    let (writer, _tx, journal, _dir) = writer(Duration::from_secs(30));
     let _never_comes = journal.expect();
     assert_eq!(gathered_before_the_linger(&writer, prompt(1)).len(), 1);
 }
@@ -381,7 +389,7 @@ fn a_batch_holding_a_prompt_entry_does_not_wait() {
 /// batch for the flood's signings in progress, up to the whole linger.
 #[test]
 fn a_prompt_entry_ends_the_wait_for_others() {
-    let (writer, _tx, journal) = writer(Duration::from_secs(30));
+    let (writer, _tx, journal, _dir) = writer(Duration::from_secs(30));
     let (prompt_one, never_comes) = (journal.expect(), journal.expect());
     once_this_thread_waits(move || {
         journal.queue(prompt(2), prompt_one).unwrap();
@@ -399,7 +407,7 @@ fn a_prompt_entry_ends_the_wait_for_others() {
 #[test]
 fn a_batch_waits_while_every_worker_is_busy() {
     let idle = IdleWorkers::reported();
-    let (writer, tx, journal) = writer_beside(Duration::from_secs(30), idle.clone());
+    let (writer, tx, journal, _dir) = writer_beside(Duration::from_secs(30), idle.clone());
     let signing = journal.expect();
     let task = Path::new("/proc").join(std::fs::read_link("/proc/thread-self").unwrap());
     once_this_thread_waits(move || {
@@ -422,14 +430,59 @@ fn a_batch_waits_while_every_worker_is_busy() {
 fn a_lone_entry_beside_an_idle_worker_is_not_delayed() {
     let idle = IdleWorkers::reported();
     idle.parked();
-    let (writer, _tx, _journal) = writer_beside(Duration::from_secs(30), idle.clone());
+    let (writer, _tx, _journal, _dir) = writer_beside(Duration::from_secs(30), idle.clone());
     assert_eq!(gathered_before_the_linger(&writer, pending(1)).len(), 1);
     idle.unparked();
-    let (writer, _tx, _journal) = writer_beside(Duration::from_millis(20), idle);
+    let (writer, _tx, _journal, _dir) = writer_beside(Duration::from_millis(20), idle);
     let started = Instant::now();
     assert_eq!(writer.gather(pending(1)).len(), 1);
     assert!(
         started.elapsed() >= Duration::from_millis(20),
         "with its worker busy, the entry waits for the linger"
     );
+}
+
+/// A lone entry is written and synced by the task appending it. No thread
+/// runs this writer: an entry handed to it would never be acknowledged.
+#[tokio::test]
+async fn a_lone_entry_is_synced_by_the_task_appending_it() {
+    let (_writer, _tx, journal, dir) = writer(Duration::from_secs(30));
+    let lone = entry(1);
+    let append = tokio::time::timeout(Duration::from_secs(10), journal.append(&lone));
+    append.await.expect("handed to the writer").unwrap();
+    assert_eq!(all_entries(dir.path()), [entry(1)]);
+}
+
+/// Beside another entry being signed, a busy segment, or only busy workers,
+/// an entry goes to the writer, to share a sync with what comes next.
+#[test]
+fn an_entry_not_alone_goes_to_the_writer() {
+    let (writer, _tx, journal, dir) = writer(Duration::from_secs(30));
+    let being_signed = journal.expect();
+    assert!(handed_to_the_writer(&writer, &journal));
+    drop(being_signed);
+
+    let busy = lock(&journal.shared.segment);
+    assert!(handed_to_the_writer(&writer, &journal));
+    drop(busy);
+
+    let (writer, _tx, journal, _dir) =
+        writer_beside(Duration::from_secs(30), IdleWorkers::reported());
+    assert!(handed_to_the_writer(&writer, &journal));
+    assert!(all_entries(dir.path()).is_empty());
+}
+
+/// Polls one append of `journal` once: whether it is then waiting in the
+/// queue of `writer` (rather than written already).
+fn handed_to_the_writer(writer: &Writer, journal: &Journal) -> bool {
+    use std::future::Future as _;
+    let one = entry(1);
+    let mut append = std::pin::pin!(journal.append(&one));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let pending = append.as_mut().poll(&mut cx).is_pending();
+    let queued = writer.queue.try_recv().is_ok();
+    if queued {
+        journal.shared.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+    pending && queued
 }
