@@ -407,10 +407,13 @@ impl Journal {
     /// Hands `pending`, the entry `expected` announced, to the writer.
     fn queue(&self, pending: Pending, expected: Expected) -> Result<(), JournalError> {
         let linger = pending.linger;
+        // Counted before it is sent: the writer must never see an entry
+        // that is not counted yet.
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        self.queue
-            .send(pending)
-            .map_err(|_| JournalError("the writer has stopped".into()))?;
+        if self.queue.send(pending).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(JournalError("the writer has stopped".into()));
+        }
         drop(expected);
         if linger == Linger::Never {
             self.announced.wake_writer();
