@@ -259,6 +259,12 @@ impl Announced {
         self.none() && self.idle.any()
     }
 
+    /// [`Announced::quiet`] but for one entry still announced: the
+    /// caller's own, about to be appended.
+    fn quiet_but_for_one(&self) -> bool {
+        self.count.load(Ordering::SeqCst) <= 1 && self.idle.any()
+    }
+
     /// Ends a lingering writer's wait: the last announced entry settled,
     /// or an entry that must not wait was queued.
     fn wake_writer(&self) {
@@ -318,28 +324,38 @@ impl Journal {
         builder
             .create(dir)
             .map_err(|e| JournalError::io("creating", dir, e))?;
-        let shared = Arc::new(Shared {
-            segment: Mutex::new(Segment::open_newest(dir, segment_bytes)?),
-            queued: AtomicUsize::new(0),
-        });
-        let (queue, rx) = mpsc::channel();
-        let announced = Announced::beside(&idle);
-        let writer = Writer {
-            queue: rx,
-            announced: announced.clone(),
-            linger: LINGER,
-            shared: shared.clone(),
-        };
+        let segment = Segment::open_newest(dir, segment_bytes)?;
+        let (journal, writer) = Self::with_writer(segment, &idle, LINGER);
         let thread = std::thread::Builder::new()
             .name("meshca-journal".into())
             .spawn(move || writer.run())
             .map_err(|e| JournalError::io("starting the writer of", dir, e))?;
-        let _ = announced.writer.set(thread.thread().clone());
-        Ok(Self {
+        let _ = journal.announced.writer.set(thread.thread().clone());
+        Ok(journal)
+    }
+
+    /// A journal appending to `segment` and the writer that serves it, not
+    /// running yet; the writer's thread is still to be named to
+    /// `announced`.
+    fn with_writer(segment: Segment, idle: &Arc<IdleWorkers>, linger: Duration) -> (Self, Writer) {
+        let shared = Arc::new(Shared {
+            segment: Mutex::new(segment),
+            queued: AtomicUsize::new(0),
+        });
+        let (queue, rx) = mpsc::channel();
+        let announced = Announced::beside(idle);
+        let writer = Writer {
+            queue: rx,
+            announced: announced.clone(),
+            linger,
+            shared: shared.clone(),
+        };
+        let journal = Self {
             queue,
             announced,
             shared,
-        })
+        };
+        (journal, writer)
     }
 
     /// Announces an entry that [`Journal::append_expected`] will bring
@@ -393,10 +409,8 @@ impl Journal {
     /// millisecond its answer waits for anyway; another worker is idle for
     /// whatever else comes. `None` when the entry is not alone.
     fn write_alone(&self, line: &[u8]) -> Option<Result<(), JournalError>> {
-        let alone = self.shared.queued.load(Ordering::SeqCst) == 0
-            // Our own entry is announced too.
-            && self.announced.count.load(Ordering::SeqCst) <= 1
-            && self.announced.idle.any();
+        let alone =
+            self.shared.queued.load(Ordering::SeqCst) == 0 && self.announced.quiet_but_for_one();
         if !alone {
             return None;
         }

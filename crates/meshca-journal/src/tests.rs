@@ -254,24 +254,14 @@ fn writer_beside(
     idle: Arc<IdleWorkers>,
 ) -> (Writer, mpsc::Sender<Pending>, Journal, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let shared = Arc::new(Shared {
-        segment: Mutex::new(Segment::open_newest(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap()),
-        queued: AtomicUsize::new(0),
-    });
-    let (tx, rx) = mpsc::channel();
-    let announced = Announced::beside(&idle);
-    announced.writer.set(std::thread::current()).unwrap();
-    let journal = Journal {
-        queue: tx.clone(),
-        announced: announced.clone(),
-        shared: shared.clone(),
-    };
-    let writer = Writer {
-        queue: rx,
-        announced,
-        linger,
-        shared,
-    };
+    let segment = Segment::open_newest(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
+    let (journal, writer) = Journal::with_writer(segment, &idle, linger);
+    journal
+        .announced
+        .writer
+        .set(std::thread::current())
+        .unwrap();
+    let tx = journal.queue.clone();
     (writer, tx, journal, dir)
 }
 
