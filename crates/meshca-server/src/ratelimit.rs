@@ -53,19 +53,24 @@ pub struct CsrLimiter<C: Clock = DefaultClock> {
 }
 
 /// Signing requests per core admitted at once: enough in flight for the
-/// journal to share each sync between many, and a bound on how much of a
-/// flood is inside the server. One client's /sign rate at 16 connections
-/// on two cores was 5% higher, and its agent leaf rate 10%, with 8 than
-/// with 6 (docs/BENCHMARKS.md).
-const ADMITTED_PER_CORE: usize = 8;
+/// journal to share each sync between many and for the CPU to have work
+/// while a sync runs, and a bound on how much of a flood is inside the
+/// server. With 8 per core, 64 connections on two cores moved in one
+/// convoy: every admitted request waited for the same sync while the
+/// cores idled (15% of them); with 16, one batch is synced while the next
+/// one signs: idle 3-5%, /sign 14-20% and agent leaves 15-27% more per
+/// second, for the same or less CPU each (docs/BENCHMARKS.md). With 6
+/// instead of 8, /sign at 16 connections was 5% slower.
+const ADMITTED_PER_CORE: usize = 16;
 
 /// Of those, places per core that no client may take while another one is
 /// being served too (see [`FairTurns`]): half, so that a newcomer is
-/// admitted at once and finds at most 4 signings per core of a flood ahead
-/// of it. Pinned to one core beside a 64-connection flood, a quiet
-/// client's p99 was 10-15 ms when the flood could hold every place, and
-/// 3.1-3.9 ms with 8 places and 4 of them kept back (docs/BENCHMARKS.md).
-const RESERVED_PER_CORE: usize = 4;
+/// admitted at once. Pinned to one core beside a 64-connection flood, a
+/// quiet client's p99 was 10-15 ms when the flood could hold every place,
+/// and 3.1-3.9 ms with 8 places and 4 of them kept back
+/// (docs/BENCHMARKS.md); the CPU turns since bound how many of the flood's
+/// signings run ahead of it, whatever places the flood holds.
+const RESERVED_PER_CORE: usize = 8;
 
 /// One client's way through the limits: who it is for the fair share.
 pub struct Gate<'a, C: Clock = DefaultClock> {
