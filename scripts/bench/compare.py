@@ -22,8 +22,10 @@ Runs, each for a bounded time on 127.0.0.1, with wrk as the load generator:
 at 1, 16 and 64 connections, with the same P-256 CSR everywhere.
 
 For every row: requests/s, p50/p99 latency, server CPU per request (from
-/proc/<pid>/stat, all threads) and non-2xx answers; per server the idle and
-peak RSS. Then the ratios. Prints Markdown (and JSON with --json FILE).
+/proc/<pid>/stat, all threads), the machine's idle share while it ran
+(/proc/stat, every core, the load generator included: capacity the server
+left unused, e.g. while all its requests wait for one disk sync) and
+non-2xx answers; per server the idle and peak RSS. Then the ratios. Prints Markdown (and JSON with --json FILE).
 
 `scripts/bench/run` installs what this needs and builds meshca first.
 """
@@ -295,9 +297,19 @@ def wrk(url, conns, seconds, method="GET", body_file=None, header=None, unique=F
     return json.loads(line[len("BENCH "):])
 
 
+def machine_jiffies():
+    """(idle, total) clock ticks of all CPUs so far, from /proc/stat (guest
+    time is already counted in user time, so it is left out of the total)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
 def run_row(server, name, url, conns, seconds, **kw):
     before = server.cpu_seconds()
+    idle_before, total_before = machine_jiffies()
     r = wrk(url, conns, seconds, **kw)
+    idle_after, total_after = machine_jiffies()
     cpu = server.cpu_seconds() - before
     n = max(r["requests"], 1)
     row = {
@@ -305,10 +317,11 @@ def run_row(server, name, url, conns, seconds, **kw):
         "rps": r["requests"] / (r["duration_us"] / 1e6),
         "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
         "cpu_us": cpu * 1e6 / n, "non2xx": r["non2xx"], "socket_errors": r["socket_errors"],
+        "idle_pct": 100 * (idle_after - idle_before) / max(total_after - total_before, 1),
     }
     print(f"  {row['server']:8} {name:6} c={conns:<3} {row['rps']:9.0f}/s  p99 "
-          f"{row['p99_ms']:7.2f} ms  cpu {row['cpu_us']:6.0f} us/req  non-2xx {row['non2xx']}",
-          file=sys.stderr)
+          f"{row['p99_ms']:7.2f} ms  cpu {row['cpu_us']:6.0f} us/req  idle "
+          f"{row['idle_pct']:4.1f}%  non-2xx {row['non2xx']}", file=sys.stderr)
     return row
 
 
@@ -342,13 +355,14 @@ def markdown(results):
                      f"{after['verify_per_s']:.0f}/s) | | |")
     lines += [
         "",
-        "| server | operation | conns | req/s | p50 ms | p99 ms | server CPU µs/req | non-2xx |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| server | operation | conns | req/s | p50 ms | p99 ms | server CPU µs/req "
+        "| machine idle | non-2xx |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         lines.append(f"| {r['server']} | {r['op']} | {r['conns']} | {r['rps']:.0f} | "
                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us']:.0f} | "
-                     f"{r['non2xx'] + r['socket_errors']} |")
+                     f"{r['idle_pct']:.1f}% | {r['non2xx'] + r['socket_errors']} |")
     lines += ["", "| server | idle RSS MB | peak RSS MB |", "|---|---:|---:|"]
     for name, mem in results["memory"].items():
         lines.append(f"| {name} | {mem['idle_kb'] / 1024:.1f} | {mem['peak_kb'] / 1024:.1f} |")
