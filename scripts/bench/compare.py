@@ -25,7 +25,8 @@ For every row: requests/s, p50/p99 latency, server CPU per request (from
 /proc/<pid>/stat, all threads), the machine's idle share while it ran
 (/proc/stat, every core, the load generator included: capacity the server
 left unused, e.g. while all its requests wait for one disk sync) and
-non-2xx answers; per server the idle and peak RSS. Then the ratios. Prints Markdown (and JSON with --json FILE).
+non-2xx answers; per server the idle and peak RSS. Then the ratios.
+Prints Markdown (and JSON with --json FILE).
 
 `scripts/bench/run` installs what this needs and builds meshca first.
 """
