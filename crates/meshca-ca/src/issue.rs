@@ -397,7 +397,7 @@ fn journal_entry(
 ) -> meshca_journal::Entry {
     meshca_journal::Entry {
         serial: leaf.serial.to_string(),
-        spiffe_id: leaf.spiffe_id.to_string(),
+        spiffe_id: leaf.spiffe_id.uri(),
         valid_after: leaf.valid_after,
         valid_before: leaf.valid_before,
         signing_key_id: leaf.signing_key_id.clone(),

@@ -58,8 +58,8 @@ pub fn ca_common_name(prefix: &str, cluster_id: &Uuid) -> Result<String, Provide
     ))
 }
 
-fn ia5(s: &str) -> Result<rcgen::string::Ia5String, ProviderError> {
-    rcgen::string::Ia5String::try_from(s.to_string()).map_err(ProviderError::internal)
+fn ia5(s: impl Into<String>) -> Result<rcgen::string::Ia5String, ProviderError> {
+    rcgen::string::Ia5String::try_from(s.into()).map_err(ProviderError::internal)
 }
 
 /// The signature algorithm rcgen uses for a key spec.
@@ -105,7 +105,7 @@ fn ca_params(
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     p.distinguished_name = dn;
-    p.subject_alt_names = vec![SanType::URI(ia5(&trust_domain.ca_uri())?)];
+    p.subject_alt_names = vec![SanType::URI(ia5(trust_domain.ca_uri())?)];
     p.is_ca = IsCa::Ca(constraint);
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -173,7 +173,7 @@ pub fn intermediate_csr(
         ca_common_name("int", cluster_id)?,
     );
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.subject_alt_names = vec![SanType::URI(ia5(&trust_domain.ca_uri())?)];
+    p.subject_alt_names = vec![SanType::URI(ia5(trust_domain.ca_uri())?)];
     p.serialize_request(key)
         .and_then(|csr| csr.pem())
         .map_err(ProviderError::internal)
@@ -190,7 +190,7 @@ pub fn leaf_params(
 ) -> Result<CertificateParams, ProviderError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
-    let mut sans = vec![SanType::URI(ia5(&csr.spiffe_id().to_string())?)];
+    let mut sans = vec![SanType::URI(ia5(csr.spiffe_id().uri())?)];
     for dns in csr.dns_sans() {
         sans.push(SanType::DnsName(ia5(dns)?));
     }
@@ -285,7 +285,7 @@ pub fn agent_ca(
     dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
     if let Some(id) = &opts.cluster_id {
-        p.subject_alt_names = vec![SanType::URI(ia5(&TrustDomain::for_cluster(id).ca_uri())?)];
+        p.subject_alt_names = vec![SanType::URI(ia5(TrustDomain::for_cluster(id).ca_uri())?)];
     }
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![

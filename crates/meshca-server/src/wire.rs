@@ -192,7 +192,7 @@ impl From<&meshca_ca::IssuedLeaf> for IssuedCert {
     fn from(leaf: &meshca_ca::IssuedLeaf) -> Self {
         use meshca_core::SpiffeId;
         use secrecy::ExposeSecret as _;
-        let id = leaf.spiffe_id.to_string();
+        let id = leaf.spiffe_id.uri();
         let mut out = IssuedCert {
             serial_number: leaf.serial.to_string(),
             cert_pem: leaf.cert_pem.clone(),
