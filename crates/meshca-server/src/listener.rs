@@ -9,8 +9,10 @@
 //! connection's task, holding its connection slot, and must finish within
 //! the handshake timeout ([`crate::tls::TlsServer::handshake_timeout`]) or
 //! the connection is closed; the request limits then apply as on HTTP.
-//! Every request carries `ConnectInfo<SocketAddr>`, and on HTTPS what the
-//! handshake established about the client ([`crate::tls::TlsPeer`]).
+//! Every request carries `ConnectInfo<SocketAddr>` and the same address as
+//! the audit trail and fair shares name it ([`crate::auth::Peer`], written
+//! once per connection), and on HTTPS what the handshake established about
+//! the client ([`crate::tls::TlsPeer`]).
 
 use crate::tls::{TlsPeer, TlsServer};
 use axum::extract::ConnectInfo;
@@ -191,10 +193,12 @@ async fn serve_connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let names = crate::auth::Peer::new(peer);
     let service =
         TowerToHyperService::new(router.map_request(move |req: hyper::Request<Incoming>| {
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(names.clone());
             who.insert_into(req.extensions_mut());
             req
         }));

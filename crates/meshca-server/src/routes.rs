@@ -261,7 +261,9 @@ pub async fn sign(
 ) -> Result<Response, ApiError> {
     caller.refuse_if_anonymous("sign certificates")?;
     let req: SignRequest = decode_body(body)?;
-    let gate = app.limiter.for_client(caller.fair_share_name(remote.addr));
+    let gate = app
+        .limiter
+        .for_client(caller.fair_share_name(remote.peer.as_ref()));
     let admitted = gate.admit().await?;
     let requester = caller.requester(remote);
     let authorize = move |id: &meshca_core::SpiffeId| caller.check(&permission_to_sign(id));
@@ -338,7 +340,9 @@ pub async fn leaf(
         .parse()
         .map_err(|e: meshca_core::spiffe::SpiffeError| ApiError::BadRequest(e.to_string()))?;
     caller.require(&Permission::service(Access::Write, service.as_str()))?;
-    let gate = app.limiter.for_client(caller.fair_share_name(remote.addr));
+    let gate = app
+        .limiter
+        .for_client(caller.fair_share_name(remote.peer.as_ref()));
     let requester = caller.requester(remote);
     let bq = BlockingQuery::parse(&parse_query(raw)?)?;
     let leaf = match bq.index {
