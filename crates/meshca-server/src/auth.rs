@@ -260,11 +260,7 @@ mod tests {
             request_id: None,
         };
         assert_eq!(remote.addr_text(), "[::1]:4000");
-        let unknown = Remote {
-            peer: None,
-            request_id: None,
-        };
-        assert_eq!(unknown.addr_text(), "-");
+        assert_eq!(Remote::default().addr_text(), "-");
         assert_eq!(Caller::Unrestricted.fair_share_name(None), "acl-disabled");
     }
 

@@ -193,12 +193,13 @@ async fn serve_connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let names = crate::auth::Peer::new(peer);
+    // Formatted once here, not for every request.
+    let peer_named = crate::auth::Peer::new(peer);
     let service =
         TowerToHyperService::new(router.map_request(move |req: hyper::Request<Incoming>| {
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(names.clone());
+            req.extensions_mut().insert(peer_named.clone());
             who.insert_into(req.extensions_mut());
             req
         }));
