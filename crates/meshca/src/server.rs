@@ -31,7 +31,36 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     *LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(init_logging(&settings)?);
     // Also when a panic unwinds through here.
     let _flush = FlushLogOnDrop;
-    serve_on_runtime(settings)
+    let seeding = Seeding::start();
+    serve_on_runtime(settings, seeding)
+}
+
+/// aws-lc seeds its random generator from CPU timing jitter the first time
+/// any thread of the process asks for randomness: tens of milliseconds of
+/// CPU. A restarted server opens its store without randomness, so the
+/// first signing or root rotation after every restart paid it (a rotation
+/// 27-36 ms instead of 3-6 ms; docs/BENCHMARKS.md). It is seeded on a
+/// thread of its own while the store opens, and the server waits for it
+/// before it serves.
+struct Seeding(Option<std::thread::JoinHandle<()>>);
+
+impl Seeding {
+    fn start() -> Self {
+        let thread = std::thread::Builder::new()
+            .name("meshca-seed-rng".into())
+            .spawn(|| {
+                // A failure here is the first use's failure later, reported there.
+                let _ = aws_lc_rs::rand::fill(&mut [0u8; 1]);
+            });
+        // Without the thread, the first use of randomness seeds it.
+        Self(thread.ok())
+    }
+
+    fn wait(self) {
+        if let Some(thread) = self.0 {
+            let _ = tokio::task::block_in_place(|| thread.join());
+        }
+    }
 }
 
 /// Writes the audit lines still buffered.
@@ -47,7 +76,7 @@ impl Drop for FlushLogOnDrop {
     }
 }
 
-fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
+fn serve_on_runtime(settings: Settings, seeding: Seeding) -> anyhow::Result<()> {
     // The journal's batches wait for entries still being signed only while
     // a worker is busy: the workers report going idle and back.
     let idle = meshca_journal::IdleWorkers::reported();
@@ -57,7 +86,7 @@ fn serve_on_runtime(settings: Settings) -> anyhow::Result<()> {
         .on_thread_unpark(move || unparked.unparked())
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(settings, idle))
+        .block_on(serve(settings, idle, seeding))
 }
 
 /// Logs to stderr. The audit lines of issued certificates, one per
@@ -330,7 +359,11 @@ fn open_shared(
     }
 }
 
-async fn serve(mut s: Settings, idle: Arc<meshca_journal::IdleWorkers>) -> anyhow::Result<()> {
+async fn serve(
+    mut s: Settings,
+    idle: Arc<meshca_journal::IdleWorkers>,
+    seeding: Seeding,
+) -> anyhow::Result<()> {
     // Opening may block on the disk or the network: not on a worker.
     let (store, etcd) = tokio::task::block_in_place(|| open_store(&s))?;
     check_datacenter(&s, &store)?;
@@ -437,6 +470,7 @@ async fn serve(mut s: Settings, idle: Arc<meshca_journal::IdleWorkers>) -> anyho
             leadership.send_replace(Leadership::alone(&me));
         }
     }
+    seeding.wait();
     let mut listeners = tokio::task::JoinSet::new();
     // HTTPS first, so that its line is logged before HTTP's.
     if let Some((listener, tls)) = https {
