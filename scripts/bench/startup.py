@@ -28,7 +28,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import REPO, free_port, http, wait_until  # noqa: E402
+from compare import REPO, free_port, http, stop_process  # noqa: E402
 
 JOURNAL = "journal"
 SEGMENT_BYTES = 64 * 1024 * 1024  # meshca_journal::DEFAULT_SEGMENT_BYTES
@@ -74,13 +74,7 @@ class Meshca:
         return (time.monotonic() - started) * 1000
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def read(path):
