@@ -8,8 +8,9 @@ mod common;
 #[path = "common/etcd.rs"]
 mod etcd;
 
+use common::tls::{agent_ca, agent_cert};
 use common::{active_root, csr_for_uri, roots_bundle, service_uri, verify_chain_against, Server};
-use etcd::EtcdCluster;
+use etcd::{EtcdCluster, ServerTls};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -18,22 +19,26 @@ const MANAGEMENT: &str = "6a1f3c52-3c1e-4f0e-9d5b-8f9e2a7c4b10";
 /// A meshca server on `cluster`, with ACLs on and the shared management
 /// token.
 fn server_on(cluster: &EtcdCluster, key: &str) -> Server {
+    server_on_with(cluster, key, &[])
+}
+
+/// [`server_on`], with more flags.
+fn server_on_with(cluster: &EtcdCluster, key: &str, more: &[&str]) -> Server {
     let endpoints = cluster.endpoints().join(",");
     let config = json!({
         "acl": {"enabled": true, "tokens": {"initial_management": MANAGEMENT}},
         "store": {"etcd": {"lease_ttl": "2s"}},
     });
-    let mut server = Server::start_with_config(
-        &config,
-        &[
-            "--store",
-            "etcd",
-            "--etcd-endpoints",
-            &endpoints,
-            "--store-key-file",
-            key,
-        ],
-    );
+    let mut args = vec![
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoints,
+        "--store-key-file",
+        key,
+    ];
+    args.extend_from_slice(more);
+    let mut server = Server::start_with_config(&config, &args);
     server.set_token(Some(MANAGEMENT));
     server
 }
@@ -519,4 +524,125 @@ fn two_servers_starting_at_once_on_an_empty_store_make_one_ca() {
         );
         assert_eq!(r.status, 200, "{r:?}");
     }
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// A server that must refuse to start on `cluster` with `tls_flags`: what
+/// it printed.
+fn refused_start(cluster: &EtcdCluster, key: &str, tls_flags: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let endpoints = cluster.endpoints().join(",");
+    let mut args = vec![
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoints,
+        "--store-key-file",
+        key,
+    ];
+    args.extend_from_slice(tls_flags);
+    let out = common::run_server_once(
+        &dir.path().join("data"),
+        &args,
+        dir.path(),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "started: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_server_reaches_etcd_over_mutual_tls_and_nothing_it_cannot_trust() {
+    // The member's certificate (127.0.0.1) and meshca's client certificate
+    // come from meshca's own `tls ca create` and `tls cert create`.
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, _) = agent_ca(pki.path());
+    let (member_cert, member_key) = agent_cert(pki.path(), "--server", &[]);
+    let (client_cert, client_key) = agent_cert(pki.path(), "--client", &[]);
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _) = agent_ca(other.path());
+    let (other_cert, other_key) = agent_cert(other.path(), "--client", &[]);
+    let cluster = EtcdCluster::start_tls(
+        1,
+        ServerTls {
+            cert: member_cert,
+            key: member_key,
+            client_ca: ca.clone(),
+        },
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let key = common::keygen(keys.path(), "store.key");
+
+    // No client certificate: the member refuses the handshake.
+    let err = refused_start(&cluster, &key, &["--etcd-ca-file", path(&ca)]);
+    assert!(err.contains("opening the etcd store at https://"), "{err}");
+    // A CA that did not sign the member: meshca refuses the member.
+    let err = refused_start(
+        &cluster,
+        &key,
+        &[
+            "--etcd-ca-file",
+            path(&other_ca),
+            "--etcd-cert-file",
+            path(&client_cert),
+            "--etcd-key-file",
+            path(&client_key),
+        ],
+    );
+    assert!(err.contains("opening the etcd store at https://"), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // A client certificate from a CA the member does not trust.
+    let err = refused_start(
+        &cluster,
+        &key,
+        &[
+            "--etcd-ca-file",
+            path(&ca),
+            "--etcd-cert-file",
+            path(&other_cert),
+            "--etcd-key-file",
+            path(&other_key),
+        ],
+    );
+    assert!(err.contains("opening the etcd store at https://"), "{err}");
+    assert!(err.contains("BadCertificate"), "{err}");
+    // Files that are not what they say: named before any connection.
+    let err = refused_start(
+        &cluster,
+        &key,
+        &[
+            "--etcd-ca-file",
+            path(&ca),
+            "--etcd-cert-file",
+            path(&client_key),
+            "--etcd-key-file",
+            path(&client_cert),
+        ],
+    );
+    assert!(err.contains("holds no PEM certificate"), "{err}");
+
+    // With its own certificate: one CA, served and signing.
+    let server = server_on_with(
+        &cluster,
+        &key,
+        &[
+            "--etcd-ca-file",
+            path(&ca),
+            "--etcd-cert-file",
+            path(&client_cert),
+            "--etcd-key-file",
+            path(&client_key),
+        ],
+    );
+    let roots = server.get_json("/v1/connect/ca/roots");
+    let leaf = sign(&server, &roots, "web");
+    verify_chain_against(
+        leaf["CertPEM"].as_str().unwrap(),
+        &roots_bundle(&roots),
+        "over TLS to etcd",
+    );
+    assert!(!cluster.log(0).contains("panic"), "{}", cluster.log(0));
 }

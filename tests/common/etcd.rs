@@ -4,6 +4,9 @@
 //! workspace's end-to-end tests and the etcd store crate's tests (which
 //! include this file by path).
 //!
+//! With [`EtcdCluster::start_tls`] the members serve their client URLs
+//! over TLS and ask clients for certificates.
+//!
 //! The binary comes from `MESHCA_ETCD`, else `etcd` on PATH.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test support: each test uses a part
@@ -17,13 +20,26 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    tls: Option<ServerTls>,
     dir: tempfile::TempDir,
+}
+
+/// What the members of a TLS cluster serve their client URLs with.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The members' certificate (valid for 127.0.0.1) and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA a client's certificate must be signed by (`--client-cert-auth`).
+    pub client_ca: PathBuf,
 }
 
 struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP `/health` (and metrics), also when the client URL is TLS.
+    metrics_port: u16,
     child: Option<Child>,
 }
 
@@ -55,8 +71,17 @@ impl EtcdCluster {
     /// port to another process between picking and binding makes the whole
     /// cluster start again on new ports.
     pub fn start(size: usize) -> Self {
+        Self::start_with(size, None)
+    }
+
+    /// [`EtcdCluster::start`], the client URLs served over TLS with `tls`.
+    pub fn start_tls(size: usize, tls: ServerTls) -> Self {
+        Self::start_with(size, Some(tls))
+    }
+
+    fn start_with(size: usize, tls: Option<ServerTls>) -> Self {
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Self::on_free_ports(size);
+            let mut cluster = Self::on_free_ports(size, tls.clone());
             for i in 0..size {
                 cluster.spawn(i);
             }
@@ -71,14 +96,15 @@ impl EtcdCluster {
         unreachable!("the last attempt returns or panics")
     }
 
-    /// The members, not started, each on two ports of its own.
-    fn on_free_ports(size: usize) -> Self {
-        let ports = free_ports(2 * size);
+    /// The members, not started, each on three ports of its own.
+    fn on_free_ports(size: usize, tls: Option<ServerTls>) -> Self {
+        let ports = free_ports(3 * size);
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                metrics_port: ports[3 * i + 2],
                 child: None,
             })
             .collect();
@@ -91,6 +117,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token: format!("meshca-test-{}", std::process::id()),
+            tls,
             dir: tempfile::tempdir().expect("a temporary directory"),
         }
     }
@@ -109,9 +136,20 @@ impl EtcdCluster {
         )
         .expect("an etcd log file");
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = self.client_url(m);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(etcd_binary())
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
+        let mut etcd = Command::new(etcd_binary());
+        if let Some(tls) = &self.tls {
+            etcd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = etcd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
@@ -120,6 +158,8 @@ impl EtcdCluster {
                 &client,
                 "--advertise-client-urls",
                 &client,
+                "--listen-metrics-urls",
+                &metrics,
             ])
             .args([
                 "--listen-peer-urls",
@@ -170,10 +210,11 @@ impl EtcdCluster {
         );
     }
 
-    /// `GET /health` on member `i` answers `"health":"true"`.
+    /// `GET /health` on member `i` (its plain-HTTP metrics URL) answers
+    /// `"health":"true"`.
     pub fn healthy(&self, i: usize) -> bool {
         use std::io::{Read, Write};
-        let addr = ("127.0.0.1", self.members[i].client_port);
+        let addr = ("127.0.0.1", self.members[i].metrics_port);
         let Ok(mut stream) = TcpStream::connect(addr) else {
             return false;
         };
@@ -187,12 +228,14 @@ impl EtcdCluster {
         answer.contains("\"health\":\"true\"")
     }
 
-    /// `http://127.0.0.1:<client port>` of every member.
+    /// `http://127.0.0.1:<client port>` of every member (`https://` with TLS).
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect()
+        self.members.iter().map(|m| self.client_url(m)).collect()
+    }
+
+    fn client_url(&self, m: &Member) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", m.client_port)
     }
 
     /// SIGKILLs member `i` (its data stays).

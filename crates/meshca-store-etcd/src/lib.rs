@@ -41,13 +41,41 @@ const MAX_ATTEMPTS: usize = 16;
 /// Where the store is and how long one request may take.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
-    /// `http://host:port` of each member.
+    /// `http://host:port` of each member, or `https://host:port` with
+    /// [`EtcdOptions::tls`].
     pub endpoints: Vec<String>,
     /// Every key this store reads or writes starts with it (say
     /// `/meshca/dc1/`); a missing final `/` is added.
     pub prefix: String,
     /// One request to one member; then the next member is tried.
     pub request_timeout: Duration,
+    /// TLS to the members: exactly when the endpoints are `https://`.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd, in PEM: the CA that signed the members' certificates (the
+/// only one trusted) and, for members that ask for client certificates
+/// (`--client-cert-auth`), this server's certificate and key.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub client: Option<ClientIdentity>,
+}
+
+/// A client certificate (with its chain) and its private key, in PEM.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Never the key: options are logged when opening fails.
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A [`Store`] in etcd. Synchronous like every backend: the calls block on
@@ -137,9 +165,10 @@ impl EtcdStore {
             prefix.push('/');
         }
         let shared = wait_on(&runtime, async move {
-            let members = Members::connect(&options.endpoints, options.request_timeout)
-                .await
-                .map_err(unavailable)?;
+            let members =
+                Members::connect(&options.endpoints, options.request_timeout, options.tls)
+                    .await
+                    .map_err(unavailable)?;
             let shared = Arc::new(Shared {
                 members,
                 prefix,

@@ -6,7 +6,8 @@
 //! moves on to the next one. Every request carries `require_leader`: a
 //! member cut off from the majority refuses at once instead of hanging.
 
-use etcd_client::{Client, ConnectOptions};
+use crate::EtcdTls;
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,23 +33,41 @@ pub(crate) struct Members {
 #[derive(Debug)]
 pub(crate) struct Failed(pub String);
 
+/// Only `tls.ca_pem` is trusted (no system roots); the members' names are
+/// checked against the endpoints' hosts.
+fn tls_options(tls: EtcdTls) -> TlsOptions {
+    let options = TlsOptions::new().ca_certificate(Certificate::from_pem(tls.ca_pem));
+    match tls.client {
+        Some(client) => options.identity(Identity::from_pem(client.cert_pem, client.key_pem)),
+        None => options,
+    }
+}
+
 impl Members {
-    /// Clients for `endpoints` (`http://host:port`). Connecting is lazy: a
-    /// member that is down now is tried when it is needed.
-    pub(crate) async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, Failed> {
+    /// Clients for `endpoints` (`http://host:port`, or `https://` with
+    /// `tls`). Connecting is lazy: a member that is down now is tried when
+    /// it is needed.
+    pub(crate) async fn connect(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<EtcdTls>,
+    ) -> Result<Self, Failed> {
         if endpoints.is_empty() {
             return Err(Failed("no etcd endpoints given".into()));
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
             .with_require_leader(true);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls_options(tls));
+        }
         let mut clients = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let client = Client::connect([endpoint.as_str()], Some(options.clone()))
                 .await
-                .map_err(|e| Failed(format!("etcd endpoint {endpoint}: {e}")))?;
+                .map_err(|e| Failed(format!("etcd endpoint {endpoint}: {}", describe(&e))))?;
             clients.push((endpoint.clone(), client));
         }
         Ok(Self {
@@ -116,15 +135,35 @@ impl Members {
     }
 }
 
-/// `e` in a few words: a gRPC status's message, not its debug form.
+/// `e` in a few words: a gRPC status's message, not its debug form, and
+/// what caused it.
 fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error;
     match e {
         etcd_client::Error::GRpcStatus(status) if status.message().is_empty() => {
             format!("{:?}", status.code())
         }
-        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
-        other => other.to_string(),
+        etcd_client::Error::GRpcStatus(status) => {
+            with_causes(status.message().to_string(), status.source())
+        }
+        other => with_causes(other.to_string(), other.source()),
     }
+}
+
+/// `text`, then each cause from `source` on that it does not say yet: a
+/// transport error's own text is only "transport error", its causes say
+/// which (the connection closed, a certificate from an unknown issuer, the
+/// member's alert).
+fn with_causes(mut text: String, mut source: Option<&dyn std::error::Error>) -> String {
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether `e` is about the member (down, cut off, overloaded) rather than

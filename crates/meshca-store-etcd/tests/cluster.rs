@@ -20,6 +20,7 @@ fn open(cluster: &EtcdCluster, prefix: &str, endpoints_from: usize) -> EtcdStore
         endpoints,
         prefix: prefix.to_string(),
         request_timeout: Duration::from_secs(2),
+        tls: None,
     })
     .expect("opening the etcd store")
 }
@@ -219,6 +220,7 @@ fn a_leader_cut_off_from_the_quorum_steps_down_within_its_lease() {
         endpoints: vec![cluster.endpoints()[0].clone()],
         prefix: "/meshca/dc1".into(),
         request_timeout: Duration::from_secs(1),
+        tls: None,
     })
     .unwrap();
     let mut leadership = store.campaign("http://a:8500".into(), ttl);

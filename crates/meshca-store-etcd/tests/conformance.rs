@@ -31,6 +31,7 @@ fn fresh_store() -> (Arc<dyn Store>, Arc<EtcdCluster>) {
         endpoints: cluster.endpoints(),
         prefix: format!("/meshca-test/{}/", uuid::Uuid::new_v4()),
         request_timeout: Duration::from_secs(5),
+        tls: None,
     })
     .expect("opening the etcd store");
     (Arc::new(store) as Arc<dyn Store>, cluster)

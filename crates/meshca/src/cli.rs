@@ -309,8 +309,20 @@ pub struct ServerArgs {
     #[arg(long = "store")]
     pub store: Option<String>,
     /// The etcd members, comma-separated: http://10.0.0.1:2379,http://10.0.0.2:2379
+    /// (https://… with --etcd-ca-file)
     #[arg(long = "etcd-endpoints")]
     pub etcd_endpoints: Option<String>,
+    /// PEM file of the CA that signed the etcd members' certificates: TLS
+    /// to https:// endpoints trusts it alone.
+    #[arg(long = "etcd-ca-file")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM certificate this server presents to etcd members that ask for
+    /// client certificates (with --etcd-key-file).
+    #[arg(long = "etcd-cert-file")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM private key of --etcd-cert-file.
+    #[arg(long = "etcd-key-file")]
+    pub etcd_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

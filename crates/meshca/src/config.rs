@@ -195,8 +195,14 @@ pub struct StoreBlock {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdBlock {
-    /// `http://host:port` of each member.
+    /// `http://host:port` of each member (`https://` with `ca_file`).
     pub endpoints: Option<Vec<String>>,
+    /// TLS to `https://` members: the CA that signed their certificates
+    /// (trusted alone) and, for members that ask for one, this server's
+    /// client certificate and key. PEM files.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// Every key starts with it (default `/meshca/<datacenter>/`).
     pub prefix: Option<String>,
     /// One request to one member, a Go duration (default 2s).
@@ -220,6 +226,16 @@ pub struct EtcdSettings {
     pub prefix: String,
     pub request_timeout: std::time::Duration,
     pub lease_ttl: std::time::Duration,
+    /// Exactly when the endpoints are `https://`.
+    pub tls: Option<EtcdTlsFiles>,
+}
+
+/// TLS to etcd: the members' CA, and this server's client certificate and
+/// key when the members ask for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTlsFiles {
+    pub ca_file: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// The effective server settings.
@@ -778,12 +794,18 @@ fn store_backend(
         ),
         None => etcd.endpoints,
     };
+    let ca_file = args.etcd_ca_file.clone().or(etcd.ca_file);
+    let cert_file = args.etcd_cert_file.clone().or(etcd.cert_file);
+    let key_file = args.etcd_key_file.clone().or(etcd.key_file);
     match backend.as_str() {
         "sled" => {
             if endpoints.is_some()
                 || etcd.prefix.is_some()
                 || etcd.request_timeout.is_some()
                 || etcd.lease_ttl.is_some()
+                || ca_file.is_some()
+                || cert_file.is_some()
+                || key_file.is_some()
             {
                 bail!(
                     "etcd settings (--etcd-endpoints, store.etcd) cannot apply to the embedded store: select the etcd store with --store etcd (store.backend = \"etcd\")"
@@ -797,9 +819,8 @@ fn store_backend(
                     "the etcd store needs its members: --etcd-endpoints http://10.0.0.1:2379,http://10.0.0.2:2379 (store.etcd.endpoints)"
                 )
             })?;
-            for e in &endpoints {
-                check_etcd_endpoint(e)?;
-            }
+            let https = etcd_endpoints_use_tls(&endpoints)?;
+            let tls = etcd_tls(https, ca_file, cert_file, key_file)?;
             let prefix = etcd
                 .prefix
                 .unwrap_or_else(|| format!("/meshca/{datacenter}/"));
@@ -819,26 +840,77 @@ fn store_backend(
                 prefix,
                 request_timeout,
                 lease_ttl,
+                tls,
             }))
         }
         other => bail!("unknown store backend {other:?}: expected \"sled\" or \"etcd\""),
     }
 }
 
-/// An etcd member's client URL: `http://host:port` (no TLS to etcd yet).
-fn check_etcd_endpoint(endpoint: &str) -> anyhow::Result<()> {
-    let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
+/// Whether the members are reached over TLS: every endpoint is
+/// `https://host:port`, or every one `http://host:port`.
+fn etcd_endpoints_use_tls(endpoints: &[String]) -> anyhow::Result<bool> {
+    let mut schemes = endpoints.iter().map(|e| check_etcd_endpoint(e));
+    let first = schemes.next().expect("the caller refuses an empty list")?;
+    for scheme in schemes {
+        if scheme? != first {
+            bail!(
+                "etcd endpoints {}: all http:// or all https://, not both",
+                endpoints.join(",")
+            );
+        }
+    }
+    Ok(first)
+}
+
+/// An etcd member's client URL, `http://host:port` or `https://host:port`:
+/// whether it is https.
+fn check_etcd_endpoint(endpoint: &str) -> anyhow::Result<bool> {
+    let (https, rest) = match endpoint.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
+        _ => bail!("etcd endpoint {endpoint:?}: expected http://host:port or https://host:port"),
+    };
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
         anyhow::anyhow!(
-            "etcd endpoint {endpoint:?}: expected http://host:port (https to etcd is not supported yet)"
+            "etcd endpoint {endpoint:?}: expected http://host:port or https://host:port"
         )
     })?;
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow::anyhow!("etcd endpoint {endpoint:?}: expected http://host:port"))?;
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        bail!("etcd endpoint {endpoint:?}: expected http://host:port");
+        bail!("etcd endpoint {endpoint:?}: expected http://host:port or https://host:port");
     }
-    Ok(())
+    Ok(https)
+}
+
+/// TLS to etcd: a CA file exactly when the endpoints are https, and a
+/// client certificate only with its key.
+fn etcd_tls(
+    https: bool,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+) -> anyhow::Result<Option<EtcdTlsFiles>> {
+    if !https {
+        if ca_file.is_some() || cert_file.is_some() || key_file.is_some() {
+            bail!(
+                "etcd TLS files (--etcd-ca-file, --etcd-cert-file, --etcd-key-file; store.etcd.ca_file, cert_file, key_file) cannot apply to http:// endpoints: give https://host:port"
+            );
+        }
+        return Ok(None);
+    }
+    let ca_file = ca_file.ok_or_else(|| {
+        anyhow::anyhow!(
+            "https etcd endpoints need the CA that signed the members' certificates: --etcd-ca-file (store.etcd.ca_file)"
+        )
+    })?;
+    let client = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => bail!(
+            "an etcd client certificate needs both --etcd-cert-file and --etcd-key-file (store.etcd.cert_file, key_file)"
+        ),
+    };
+    Ok(Some(EtcdTlsFiles { ca_file, client }))
 }
 
 /// `store.etcd.<key>`: a Go duration from `min_ms` to `max_ms`.
@@ -939,6 +1011,7 @@ mod tests {
                 prefix: "/meshca/east/".into(),
                 request_timeout: std::time::Duration::from_secs(2),
                 lease_ttl: std::time::Duration::from_secs(5),
+                tls: None,
             })
         );
         let file = load_text(
@@ -956,6 +1029,46 @@ mod tests {
         assert_eq!(
             load(&ServerArgs::default()).unwrap().store,
             StoreBackend::Embedded
+        );
+    }
+
+    #[test]
+    fn tls_to_etcd_from_flags_or_the_file() {
+        let flags = load(&ServerArgs {
+            store: Some("etcd".into()),
+            etcd_endpoints: Some("https://127.0.0.1:2379,https://127.0.0.2:2379".into()),
+            etcd_ca_file: Some("/ca.pem".into()),
+            etcd_cert_file: Some("/meshca.pem".into()),
+            etcd_key_file: Some("/meshca-key.pem".into()),
+            store_key_file: Some("/k".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let StoreBackend::Etcd(etcd) = flags.store else {
+            panic!("not etcd: {:?}", flags.store);
+        };
+        assert_eq!(
+            etcd.tls,
+            Some(EtcdTlsFiles {
+                ca_file: "/ca.pem".into(),
+                client: Some(("/meshca.pem".into(), "/meshca-key.pem".into())),
+            })
+        );
+        let file = load_text(
+            "a.hcl",
+            "encrypt_store { key_file = \"/k\" }\nstore {\n  backend = \"etcd\"\n  etcd {\n    endpoints = [\"https://e1:2379\"]\n    ca_file = \"/etcd-ca.pem\"\n  }\n}\n",
+        )
+        .unwrap();
+        let StoreBackend::Etcd(etcd) = file.store else {
+            panic!("not etcd: {:?}", file.store);
+        };
+        // Members that do not ask for client certificates need none.
+        assert_eq!(
+            etcd.tls,
+            Some(EtcdTlsFiles {
+                ca_file: "/etcd-ca.pem".into(),
+                client: None,
+            })
         );
     }
 
@@ -979,7 +1092,36 @@ mod tests {
             ),
             (
                 etcd(|a| a.etcd_endpoints = Some("https://e:2379".into())),
-                "https to etcd",
+                "need the CA that signed the members' certificates",
+            ),
+            (
+                etcd(|a| a.etcd_endpoints = Some("http://e:2379,https://f:2379".into())),
+                "all http:// or all https://",
+            ),
+            (
+                etcd(|a| a.etcd_endpoints = Some("grpc://e:2379".into())),
+                "http://host:port or https://host:port",
+            ),
+            (
+                etcd(|a| a.etcd_ca_file = Some("/ca.pem".into())),
+                "cannot apply to http:// endpoints",
+            ),
+            (
+                etcd(|a| {
+                    a.etcd_endpoints = Some("https://e:2379".into());
+                    a.etcd_ca_file = Some("/ca.pem".into());
+                    a.etcd_cert_file = Some("/cert.pem".into());
+                }),
+                "needs both --etcd-cert-file and --etcd-key-file",
+            ),
+            (
+                etcd(|a| {
+                    a.store = None;
+                    a.etcd_endpoints = None;
+                    a.store_key_file = None;
+                    a.etcd_key_file = Some("/key.pem".into());
+                }),
+                "cannot apply to the embedded store",
             ),
             (
                 etcd(|a| a.etcd_endpoints = Some("http://e".into())),
