@@ -23,21 +23,13 @@ fn server_on(cluster: &EtcdCluster, key: &str) -> Server {
 }
 
 /// [`server_on`], with more flags.
-fn server_on_with(cluster: &EtcdCluster, key: &str, more: &[&str]) -> Server {
-    let endpoints = cluster.endpoints().join(",");
+fn server_on_with(cluster: &EtcdCluster, key: &str, more: &[String]) -> Server {
     let config = json!({
         "acl": {"enabled": true, "tokens": {"initial_management": MANAGEMENT}},
         "store": {"etcd": {"lease_ttl": "2s"}},
     });
-    let mut args = vec![
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &endpoints,
-        "--store-key-file",
-        key,
-    ];
-    args.extend_from_slice(more);
+    let args = etcd_flags(cluster, key, more);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut server = Server::start_with_config(&config, &args);
     server.set_token(Some(MANAGEMENT));
     server
@@ -530,20 +522,23 @@ fn path(p: &std::path::Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
+/// meshca's flags for the etcd store of `cluster`, then `more`.
+fn etcd_flags(cluster: &EtcdCluster, key: &str, more: &[String]) -> Vec<String> {
+    let mut args = ["--store", "etcd", "--etcd-endpoints"]
+        .map(String::from)
+        .to_vec();
+    args.push(cluster.endpoints().join(","));
+    args.extend(["--store-key-file".to_string(), key.to_string()]);
+    args.extend_from_slice(more);
+    args
+}
+
 /// A server that must refuse to start on `cluster` with `tls_flags`: what
 /// it printed.
-fn refused_start(cluster: &EtcdCluster, key: &str, tls_flags: &[&str]) -> String {
+fn refused_start(cluster: &EtcdCluster, key: &str, tls_flags: &[String]) -> String {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let endpoints = cluster.endpoints().join(",");
-    let mut args = vec![
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &endpoints,
-        "--store-key-file",
-        key,
-    ];
-    args.extend_from_slice(tls_flags);
+    let args = etcd_flags(cluster, key, tls_flags);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = common::run_server_once(
         &dir.path().join("data"),
         &args,
@@ -576,67 +571,45 @@ fn a_server_reaches_etcd_over_mutual_tls_and_nothing_it_cannot_trust() {
     let keys = tempfile::tempdir().unwrap();
     let key = common::keygen(keys.path(), "store.key");
 
-    // No client certificate: the member refuses the handshake.
-    let err = refused_start(&cluster, &key, &["--etcd-ca-file", path(&ca)]);
-    assert!(err.contains("opening the etcd store at https://"), "{err}");
-    // A CA that did not sign the member: meshca refuses the member.
-    let err = refused_start(
-        &cluster,
-        &key,
-        &[
-            "--etcd-ca-file",
-            path(&other_ca),
-            "--etcd-cert-file",
-            path(&client_cert),
-            "--etcd-key-file",
-            path(&client_key),
-        ],
-    );
-    assert!(err.contains("opening the etcd store at https://"), "{err}");
-    assert!(err.contains("UnknownIssuer"), "{err}");
-    // A client certificate from a CA the member does not trust.
-    let err = refused_start(
-        &cluster,
-        &key,
-        &[
-            "--etcd-ca-file",
-            path(&ca),
-            "--etcd-cert-file",
-            path(&other_cert),
-            "--etcd-key-file",
-            path(&other_key),
-        ],
-    );
-    assert!(err.contains("opening the etcd store at https://"), "{err}");
-    assert!(err.contains("BadCertificate"), "{err}");
+    let flags = |ca: &std::path::Path, client: Option<(&std::path::Path, &std::path::Path)>| {
+        let mut flags = vec!["--etcd-ca-file".to_string(), path(ca).to_string()];
+        if let Some((cert, key)) = client {
+            flags.extend(
+                ["--etcd-cert-file", path(cert), "--etcd-key-file", path(key)].map(String::from),
+            );
+        }
+        flags
+    };
+    let refused = |tls_flags: &[String]| refused_start(&cluster, &key, tls_flags);
+    let handshakes = [
+        // No client certificate: the member refuses the handshake.
+        (flags(&ca, None), ""),
+        // A CA that did not sign the member: meshca refuses the member.
+        (
+            flags(&other_ca, Some((&client_cert, &client_key))),
+            "UnknownIssuer",
+        ),
+        // A client certificate from a CA the member does not trust.
+        (
+            flags(&ca, Some((&other_cert, &other_key))),
+            "BadCertificate",
+        ),
+    ];
+    for (tls_flags, why) in &handshakes {
+        let err = refused(tls_flags);
+        assert!(
+            err.contains("opening the etcd store at https://"),
+            "{tls_flags:?}: {err}"
+        );
+        assert!(err.contains(why), "{tls_flags:?}: {err}");
+    }
     // Files that are not what they say: named before any connection.
-    let err = refused_start(
-        &cluster,
-        &key,
-        &[
-            "--etcd-ca-file",
-            path(&ca),
-            "--etcd-cert-file",
-            path(&client_key),
-            "--etcd-key-file",
-            path(&client_cert),
-        ],
-    );
+    let err = refused(&flags(&ca, Some((&client_key, &client_cert))));
     assert!(err.contains("holds no PEM certificate"), "{err}");
 
     // With its own certificate: one CA, served and signing.
-    let server = server_on_with(
-        &cluster,
-        &key,
-        &[
-            "--etcd-ca-file",
-            path(&ca),
-            "--etcd-cert-file",
-            path(&client_cert),
-            "--etcd-key-file",
-            path(&client_key),
-        ],
-    );
+    let ok = flags(&ca, Some((&client_cert, &client_key)));
+    let server = server_on_with(&cluster, &key, &ok);
     let roots = server.get_json("/v1/connect/ca/roots");
     let leaf = sign(&server, &roots, "web");
     verify_chain_against(
