@@ -467,7 +467,7 @@ fn tls_options(
                     key.display()
                 )
             })?;
-            warn_if_shared(key, warnings);
+            warn_if_shared("tls key_file", key, warnings);
             ServerIdentity::Files {
                 chain,
                 key: key_der,
@@ -535,14 +535,15 @@ fn tls_options(
     Ok(opts)
 }
 
-/// A warning when a private key file is readable by anyone but its owner.
-fn warn_if_shared(path: &Path, warnings: &mut Vec<String>) {
+/// A warning when the private key file `what` is readable by anyone but
+/// its owner.
+fn warn_if_shared(what: &str, path: &Path, warnings: &mut Vec<String>) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             warnings.push(format!(
-                "tls key_file {} is readable by others (mode {mode:04o}); make it 0600",
+                "{what} {} is readable by others (mode {mode:04o}); make it 0600",
                 path.display()
             ));
         }
@@ -718,6 +719,16 @@ fn settings(args: &ServerArgs, mut file: FileConfig) -> anyhow::Result<Settings>
     let domain = file.domain.unwrap_or_else(|| "consul".into());
     check_domain(&domain)?;
     let mut warnings = Vec::new();
+    if let StoreBackend::Etcd(EtcdSettings {
+        tls: Some(EtcdTlsFiles {
+            client: Some((_, key)),
+            ..
+        }),
+        ..
+    }) = &store
+    {
+        warn_if_shared("store.etcd.key_file", key, &mut warnings);
+    }
     // In a secondary without an HTTPS port, the tls block only says how to
     // reach an https primary (ca_file, client certificate).
     let outgoing_only = secondary.is_some() && https_port.is_none();
@@ -1070,6 +1081,32 @@ mod tests {
                 client: None,
             })
         );
+        // A client key others can read: said once logging is up.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("meshca-key.pem");
+        std::fs::write(&key, "not read here").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let shared = load(&ServerArgs {
+            store: Some("etcd".into()),
+            etcd_endpoints: Some("https://127.0.0.1:2379".into()),
+            etcd_ca_file: Some("/ca.pem".into()),
+            etcd_cert_file: Some("/meshca.pem".into()),
+            etcd_key_file: Some(key.clone()),
+            store_key_file: Some("/k".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let said = format!(
+            "store.etcd.key_file {} is readable by others",
+            key.display()
+        );
+        assert!(
+            shared.warnings.iter().any(|w| w.contains(&said)),
+            "{:?}",
+            shared.warnings
+        );
+        assert!(flags.warnings.iter().all(|w| !w.contains("store.etcd")));
     }
 
     #[test]
