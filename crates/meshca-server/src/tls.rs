@@ -32,7 +32,9 @@ use rustls::{
     SupportedCipherSuite,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
+/// The certificate and key types the parsers here return.
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{TrustAnchor, UnixTime};
 use secrecy::ExposeSecret;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;

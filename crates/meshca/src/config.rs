@@ -374,8 +374,57 @@ pub(crate) fn check_domain(domain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read(key: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("tls {key}: reading {}", path.display()))
+fn read(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{setting}: reading {}", path.display()))
+}
+
+/// The PEM file `setting` names, and the certificates in it (at least one).
+pub(crate) fn pem_certs(
+    setting: &str,
+    path: &Path,
+) -> anyhow::Result<(Vec<u8>, Vec<tls::CertificateDer<'static>>)> {
+    let pem = read(setting, path)?;
+    let certs = tls::parse_pem_certs(&pem)
+        .map_err(|e| anyhow::anyhow!("{setting} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{setting} {} holds no PEM certificate", path.display());
+    }
+    Ok((pem, certs))
+}
+
+/// A certificate file and its key file, read and checked: the key is the
+/// certificate's.
+pub(crate) struct PemIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub chain: Vec<tls::CertificateDer<'static>>,
+    pub key: tls::PrivateKeyDer<'static>,
+}
+
+/// [`PemIdentity`] from the files `settings` name (certificate, key).
+pub(crate) fn pem_identity(
+    settings: [&str; 2],
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<PemIdentity> {
+    let [cert_setting, key_setting] = settings;
+    let (cert_pem, chain) = pem_certs(cert_setting, cert)?;
+    let key_pem = read(key_setting, key)?;
+    let key_der = tls::parse_pem_key(&key_pem)
+        .map_err(|e| anyhow::anyhow!("{key_setting} {}: {e}", key.display()))?;
+    tls::certified_key(chain.clone(), &key_der).map_err(|e| {
+        anyhow::anyhow!(
+            "{cert_setting} {} and {key_setting} {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(PemIdentity {
+        cert_pem,
+        key_pem,
+        chain,
+        key: key_der,
+    })
 }
 
 /// The handshake timeout: seconds as a number (NATS) or a Go duration.
@@ -453,24 +502,11 @@ fn tls_options(
             bail!("tls auto_tls = true and cert_file/key_file are both set: choose one")
         }
         (false, Some(cert), Some(key)) => {
-            let chain = tls::parse_pem_certs(&read("cert_file", cert)?)
-                .map_err(|e| anyhow::anyhow!("tls cert_file {}: {e}", cert.display()))?;
-            if chain.is_empty() {
-                bail!("tls cert_file {}: no certificate in it", cert.display());
-            }
-            let key_der = tls::parse_pem_key(&read("key_file", key)?)
-                .map_err(|e| anyhow::anyhow!("tls key_file {}: {e}", key.display()))?;
-            tls::certified_key(chain.clone(), &key_der).map_err(|e| {
-                anyhow::anyhow!(
-                    "tls cert_file {} and key_file {}: {e}",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
+            let files = pem_identity(["tls cert_file", "tls key_file"], cert, key)?;
             warn_if_shared("tls key_file", key, warnings);
             ServerIdentity::Files {
-                chain,
-                key: key_der,
+                chain: files.chain,
+                key: files.key,
             }
         }
         (false, Some(_), None) => bail!("tls cert_file is set without key_file"),
@@ -481,11 +517,7 @@ fn tls_options(
     };
     let mut opts = TlsOptions::new(identity);
     if let Some(ca) = &d.ca_file {
-        opts.client_ca = tls::parse_pem_certs(&read("ca_file", ca)?)
-            .map_err(|e| anyhow::anyhow!("tls ca_file {}: {e}", ca.display()))?;
-        if opts.client_ca.is_empty() {
-            bail!("tls ca_file {}: no certificate in it", ca.display());
-        }
+        opts.client_ca = pem_certs("tls ca_file", ca)?.1;
     }
     opts.verify_incoming = d.verify_incoming.unwrap_or(false);
     opts.verify_and_map = d.verify_and_map.unwrap_or(false);

@@ -295,32 +295,16 @@ fn open_store(s: &Settings) -> anyhow::Result<Opened> {
 /// TLS to etcd from its files, checked here: the etcd client would only
 /// fail at its first connection, and less tellingly.
 fn etcd_tls(files: &EtcdTlsFiles) -> anyhow::Result<meshca_store_etcd::EtcdTls> {
-    use meshca_server::tls::{certified_key, parse_pem_certs, parse_pem_key};
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
-    };
-    let certs_in = |pem: &[u8], path: &std::path::Path| {
-        let certs = parse_pem_certs(pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        anyhow::ensure!(
-            !certs.is_empty(),
-            "{} holds no PEM certificate",
-            path.display()
-        );
-        Ok(certs)
-    };
-    let ca_pem = read("the etcd CA file", &files.ca_file)?;
-    certs_in(&ca_pem, &files.ca_file)?;
+    let (ca_pem, _) = config::pem_certs("store.etcd.ca_file", &files.ca_file)?;
     let client = match &files.client {
         None => None,
         Some((cert, key)) => {
-            let cert_pem = read("the etcd client certificate", cert)?;
-            let key_pem = read("the etcd client key", key)?;
-            let chain = certs_in(&cert_pem, cert)?;
-            let private =
-                parse_pem_key(&key_pem).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
-            certified_key(chain, &private)
-                .map_err(|e| anyhow::anyhow!("{} and {}: {e}", cert.display(), key.display()))?;
-            Some(meshca_store_etcd::ClientIdentity { cert_pem, key_pem })
+            let settings = ["store.etcd.cert_file", "store.etcd.key_file"];
+            let files = config::pem_identity(settings, cert, key)?;
+            Some(meshca_store_etcd::ClientIdentity {
+                cert_pem: files.cert_pem,
+                key_pem: files.key_pem,
+            })
         }
     };
     Ok(meshca_store_etcd::EtcdTls { ca_pem, client })
