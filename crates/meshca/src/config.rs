@@ -893,15 +893,16 @@ fn store_backend(
 /// Whether the members are reached over TLS: every endpoint is
 /// `https://host:port`, or every one `http://host:port`.
 fn etcd_endpoints_use_tls(endpoints: &[String]) -> anyhow::Result<bool> {
-    let mut schemes = endpoints.iter().map(|e| check_etcd_endpoint(e));
-    let first = schemes.next().expect("the caller refuses an empty list")?;
-    for scheme in schemes {
-        if scheme? != first {
-            bail!(
-                "etcd endpoints {}: all http:// or all https://, not both",
-                endpoints.join(",")
-            );
-        }
+    let schemes = endpoints
+        .iter()
+        .map(|e| check_etcd_endpoint(e))
+        .collect::<anyhow::Result<Vec<bool>>>()?;
+    let first = schemes.first().copied().unwrap_or(false);
+    if schemes.iter().any(|&https| https != first) {
+        bail!(
+            "etcd endpoints {}: all http:// or all https://, not both",
+            endpoints.join(",")
+        );
     }
     Ok(first)
 }
@@ -909,20 +910,20 @@ fn etcd_endpoints_use_tls(endpoints: &[String]) -> anyhow::Result<bool> {
 /// An etcd member's client URL, `http://host:port` or `https://host:port`:
 /// whether it is https.
 fn check_etcd_endpoint(endpoint: &str) -> anyhow::Result<bool> {
-    let (https, rest) = match endpoint.split_once("://") {
-        Some(("http", rest)) => (false, rest),
-        Some(("https", rest)) => (true, rest),
-        _ => bail!("etcd endpoint {endpoint:?}: expected http://host:port or https://host:port"),
+    let parsed = match endpoint.split_once("://") {
+        Some(("http", rest)) => Some((false, rest)),
+        Some(("https", rest)) => Some((true, rest)),
+        _ => None,
     };
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
-        anyhow::anyhow!(
-            "etcd endpoint {endpoint:?}: expected http://host:port or https://host:port"
-        )
-    })?;
-    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        bail!("etcd endpoint {endpoint:?}: expected http://host:port or https://host:port");
+    let valid = parsed.filter(|(_, rest)| {
+        rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        })
+    });
+    match valid {
+        Some((https, _)) => Ok(https),
+        None => bail!("etcd endpoint {endpoint:?}: expected http://host:port or https://host:port"),
     }
-    Ok(https)
 }
 
 /// TLS to etcd: a CA file exactly when the endpoints are https, and a
